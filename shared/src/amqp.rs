@@ -1,0 +1,168 @@
+//! Connections to RabbitMQ and the one publish path everybody uses.
+//!
+//! Connections come from a `deadpool-lapin` pool, which replaces a connection that has died the
+//! next time one is asked for; that is the base of reconnecting after a broker restart.
+//! [`publish_confirmed`] is the only way Warren publishes: persistent, JSON, publisher confirm
+//! awaited with a deadline, and every way it can go wrong is a distinct [`PublishError`].
+
+use std::time::Duration;
+
+use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+use lapin::{
+    BasicProperties, Channel, Confirmation, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{FieldTable, ShortString},
+};
+
+use crate::config::BrokerConfig;
+
+/// How long to wait for a pooled connection, or for a new one to be made.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a connection pool could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the RabbitMQ connection pool: {0}")]
+pub struct PoolSetupError(String);
+
+/// A pool of AMQP connections to the configured broker, named `connection_name` in the
+/// management UI.
+pub fn connection_pool(
+    config: &BrokerConfig,
+    connection_name: &str,
+    max_size: usize,
+) -> Result<Pool, PoolSetupError> {
+    let name = connection_name.to_owned();
+    let pool_config = deadpool_lapin::Config {
+        url: Some(config.amqp_url.expose()),
+        pool: Some(PoolConfig {
+            max_size,
+            timeouts: Timeouts {
+                wait: Some(POOL_TIMEOUT),
+                create: Some(POOL_TIMEOUT),
+                recycle: Some(POOL_TIMEOUT),
+            },
+            ..PoolConfig::default()
+        }),
+    };
+    pool_config
+        .create_pool(
+            move || ConnectionProperties::default().with_connection_name(name.clone().into()),
+            Runtime::Tokio1,
+        )
+        .map_err(|e| PoolSetupError(e.to_string()))
+}
+
+/// Opens a channel with publisher confirms enabled on a pooled connection.
+pub async fn confirm_channel(pool: &Pool) -> Result<Channel, BrokerError> {
+    let connection = pool
+        .get()
+        .await
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// The broker could not be reached or refused an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No connection could be had from the pool (broker down, refused, timed out).
+    #[error("RabbitMQ is unavailable: {0}")]
+    Unavailable(String),
+    /// An AMQP operation failed.
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Why a message may not be on the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// `mandatory` was set and no queue is bound for the routing key.
+    #[error("no queue is bound for routing key {routing_key:?} on exchange {exchange:?}")]
+    Unroutable {
+        /// The exchange published to.
+        exchange: String,
+        /// The routing key nothing was bound for.
+        routing_key: String,
+    },
+    /// The broker refused the message (e.g. the queue is full and rejects publishes).
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    /// No confirm arrived in time; the message may or may not be on the broker.
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+    /// The channel or connection failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl From<lapin::Error> for PublishError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(error))
+    }
+}
+
+/// What to publish: a JSON body and its AMQP properties.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// Exchange to publish to.
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// JSON body.
+    pub body: &'a [u8],
+    /// `message_id` property (Warren uses the job id).
+    pub message_id: &'a str,
+    /// `type` property (Warren uses the job type).
+    pub kind: &'a str,
+    /// Application headers (e.g. `traceparent`, dead-letter reason).
+    pub headers: FieldTable,
+    /// Ask the broker to return the message if no queue is bound for it.
+    pub mandatory: bool,
+}
+
+/// Publishes a persistent JSON message and waits up to `timeout` for the broker's confirm.
+///
+/// `Ok` means the broker has taken responsibility for the message (and, for `mandatory`, routed
+/// it to at least one queue). The channel must be in confirm mode ([`confirm_channel`]).
+pub async fn publish_confirmed(
+    channel: &Channel,
+    message: Outgoing<'_>,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+        .with_message_id(message.message_id.into())
+        .with_type(message.kind.into())
+        .with_headers(message.headers);
+    let options = BasicPublishOptions {
+        mandatory: message.mandatory,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = async {
+        channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                options,
+                message.body,
+                properties,
+            )
+            .await?
+            .await
+    };
+    let confirmation = tokio::time::timeout(timeout, confirm)
+        .await
+        .map_err(|_| PublishError::Timeout(timeout))??;
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable {
+            exchange: message.exchange.to_owned(),
+            routing_key: message.routing_key.to_owned(),
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+    }
+}

@@ -1,0 +1,184 @@
+//! Configuration pieces both binaries share, read from the environment (or flags of the same
+//! meaning) with validation that names the bad variable.
+//!
+//! Each binary flattens these into its own `clap` parser; a bad value stops the process at start
+//! with clap's message, which names the variable (`<WARREN_...>`) and the reason.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum};
+use lapin::uri::AMQPUri;
+
+/// Heartbeat interval asked for when the URL does not set one: a dead TCP connection is noticed
+/// within two intervals.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// Connect timeout asked for when the URL does not set one.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Where RabbitMQ is and which deployment's names to use on it.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerConfig {
+    /// RabbitMQ's AMQP URL. Heartbeat (10 s) and connect timeout (5 s) are added when the URL
+    /// does not set them.
+    #[arg(
+        long = "amqp-url",
+        env = "WARREN_AMQP_URL",
+        value_name = "WARREN_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: AmqpUrl,
+
+    /// Prefix of every exchange and queue name, so deployments and test runs can share a broker.
+    #[arg(
+        long = "namespace",
+        env = "WARREN_NAMESPACE",
+        value_name = "WARREN_NAMESPACE",
+        default_value = "warren",
+        value_parser = parse_namespace
+    )]
+    pub namespace: String,
+}
+
+impl BrokerConfig {
+    /// A configuration for `url` and `namespace`, as tests and embedders build it.
+    pub fn new(url: &str, namespace: &str) -> Result<Self, String> {
+        Ok(Self {
+            amqp_url: url.parse()?,
+            namespace: parse_namespace(namespace)?,
+        })
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when writing to a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logging settings (the filter itself comes from `RUST_LOG`).
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryConfig {
+    /// `pretty` or `json`.
+    #[arg(
+        long = "log-format",
+        env = "WARREN_LOG_FORMAT",
+        value_name = "WARREN_LOG_FORMAT",
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How long a process may take to finish work in flight after SIGTERM.
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownConfig {
+    /// Seconds to finish work in flight after SIGTERM before giving up on it.
+    #[arg(
+        long = "shutdown-grace-secs",
+        env = "WARREN_SHUTDOWN_GRACE_SECS",
+        value_name = "WARREN_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=3600)
+    )]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ShutdownConfig {
+    /// The grace period as a duration.
+    #[must_use]
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// A validated AMQP URL whose `Debug` and `Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl {
+    uri: AMQPUri,
+}
+
+impl AmqpUrl {
+    /// The URL to connect with, password included. Never log this.
+    #[must_use]
+    pub fn expose(&self) -> String {
+        self.uri.to_string()
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut uri = AMQPUri::from_str(s).map_err(|reason| {
+            format!("not an AMQP URL ({reason}); expected e.g. amqp://user:pass@host:5672/%2f")
+        })?;
+        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+        uri.query
+            .connection_timeout
+            .get_or_insert(DEFAULT_CONNECT_TIMEOUT_MS);
+        Ok(Self { uri })
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let authority = &self.uri.authority;
+        write!(
+            f,
+            "amqp://{}:***@{}:{}/{}",
+            authority.userinfo.username, authority.host, authority.port, self.uri.vhost
+        )
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({self})")
+    }
+}
+
+/// Namespaces become the start of exchange and queue names: keep them short and plain.
+pub fn parse_namespace(value: &str) -> Result<String, String> {
+    let valid_chars = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if value.is_empty() || value.len() > 64 || !valid_chars {
+        Err(format!(
+            "namespace {value:?} is invalid: use 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_url_gets_heartbeat_and_hides_the_password() {
+        let url: AmqpUrl = "amqp://user:s3cret@rabbit:5672/%2f".parse().unwrap();
+        assert!(url.expose().contains("heartbeat=10"), "{}", url.expose());
+        assert!(url.expose().contains("s3cret"));
+        assert!(!format!("{url} {url:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn amqp_url_keeps_an_explicit_heartbeat_and_refuses_garbage() {
+        let url: AmqpUrl = "amqp://u:p@h:5672/%2f?heartbeat=3".parse().unwrap();
+        assert!(url.expose().contains("heartbeat=3"));
+        let err = "http://nope".parse::<AmqpUrl>().unwrap_err();
+        assert!(err.contains("not an AMQP URL"), "{err}");
+    }
+
+    #[test]
+    fn namespace_validation_names_the_rule() {
+        assert!(parse_namespace("warren-test_1.a").is_ok());
+        for bad in ["", "has space", "a/b", &"x".repeat(65)] {
+            assert!(parse_namespace(bad).unwrap_err().contains("namespace"));
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! What Warren's gateway and workers share: the job vocabulary, the two message types, the
+//! RabbitMQ topology, configuration, telemetry and the publish path.
+//!
+//! # Layout
+//!
+//! - [`job`]: ids, types, statuses, progress, errors (parsed types).
+//! - [`message`]: the job message and the job event, `"v": 1` JSON.
+//! - [`topology`]: exchange and queue names from `WARREN_NAMESPACE`, and their declaration.
+//! - [`config`]: environment/flag configuration both binaries use.
+//! - [`amqp`]: connection pool, confirm channels, the confirmed publish.
+//! - [`telemetry`]: log subscriber setup.
+//! - [`shutdown`]: SIGTERM/SIGINT as a future.
+
+pub mod amqp;
+pub mod config;
+pub mod job;
+pub mod message;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+
+pub use job::{JobError, JobId, JobStatus, JobType, Progress};
+pub use message::{JobEvent, JobMessage, V1};
+pub use topology::Topology;

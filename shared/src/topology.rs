@@ -1,0 +1,332 @@
+//! Every exchange and queue name Warren uses, derived from `WARREN_NAMESPACE`, and the one place
+//! that declares them.
+//!
+//! | name | kind | declared by |
+//! |---|---|---|
+//! | `<ns>.jobs` | direct exchange, routing key = job type | everyone ([`declare_core`]) |
+//! | `<ns>.jobs.<type>` | quorum queue with a delivery limit | the workers of that type |
+//! | `<ns>.retry` + `<ns>.retry.<delay>` | headers exchange + wait queues | everyone |
+//! | `<ns>.dead` | fanout exchange + quorum queue | everyone |
+//! | `<ns>.events` | topic exchange, key `<status>.<type>` | everyone |
+//! | `<ns>.events.store` | quorum queue bound `#` | everyone |
+//! | `<ns>.control` | fanout exchange | everyone |
+//!
+//! Declarations are idempotent, so every process declares what it needs at every (re)connect
+//! and nothing depends on start order. Arguments must not change between releases without a
+//! migration: RabbitMQ refuses a redeclaration with different arguments.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+
+use crate::job::JobType;
+
+/// How often a job message may be handed out before the broker dead-letters it instead: a job
+/// that kills its worker every time must not loop forever.
+pub const DEFAULT_DELIVERY_LIMIT: i64 = 10;
+
+/// The header that selects a retry wait queue on the `<ns>.retry` headers exchange.
+pub const RETRY_DELAY_HEADER: &str = "x-warren-retry-delay";
+
+/// The header that says why a message was dead-lettered by Warren.
+pub const DEAD_REASON_HEADER: &str = "x-warren-reason";
+
+/// The default backoff tiers between attempts.
+pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
+
+/// The names of one deployment's exchanges and queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    namespace: String,
+    retry_delays: Vec<Duration>,
+}
+
+impl Topology {
+    /// The topology of the deployment whose names start with `namespace`.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            retry_delays: DEFAULT_RETRY_DELAYS.to_vec(),
+        }
+    }
+
+    /// The namespace every name starts with.
+    #[must_use]
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Where the gateway publishes jobs (direct; routing key = job type).
+    #[must_use]
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.namespace)
+    }
+
+    /// The queue of one job type.
+    #[must_use]
+    pub fn job_queue(&self, job_type: &JobType) -> String {
+        format!("{}.jobs.{job_type}", self.namespace)
+    }
+
+    /// The exchange failed attempts are republished to for a backoff wait.
+    #[must_use]
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.namespace)
+    }
+
+    /// The wait queue for one backoff tier, e.g. `warren.retry.5s`.
+    #[must_use]
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}", self.namespace, delay_label(delay))
+    }
+
+    /// The backoff tiers, shortest first.
+    #[must_use]
+    pub fn retry_delays(&self) -> &[Duration] {
+        &self.retry_delays
+    }
+
+    /// Where jobs out of attempts, malformed and unroutable messages go (fanout).
+    #[must_use]
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+
+    /// The queue that keeps dead letters for an operator to inspect.
+    #[must_use]
+    pub fn dead_queue(&self) -> String {
+        self.dead_exchange()
+    }
+
+    /// Where workers publish job events (topic; routing key `<status>.<type>`).
+    #[must_use]
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// The queue the gateways consume (competing) to write events into the store.
+    #[must_use]
+    pub fn events_store_queue(&self) -> String {
+        format!("{}.events.store", self.namespace)
+    }
+
+    /// Where cancel requests go to every worker (fanout).
+    #[must_use]
+    pub fn control_exchange(&self) -> String {
+        format!("{}.control", self.namespace)
+    }
+}
+
+/// `1s`, `2m`, `1h`: the shortest exact label for a delay, used in queue names.
+fn delay_label(delay: Duration) -> String {
+    let secs = delay.as_secs();
+    if delay.subsec_millis() != 0 || secs == 0 {
+        format!("{}ms", delay.as_millis())
+    } else if secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in entries {
+        table.insert(ShortString::from(*key), value.clone());
+    }
+    table
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: String,
+    kind: ExchangeKind,
+) -> lapin::Result<()> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(name.into(), kind, options, FieldTable::default())
+        .await
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: String,
+    exchange: String,
+    key: &str,
+    arguments: FieldTable,
+) -> lapin::Result<()> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            arguments,
+        )
+        .await
+}
+
+/// Declares every shared exchange and queue: jobs, retry (with its wait queues), dead, events
+/// (with the store queue) and control. Job queues are declared per type by
+/// [`declare_job_queue`].
+pub async fn declare_core(channel: &Channel, topology: &Topology) -> lapin::Result<()> {
+    declare_exchange(channel, topology.jobs_exchange(), ExchangeKind::Direct).await?;
+    declare_exchange(channel, topology.events_exchange(), ExchangeKind::Topic).await?;
+    declare_exchange(channel, topology.control_exchange(), ExchangeKind::Fanout).await?;
+    declare_exchange(channel, topology.dead_exchange(), ExchangeKind::Fanout).await?;
+    declare_exchange(channel, topology.retry_exchange(), ExchangeKind::Headers).await?;
+
+    let quorum = text("quorum");
+    let dead_queue = table(&[("x-queue-type", quorum.clone())]);
+    channel
+        .queue_declare(topology.dead_queue().into(), durable(), dead_queue)
+        .await?;
+    bind(
+        channel,
+        topology.dead_queue(),
+        topology.dead_exchange(),
+        "",
+        FieldTable::default(),
+    )
+    .await?;
+
+    // A malformed event is rejected by the gateway and lands in the dead queue with the rest.
+    let store_queue = table(&[
+        ("x-queue-type", quorum.clone()),
+        ("x-dead-letter-exchange", text(&topology.dead_exchange())),
+    ]);
+    channel
+        .queue_declare(topology.events_store_queue().into(), durable(), store_queue)
+        .await?;
+    bind(
+        channel,
+        topology.events_store_queue(),
+        topology.events_exchange(),
+        "#",
+        FieldTable::default(),
+    )
+    .await?;
+
+    for &delay in topology.retry_delays() {
+        let millis = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        // When the TTL runs out the message goes back to the jobs exchange with its original
+        // routing key (the job type), i.e. into its job queue. At-least-once dead-lettering
+        // needs reject-publish overflow.
+        let wait_queue = table(&[
+            ("x-queue-type", quorum.clone()),
+            ("x-message-ttl", AMQPValue::LongLongInt(millis)),
+            ("x-dead-letter-exchange", text(&topology.jobs_exchange())),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+        ]);
+        let queue = topology.retry_queue(delay);
+        channel
+            .queue_declare(queue.clone().into(), durable(), wait_queue)
+            .await?;
+        let selector = table(&[
+            ("x-match", text("all")),
+            (RETRY_DELAY_HEADER, text(&delay_label(delay))),
+        ]);
+        bind(channel, queue, topology.retry_exchange(), "", selector).await?;
+    }
+    Ok(())
+}
+
+/// Declares the quorum queue of one job type and binds it to the jobs exchange.
+///
+/// A message delivered more than [`DEFAULT_DELIVERY_LIMIT`] times (its worker died each time)
+/// is dead-lettered to `<ns>.dead` by the broker instead of being handed out again.
+pub async fn declare_job_queue(
+    channel: &Channel,
+    topology: &Topology,
+    job_type: &JobType,
+) -> lapin::Result<String> {
+    let queue = topology.job_queue(job_type);
+    let arguments = table(&[
+        ("x-queue-type", text("quorum")),
+        (
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(DEFAULT_DELIVERY_LIMIT),
+        ),
+        ("x-dead-letter-exchange", text(&topology.dead_exchange())),
+    ]);
+    channel
+        .queue_declare(queue.clone().into(), durable(), arguments)
+        .await?;
+    bind(
+        channel,
+        queue.clone(),
+        topology.jobs_exchange(),
+        job_type.as_str(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_namespace() {
+        let topology = Topology::new("warren");
+        let echo = JobType::parse("echo").unwrap();
+        assert_eq!(topology.jobs_exchange(), "warren.jobs");
+        assert_eq!(topology.job_queue(&echo), "warren.jobs.echo");
+        assert_eq!(topology.retry_exchange(), "warren.retry");
+        assert_eq!(topology.dead_exchange(), "warren.dead");
+        assert_eq!(topology.events_exchange(), "warren.events");
+        assert_eq!(topology.events_store_queue(), "warren.events.store");
+        assert_eq!(topology.control_exchange(), "warren.control");
+        assert_eq!(Topology::new("t-1").jobs_exchange(), "t-1.jobs");
+    }
+
+    #[test]
+    fn retry_queues_are_labelled_by_their_delay() {
+        let topology = Topology::new("warren");
+        let labels: Vec<String> = topology
+            .retry_delays()
+            .iter()
+            .map(|d| topology.retry_queue(*d))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "warren.retry.1s",
+                "warren.retry.5s",
+                "warren.retry.30s",
+                "warren.retry.2m",
+                "warren.retry.10m"
+            ]
+        );
+        assert_eq!(delay_label(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(delay_label(Duration::from_secs(7200)), "2h");
+    }
+}
