@@ -1,1 +1,22 @@
-//! placeholder
+//! Warren's API gateway: accepts jobs over HTTP, publishes them to RabbitMQ with publisher
+//! confirms, and answers status queries from a job store that it keeps up to date by consuming
+//! the workers' events. The gateway never runs jobs.
+//!
+//! # Layout
+//!
+//! - [`config`]: environment and flags.
+//! - [`app`]: startup ([`Application::build`]), serving and graceful shutdown.
+//! - [`http`]: the router, handlers and problem+json errors.
+//! - [`publisher`]: the confirmed publish of job messages.
+//! - [`events`]: the consumer that applies worker events to the store.
+//! - [`store`]: the [`store::JobStore`] trait, lifecycle rules and the in-memory store.
+
+pub mod app;
+pub mod config;
+pub mod events;
+pub mod http;
+pub mod publisher;
+pub mod store;
+
+pub use app::Application;
+pub use config::GatewayConfig;

@@ -1,1 +1,27 @@
-fn main() {}
+//! The `api-gateway` binary: read configuration, start logging, run until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use warren_gateway::{Application, GatewayConfig};
+use warren_shared::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = GatewayConfig::parse();
+    telemetry::init(config.telemetry.log_format);
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "gateway cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "gateway stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}

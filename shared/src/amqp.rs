@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use deadpool_lapin::{Pool, PoolConfig, Runtime, Timeouts};
+pub use deadpool_lapin::Pool;
+use deadpool_lapin::{PoolConfig, Runtime, Timeouts};
 use lapin::{
     BasicProperties, Channel, Confirmation, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},

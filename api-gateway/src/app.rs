@@ -1,0 +1,140 @@
+//! Startup and shutdown: bind, wire the parts together, serve until told to stop, drain.
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warren_shared::{Topology, amqp};
+
+use crate::{
+    config::GatewayConfig,
+    events,
+    http::{self, AppState, jobs::SubmitLimits},
+    publisher::Publisher,
+    store::{JobStore, MemoryStore},
+};
+
+/// Connections the gateway keeps to RabbitMQ (the publisher and the events consumer share
+/// them).
+const AMQP_POOL_SIZE: usize = 2;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr} (WARREN_HTTP_ADDR): {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The AMQP connection pool could not be set up.
+    #[error(transparent)]
+    Pool(#[from] amqp::PoolSetupError),
+}
+
+/// A gateway bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    config: GatewayConfig,
+    state: AppState,
+    pool: amqp::Pool,
+    topology: Topology,
+}
+
+impl Application {
+    /// Binds `WARREN_HTTP_ADDR` and sets up (but does not yet open) the broker connections, so
+    /// the gateway starts even while RabbitMQ is down and reports it on `/readyz`.
+    pub async fn build(config: GatewayConfig) -> Result<Self, StartupError> {
+        let addr = config.http_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+        Self::with_parts(config, listener, store)
+    }
+
+    /// Builds on an already-bound listener and a given store (tests bind port 0).
+    pub fn with_parts(
+        config: GatewayConfig,
+        listener: TcpListener,
+        store: Arc<dyn JobStore>,
+    ) -> Result<Self, StartupError> {
+        let topology = Topology::new(config.broker.namespace.clone());
+        let pool = amqp::connection_pool(&config.broker, "warren-gateway", AMQP_POOL_SIZE)?;
+        let publisher = Publisher::new(pool.clone(), topology.clone(), config.publish_timeout());
+        let state = AppState {
+            store,
+            publisher: Arc::new(publisher),
+            limits: Arc::new(SubmitLimits {
+                default_timeout_ms: config.default_timeout_ms,
+                max_timeout_ms: config.max_timeout_ms,
+            }),
+        };
+        Ok(Self {
+            listener,
+            config,
+            state,
+            pool,
+            topology,
+        })
+    }
+
+    /// The port the gateway listens on.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map_or(0, |addr| addr.port())
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, gives requests in flight the
+    /// grace period to finish, and stops the events consumer.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            listener,
+            config,
+            state,
+            pool,
+            topology,
+        } = self;
+        let stop_consumer = CancellationToken::new();
+        let consumer = tokio::spawn(events::run(
+            pool.clone(),
+            topology,
+            state.store.clone(),
+            stop_consumer.clone(),
+        ));
+
+        let draining = CancellationToken::new();
+        let signal = {
+            let draining = draining.clone();
+            async move {
+                shutdown.await;
+                tracing::info!(
+                    "shutting down: refusing new connections, finishing requests in flight"
+                );
+                draining.cancel();
+            }
+        };
+        let grace = config.shutdown.grace();
+        tracing::info!(addr = ?listener.local_addr().ok(), namespace = %config.broker.namespace, "gateway listening");
+        let app = http::router(state, config.max_body_bytes);
+        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let served = tokio::select! {
+            served = server.into_future() => served,
+            () = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "requests still in flight after the grace period; dropping them");
+                Ok(())
+            }
+        };
+        stop_consumer.cancel();
+        if let Err(error) = consumer.await {
+            tracing::error!(%error, "events consumer task failed");
+        }
+        pool.close();
+        tracing::info!("gateway stopped");
+        served
+    }
+}

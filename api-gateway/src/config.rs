@@ -1,0 +1,89 @@
+//! The gateway's configuration: environment variables, or flags of the same meaning
+//! (`api-gateway --help` lists both).
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use warren_shared::config::{BrokerConfig, ShutdownConfig, TelemetryConfig};
+
+/// Everything the gateway reads at start.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "api-gateway", version, about = "Warren's HTTP job gateway")]
+pub struct GatewayConfig {
+    /// Where RabbitMQ is and which namespace to use.
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+
+    /// Log format.
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+
+    /// Shutdown grace period.
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
+
+    /// Address the HTTP server listens on.
+    #[arg(
+        long = "http-addr",
+        env = "WARREN_HTTP_ADDR",
+        value_name = "WARREN_HTTP_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub http_addr: SocketAddr,
+
+    /// How long a submit waits for RabbitMQ's publisher confirm before answering 503.
+    #[arg(
+        long = "publish-timeout-ms",
+        env = "WARREN_PUBLISH_TIMEOUT_MS",
+        value_name = "WARREN_PUBLISH_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
+    pub publish_timeout_ms: u64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(
+        long = "max-body-bytes",
+        env = "WARREN_MAX_BODY_BYTES",
+        value_name = "WARREN_MAX_BODY_BYTES",
+        default_value_t = 1024 * 1024
+    )]
+    pub max_body_bytes: usize,
+
+    /// Per-attempt time limit given to jobs that do not set `timeout_ms`.
+    #[arg(
+        long = "default-timeout-ms",
+        env = "WARREN_DEFAULT_TIMEOUT_MS",
+        value_name = "WARREN_DEFAULT_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub default_timeout_ms: u64,
+
+    /// Largest `timeout_ms` a job may ask for. Keep it below RabbitMQ's `consumer_timeout`
+    /// (30 min by default), or the broker closes the channel of a worker still running the job.
+    #[arg(
+        long = "max-timeout-ms",
+        env = "WARREN_MAX_TIMEOUT_MS",
+        value_name = "WARREN_MAX_TIMEOUT_MS",
+        default_value_t = 25 * 60 * 1000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_timeout_ms: u64,
+}
+
+impl GatewayConfig {
+    /// Defaults for everything but the broker; what tests and embedders start from.
+    #[must_use]
+    pub fn with_broker(broker: BrokerConfig) -> Self {
+        let mut config = Self::parse_from(["api-gateway"]);
+        config.broker = broker;
+        config
+    }
+
+    /// The publish confirm deadline.
+    #[must_use]
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}

@@ -1,0 +1,29 @@
+//! Liveness and readiness probes.
+
+use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use serde_json::json;
+
+use super::AppState;
+
+/// `GET /healthz`: 200 while the process can answer at all.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when RabbitMQ and the store are usable, 503 (saying which is not)
+/// otherwise.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (broker, store) = tokio::join!(state.publisher.is_ready(), state.store.ping());
+    let store = store.is_ok();
+    let status = if broker && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if status.is_success() { "ready" } else { "unavailable" },
+        "broker": if broker { "ok" } else { "unavailable" },
+        "store": if store { "ok" } else { "unavailable" },
+    });
+    (status, Json(body))
+}

@@ -1,0 +1,67 @@
+//! The HTTP API: routes, shared state, request tracing and the fallback.
+//!
+//! [`router`] builds the whole app from an [`AppState`] without a socket, so handlers can be
+//! driven in tests with `tower::ServiceExt::oneshot`.
+
+pub mod health;
+pub mod jobs;
+pub mod problem;
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use tracing::Instrument;
+
+use crate::{publisher::Publisher, store::JobStore};
+use jobs::SubmitLimits;
+use problem::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Job records.
+    pub store: Arc<dyn JobStore>,
+    /// Publishes job messages with confirms.
+    pub publisher: Arc<Publisher>,
+    /// Limits applied to submitted jobs.
+    pub limits: Arc<SubmitLimits>,
+}
+
+/// The gateway's routes over `state`, with a body limit of `max_body_bytes`.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/jobs", post(jobs::submit))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(trace_request))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
+}
+
+/// One span per request with method and route; one log line when it finishes.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let span = tracing::info_span!("http", method = %request.method(), route = %route);
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| tracing::info!(status, elapsed_ms, "request finished"));
+    response
+}

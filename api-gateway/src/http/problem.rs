@@ -1,0 +1,128 @@
+//! HTTP errors as `application/problem+json` (RFC 9457).
+//!
+//! Every refusal says what to fix. A 5xx never carries internals: the cause is logged where
+//! the error is made, and the client gets a generic detail and a `Retry-After`.
+
+use axum::{
+    Json,
+    extract::rejection::JsonRejection,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use warren_shared::{JobId, JobType};
+
+/// Everything the HTTP API can refuse a request for.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON.
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// A path parameter is not a job id.
+    #[error("{0:?} is not a job id: ids are UUIDs such as 0193a3f0-7c1a-7b0e-8f00-0123456789ab")]
+    MalformedId(String),
+    /// The body is larger than the configured limit (`WARREN_MAX_BODY_BYTES`).
+    #[error(
+        "the request body is larger than this gateway accepts (1 MiB unless configured otherwise); send a smaller body"
+    )]
+    BodyTooLarge,
+    /// The request did not say it was sending JSON.
+    #[error("send the body as JSON with the header Content-Type: application/json")]
+    NotJson,
+    /// A field has a value outside what is allowed.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The field, as named in the request body.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// The JSON does not have the expected shape (unknown field, wrong type, missing field).
+    #[error("{0}")]
+    InvalidBody(String),
+    /// No worker queue is bound for the job type.
+    #[error(
+        "no worker handles job type {0:?}: no queue is bound for it; start a worker that \
+         registers this type, or check the spelling"
+    )]
+    UnknownJobType(JobType),
+    /// No job has this id.
+    #[error("no job has id {0}")]
+    JobNotFound(JobId),
+    /// No route matches the path.
+    #[error("no route matches {0}; see /openapi.json for the API")]
+    RouteNotFound(String),
+    /// A dependency (broker or store) is unavailable; the client should retry later.
+    #[error("{0}; try again in a few seconds")]
+    Unavailable(&'static str),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::MalformedId(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidField { .. } | Self::InvalidBody(_) | Self::UnknownJobType(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::JobNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable identifier of the problem type, for clients to branch on.
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed-json",
+            Self::MalformedId(_) => "malformed-id",
+            Self::BodyTooLarge => "body-too-large",
+            Self::NotJson => "unsupported-media-type",
+            Self::InvalidField { .. } | Self::InvalidBody(_) => "invalid-field",
+            Self::UnknownJobType(_) => "unknown-job-type",
+            Self::JobNotFound(_) => "job-not-found",
+            Self::RouteNotFound(_) => "route-not-found",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({
+            "type": format!("urn:warren:problem:{}", self.slug()),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        if let Self::InvalidField { field, .. } = &self {
+            body["field"] = json!(field);
+        }
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::NotJson,
+            JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(e.body_text()),
+            JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
+            other => Self::MalformedJson(other.body_text()),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Publishing job messages: one long-lived confirm channel shared by all requests (lapin
+//! pipelines confirms on it), reopened from the connection pool when it has died.
+
+use std::time::Duration;
+
+use lapin::{Channel, types::FieldTable};
+use tokio::sync::Mutex;
+use warren_shared::amqp::Pool;
+use warren_shared::{
+    JobMessage, Topology,
+    amqp::{self, BrokerError, Outgoing, PublishError},
+    message, topology,
+};
+
+/// Publishes jobs to `<ns>.jobs` with confirms.
+#[derive(Debug)]
+pub struct Publisher {
+    pool: Pool,
+    topology: Topology,
+    timeout: Duration,
+    /// The shared confirm channel; `None` until first use or after it died.
+    channel: Mutex<Option<Channel>>,
+}
+
+impl Publisher {
+    /// A publisher on `pool` that gives each publish `timeout` to be confirmed.
+    #[must_use]
+    pub fn new(pool: Pool, topology: Topology, timeout: Duration) -> Self {
+        Self {
+            pool,
+            topology,
+            timeout,
+            channel: Mutex::new(None),
+        }
+    }
+
+    /// The live confirm channel, opening (and declaring the topology on) a new one if needed.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut cached = self.channel.lock().await;
+        if let Some(channel) = cached.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = amqp::confirm_channel(&self.pool).await?;
+        topology::declare_core(&channel, &self.topology).await?;
+        tracing::info!(channel = channel.id(), "publisher channel open");
+        *cached = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes one job message: persistent, mandatory, confirmed within the timeout.
+    /// The whole call, including reconnecting, is bounded by the timeout.
+    pub async fn publish_job(&self, job: &JobMessage) -> Result<(), PublishError> {
+        let publish = async {
+            let channel = self.channel().await?;
+            let body = message::encode(job);
+            let id = job.id.to_string();
+            let outgoing = Outgoing {
+                exchange: &self.topology.jobs_exchange(),
+                routing_key: job.job_type.as_str(),
+                body: &body,
+                message_id: &id,
+                kind: job.job_type.as_str(),
+                headers: FieldTable::default(),
+                mandatory: true,
+            };
+            amqp::publish_confirmed(&channel, outgoing, self.timeout).await
+        };
+        tokio::time::timeout(self.timeout, publish)
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))?
+    }
+
+    /// Whether the broker is usable now: a live channel exists or can be opened quickly.
+    pub async fn is_ready(&self) -> bool {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.channel()).await,
+            Ok(Ok(_))
+        )
+    }
+}

@@ -1,0 +1,121 @@
+//! The job store: where the gateway keeps each job's record and applies worker events.
+//!
+//! [`JobStore`] is the seam between HTTP and storage. The rules of the lifecycle (terminal is
+//! final, stale events are ignored, status never moves backwards) live in [`transition`] as a
+//! pure function so every implementation applies exactly the same rules.
+
+mod memory;
+pub mod transition;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use warren_shared::{JobError, JobEvent, JobId, JobMessage, JobStatus, JobType, Progress, V1};
+
+pub use memory::MemoryStore;
+pub use transition::Ignored;
+
+/// A job's record: the resource `GET /v1/jobs/{id}` answers, plus what the store needs to
+/// apply events and re-publish the job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    /// The job's id (UUIDv7).
+    pub id: JobId,
+    /// The job's type.
+    #[serde(rename = "type")]
+    pub job_type: JobType,
+    /// Where the job is in its lifecycle.
+    pub status: JobStatus,
+    /// The current (or last) attempt, from 1.
+    pub attempt: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// The handler's latest progress report.
+    pub progress: Option<Progress>,
+    /// The handler's result once `succeeded`.
+    pub result: Option<Value>,
+    /// Why the job failed, once `failed` (or the last attempt's error while `retrying`).
+    pub error: Option<JobError>,
+    /// When the gateway accepted the job.
+    pub created_at: DateTime<Utc>,
+    /// When the record last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When a worker first started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The handler's input (kept to re-publish the job; not part of the resource).
+    #[serde(skip)]
+    pub payload: Value,
+    /// Per-attempt time limit in milliseconds (not part of the resource).
+    #[serde(skip)]
+    pub timeout_ms: u64,
+    /// Where to POST the finished job, if the client asked (not part of the resource).
+    #[serde(skip)]
+    pub callback_url: Option<String>,
+    /// Sequence number of the last event applied within `attempt` (not part of the resource).
+    #[serde(skip)]
+    pub seq: u64,
+}
+
+impl Job {
+    /// The message that asks a worker to run this job's current attempt.
+    #[must_use]
+    pub fn message(&self) -> JobMessage {
+        JobMessage {
+            v: V1,
+            id: self.id,
+            job_type: self.job_type.clone(),
+            payload: self.payload.clone(),
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The record changed; this is the new state.
+    Updated(Box<Job>),
+    /// The event was recognised as stale or redundant and changed nothing.
+    Ignored(Ignored),
+    /// No record has this id (e.g. it was deleted by retention, or belongs to another store).
+    UnknownJob,
+}
+
+/// The store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing store cannot be reached; try again later.
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+    /// A record with this id already exists.
+    #[error("job {0} already exists")]
+    Duplicate(JobId),
+}
+
+/// Keeps job records. Implementations must be safe to share between request handlers and the
+/// events consumer, and must apply events with [`transition::apply`]'s rules even when several
+/// gateways apply events for the same job at once.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Stores a new record; called before the job is published.
+    async fn insert(&self, job: Job) -> Result<(), StoreError>;
+
+    /// The record with this id, if any.
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Applies a worker event under the lifecycle rules.
+    async fn apply_event(&self, event: &JobEvent) -> Result<Applied, StoreError>;
+
+    /// Marks a job that could not be published as failed (unless something already finished
+    /// it), so no record stays `queued` for a message the broker never took.
+    async fn fail_unpublished(&self, id: JobId, error: JobError) -> Result<(), StoreError>;
+
+    /// Succeeds when the store is usable; backs `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,264 @@
+//! The lifecycle rules, as one pure function every store uses.
+//!
+//! An event moves a job only forward:
+//! 1. a terminal job never changes (first terminal outcome wins; duplicates after a crash
+//!    and redelivery are ignored);
+//! 2. an event of an older attempt is stale;
+//! 3. a terminal event of the current or a newer attempt is applied, whatever its `seq`: a
+//!    redelivered attempt restarts its `seq` at 1, and its outcome must still land;
+//! 4. within an attempt, a `seq` at or below the last applied one is stale or a duplicate, and
+//!    a status of lower rank (e.g. `running` after `retrying`) would move backwards.
+
+use chrono::Utc;
+use warren_shared::{JobError, JobEvent, JobStatus};
+
+use super::Job;
+
+/// Why an event was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// The job is already terminal.
+    AlreadyTerminal,
+    /// The event belongs to an attempt before the job's current one.
+    StaleAttempt,
+    /// The event's `seq` is not newer than the last applied one of its attempt.
+    StaleSeq,
+    /// The event would move the status backwards within an attempt.
+    Backwards,
+    /// The event names another job type than the record (a bug or a forged event).
+    TypeMismatch,
+    /// Workers never report `queued`.
+    Queued,
+}
+
+impl Ignored {
+    /// A short label for logs and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyTerminal => "already_terminal",
+            Self::StaleAttempt => "stale_attempt",
+            Self::StaleSeq => "stale_seq",
+            Self::Backwards => "backwards",
+            Self::TypeMismatch => "type_mismatch",
+            Self::Queued => "queued_from_worker",
+        }
+    }
+}
+
+/// Decides whether `event` applies to `job` and, if so, applies it.
+pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
+    check(job, event)?;
+    let new_attempt = event.attempt > job.attempt;
+    job.status = event.status;
+    job.attempt = event.attempt;
+    job.seq = if new_attempt || event.seq > job.seq {
+        event.seq
+    } else {
+        job.seq
+    };
+    if event.progress.is_some() {
+        job.progress.clone_from(&event.progress);
+    }
+    if event.result.is_some() {
+        job.result.clone_from(&event.result);
+    }
+    if event.error.is_some() {
+        job.error.clone_from(&event.error);
+    }
+    if event.status == JobStatus::Running && job.started_at.is_none() {
+        job.started_at = Some(event.at);
+    }
+    if event.status.is_terminal() {
+        job.finished_at = Some(event.at);
+    }
+    job.updated_at = event.at;
+    Ok(())
+}
+
+fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {
+    if job.status.is_terminal() {
+        return Err(Ignored::AlreadyTerminal);
+    }
+    if event.job_type != job.job_type {
+        return Err(Ignored::TypeMismatch);
+    }
+    if event.status == JobStatus::Queued {
+        return Err(Ignored::Queued);
+    }
+    if event.attempt < job.attempt {
+        return Err(Ignored::StaleAttempt);
+    }
+    if event.status.is_terminal() || event.attempt > job.attempt {
+        return Ok(());
+    }
+    if event.seq <= job.seq {
+        return Err(Ignored::StaleSeq);
+    }
+    if event.status.rank() < job.status.rank() {
+        return Err(Ignored::Backwards);
+    }
+    Ok(())
+}
+
+/// Marks a job failed for a reason found by the gateway (not by a worker), unless it is
+/// already terminal. Returns whether the record changed.
+pub fn fail(job: &mut Job, error: JobError) -> bool {
+    if job.status.is_terminal() {
+        return false;
+    }
+    let now = Utc::now();
+    job.status = JobStatus::Failed;
+    job.error = Some(error);
+    job.finished_at = Some(now);
+    job.updated_at = now;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use serde_json::json;
+    use warren_shared::{JobId, JobType, V1};
+
+    use super::*;
+
+    fn queued_job() -> Job {
+        let now = Utc::now();
+        Job {
+            id: JobId::new(),
+            job_type: JobType::parse("echo").unwrap(),
+            status: JobStatus::Queued,
+            attempt: 1,
+            max_attempts: 3,
+            progress: None,
+            result: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            payload: json!({}),
+            timeout_ms: 1000,
+            callback_url: None,
+            seq: 0,
+        }
+    }
+
+    fn event(job: &Job, status: JobStatus, attempt: u32, seq: u64) -> JobEvent {
+        JobEvent {
+            v: V1,
+            id: job.id,
+            job_type: job.job_type.clone(),
+            status,
+            attempt,
+            seq,
+            progress: None,
+            result: (status == JobStatus::Succeeded).then(|| json!({"seq": seq})),
+            error: (status == JobStatus::Failed).then(|| JobError::new("handler_error", "boom")),
+            worker: "w".into(),
+            at: Utc::now(),
+        }
+    }
+
+    /// Applies an event of `job`'s id and type.
+    fn step(job: &mut Job, status: JobStatus, attempt: u32, seq: u64) -> Result<(), Ignored> {
+        let event = event(job, status, attempt, seq);
+        apply(job, &event)
+    }
+
+    #[test]
+    fn the_happy_path_runs_forward_and_stamps_times() {
+        let mut job = queued_job();
+        step(&mut job, JobStatus::Running, 1, 1).unwrap();
+        assert_eq!(job.status, JobStatus::Running);
+        assert!(job.started_at.is_some() && job.finished_at.is_none());
+        step(&mut job, JobStatus::Succeeded, 1, 2).unwrap();
+        assert_eq!(job.status, JobStatus::Succeeded);
+        assert_eq!(job.result, Some(json!({"seq": 2})));
+        assert!(job.finished_at.is_some());
+    }
+
+    #[test]
+    fn terminal_is_final_even_for_a_later_terminal_event() {
+        let mut job = queued_job();
+        step(&mut job, JobStatus::Succeeded, 1, 2).unwrap();
+        let before = job.clone();
+        for (status, attempt, seq) in [
+            (JobStatus::Failed, 1, 3),
+            (JobStatus::Running, 2, 1),
+            (JobStatus::Succeeded, 1, 2),
+        ] {
+            assert_eq!(
+                step(&mut job, status, attempt, seq),
+                Err(Ignored::AlreadyTerminal)
+            );
+        }
+        assert_eq!(job, before);
+    }
+
+    #[test]
+    fn stale_and_duplicate_events_change_nothing() {
+        let mut job = queued_job();
+        step(&mut job, JobStatus::Running, 2, 3).unwrap();
+        let before = job.clone();
+        assert_eq!(
+            step(&mut job, JobStatus::Running, 1, 9),
+            Err(Ignored::StaleAttempt)
+        );
+        assert_eq!(
+            step(&mut job, JobStatus::Running, 2, 3),
+            Err(Ignored::StaleSeq)
+        );
+        assert_eq!(
+            step(&mut job, JobStatus::Running, 2, 2),
+            Err(Ignored::StaleSeq)
+        );
+        assert_eq!(job, before);
+    }
+
+    #[test]
+    fn status_never_moves_backwards_within_an_attempt() {
+        let mut job = queued_job();
+        step(&mut job, JobStatus::Retrying, 1, 3).unwrap();
+        assert_eq!(
+            step(&mut job, JobStatus::Running, 1, 4),
+            Err(Ignored::Backwards)
+        );
+        step(&mut job, JobStatus::Running, 2, 1).unwrap();
+        assert_eq!((job.status, job.attempt), (JobStatus::Running, 2));
+    }
+
+    #[test]
+    fn a_redelivered_attempt_still_lands_its_outcome() {
+        // First run got to seq 5 before its worker died; the second run finishes at seq 2.
+        let mut job = queued_job();
+        step(&mut job, JobStatus::Running, 1, 5).unwrap();
+        step(&mut job, JobStatus::Succeeded, 1, 2).unwrap();
+        assert_eq!(job.status, JobStatus::Succeeded);
+    }
+
+    #[test]
+    fn foreign_type_and_queued_events_are_refused() {
+        let mut job = queued_job();
+        let mut foreign = event(&job, JobStatus::Running, 1, 1);
+        foreign.job_type = JobType::parse("other").unwrap();
+        assert_eq!(apply(&mut job, &foreign), Err(Ignored::TypeMismatch));
+        assert_eq!(
+            step(&mut job, JobStatus::Queued, 1, 1),
+            Err(Ignored::Queued)
+        );
+    }
+
+    #[test]
+    fn fail_marks_only_unfinished_jobs() {
+        let mut job = queued_job();
+        assert!(fail(&mut job, JobError::new("publish_failed", "nack")));
+        assert_eq!(job.status, JobStatus::Failed);
+        assert!(!fail(&mut job, JobError::new("other", "x")));
+        assert_eq!(
+            job.error.as_ref().map(|e| e.kind.as_str()),
+            Some("publish_failed")
+        );
+    }
+}
