@@ -42,7 +42,7 @@ pub enum ApiError {
     InvalidBody(String),
     /// No worker queue is bound for the job type.
     #[error(
-        "no worker handles job type {0:?}: no queue is bound for it; start a worker that \
+        "no worker handles job type \"{0}\": no queue is bound for it; start a worker that \
          registers this type, or check the spelling"
     )]
     UnknownJobType(JobType),

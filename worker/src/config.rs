@@ -1,0 +1,58 @@
+//! The worker's configuration: environment variables, or flags of the same meaning
+//! (`worker --help` lists both).
+
+use clap::Parser;
+use warren_shared::{
+    JobType,
+    config::{BrokerConfig, ShutdownConfig, TelemetryConfig},
+};
+
+/// Everything a worker reads at start.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Warren worker: runs jobs from RabbitMQ"
+)]
+pub struct WorkerConfig {
+    /// Where RabbitMQ is and which namespace to use.
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+
+    /// Log format.
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+
+    /// Shutdown grace period.
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
+
+    /// Jobs run at once by this process; also the prefetch of each job queue's consumer.
+    #[arg(
+        long = "concurrency",
+        env = "WARREN_WORKER_CONCURRENCY",
+        value_name = "WARREN_WORKER_CONCURRENCY",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..=1000)
+    )]
+    pub concurrency: u16,
+
+    /// Comma-separated job types to consume (default: every handler the binary has).
+    #[arg(
+        long = "types",
+        env = "WARREN_WORKER_TYPES",
+        value_name = "WARREN_WORKER_TYPES",
+        value_delimiter = ','
+    )]
+    pub types: Vec<JobType>,
+}
+
+impl WorkerConfig {
+    /// Defaults for everything but the broker; what tests and embedders start from.
+    #[must_use]
+    pub fn with_broker(broker: BrokerConfig) -> Self {
+        let mut config = Self::parse_from(["worker"]);
+        config.broker = broker;
+        config
+    }
+}

@@ -1,0 +1,98 @@
+//! Publishing a job's events: `running`, progress reports and the outcome, numbered with a
+//! per-attempt sequence so the store can recognise stale and repeated events.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use chrono::Utc;
+use lapin::{Channel, types::FieldTable};
+use serde_json::Value;
+use warren_shared::{
+    JobError, JobEvent, JobMessage, JobStatus, Progress, Topology, V1,
+    amqp::{self, Outgoing, PublishError},
+    message,
+};
+
+use crate::runner::PUBLISH_TIMEOUT;
+
+/// Publishes the events of one attempt of one job.
+#[derive(Debug, Clone)]
+pub(crate) struct Reporter {
+    inner: Arc<ReporterInner>,
+}
+
+#[derive(Debug)]
+struct ReporterInner {
+    channel: Channel,
+    exchange: String,
+    job: JobMessage,
+    worker: Arc<str>,
+    seq: AtomicU64,
+}
+
+impl Reporter {
+    pub(crate) fn new(
+        channel: Channel,
+        topology: &Topology,
+        job: JobMessage,
+        worker: Arc<str>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ReporterInner {
+                channel,
+                exchange: topology.events_exchange(),
+                job,
+                worker,
+                seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Publishes an event and waits for the broker's confirm.
+    pub(crate) async fn publish(
+        &self,
+        status: JobStatus,
+        progress: Option<Progress>,
+        result: Option<Value>,
+        error: Option<JobError>,
+    ) -> Result<(), PublishError> {
+        let inner = &self.inner;
+        let event = JobEvent {
+            v: V1,
+            id: inner.job.id,
+            job_type: inner.job.job_type.clone(),
+            status,
+            attempt: inner.job.attempt,
+            seq: inner.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            progress,
+            result,
+            error,
+            worker: inner.worker.to_string(),
+            at: Utc::now(),
+        };
+        let body = message::encode(&event);
+        let id = event.id.to_string();
+        let outgoing = Outgoing {
+            exchange: &inner.exchange,
+            routing_key: &event.routing_key(),
+            body: &body,
+            message_id: &id,
+            kind: event.job_type.as_str(),
+            headers: FieldTable::default(),
+            mandatory: false,
+        };
+        amqp::publish_confirmed(&inner.channel, outgoing, PUBLISH_TIMEOUT).await
+    }
+
+    /// Publishes a progress report; failures are logged, not returned.
+    pub(crate) async fn progress(&self, progress: Progress) {
+        if let Err(error) = self
+            .publish(JobStatus::Running, Some(progress), None, None)
+            .await
+        {
+            tracing::warn!(%error, "progress report not published");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The consume loop: one session per broker connection, reconnecting with backoff, running
+//! each delivery as a job under a concurrency limit, and deciding in one place
+//! ([`settle`]) whether a delivery is acked or returned.
+//!
+//! At-least-once: a job is acked only after its outcome event is confirmed by the broker. Any
+//! failure before that leaves the delivery unacked (or nacks it back), so the broker hands it
+//! out again; the store keeps the first terminal outcome.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream};
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tracing::Instrument;
+use warren_shared::{
+    JobError, JobMessage, JobStatus, JobType, Topology,
+    amqp::{self, BrokerError, Outgoing, Pool},
+    message, topology,
+};
+
+use crate::{
+    handler::{Handler, JobContext, Registry},
+    report::Reporter,
+};
+
+/// How long a publish (event or dead letter) may wait for its confirm.
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the worker needs while it runs, shared by every job task.
+pub(crate) struct Shared {
+    pub(crate) topology: Topology,
+    pub(crate) handlers: Registry,
+    pub(crate) identity: Arc<str>,
+    pub(crate) concurrency: u16,
+}
+
+/// Why a consuming session ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the broker cancelled the consumer of {0} (queue deleted?)")]
+    ConsumerEnded(String),
+}
+
+impl From<lapin::Error> for SessionError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(error))
+    }
+}
+
+/// Consumes until `stop` is cancelled, reconnecting with capped exponential backoff; job tasks
+/// are spawned into `in_flight`.
+pub(crate) async fn consume(
+    shared: &Arc<Shared>,
+    pool: &Pool,
+    stop: &CancellationToken,
+    in_flight: &mut JoinSet<()>,
+) {
+    let permits = Arc::new(Semaphore::new(usize::from(shared.concurrency)));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(shared, pool, stop, in_flight, &permits).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "consuming stopped; reconnecting");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection's worth of consuming; `Ok` only when asked to stop, after cancelling the
+/// consumers so no new deliveries arrive. Jobs in flight keep their channels.
+async fn session(
+    shared: &Arc<Shared>,
+    pool: &Pool,
+    stop: &CancellationToken,
+    in_flight: &mut JoinSet<()>,
+    permits: &Arc<Semaphore>,
+) -> Result<(), SessionError> {
+    let connection = pool
+        .get()
+        .await
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let consume_channel = connection.create_channel().await?;
+    drop(connection);
+    let publish_channel = amqp::confirm_channel(pool).await?;
+    topology::declare_core(&publish_channel, &shared.topology).await?;
+    consume_channel
+        .basic_qos(shared.concurrency, BasicQosOptions::default())
+        .await?;
+
+    let mut consumers = Vec::new();
+    let mut tags = Vec::new();
+    for job_type in shared.handlers.keys() {
+        let queue =
+            topology::declare_job_queue(&consume_channel, &shared.topology, job_type).await?;
+        let consumer = consume_channel
+            .basic_consume(
+                queue.clone().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tags.push(consumer.tag());
+        // A consumer stream that ends (the broker cancelled it) yields one final `None`.
+        let tagged = consumer
+            .map(Some)
+            .chain(stream::once(async { None }))
+            .map(move |item| (queue.clone(), item));
+        consumers.push(Box::pin(tagged));
+    }
+    let types: Vec<&str> = shared.handlers.keys().map(JobType::as_str).collect();
+    tracing::info!(types = %types.join(","), concurrency = shared.concurrency, "consuming");
+    let mut deliveries = stream::select_all(consumers);
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
+        let next = tokio::select! {
+            () = stop.cancelled() => break,
+            next = deliveries.next() => next,
+        };
+        match next {
+            Some((_, Some(Ok(delivery)))) => {
+                let (shared, channel) = (shared.clone(), publish_channel.clone());
+                in_flight.spawn(async move {
+                    process(&shared, channel, delivery).await;
+                    drop(permit);
+                });
+            }
+            Some((_, Some(Err(error)))) => return Err(error.into()),
+            Some((queue, None)) => return Err(SessionError::ConsumerEnded(queue)),
+            None => return Ok(()),
+        }
+    }
+    for tag in tags {
+        if let Err(error) = consume_channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(%error, "cannot cancel a consumer; the channel closes anyway");
+        }
+    }
+    tracing::info!("stopped consuming");
+    Ok(())
+}
+
+/// Runs one delivery: reads the job, runs its handler, publishes the outcome, settles.
+async fn process(shared: &Shared, channel: Channel, delivery: Delivery) {
+    let job: JobMessage = match message::decode(&delivery.data) {
+        Ok(job) => job,
+        Err(error) => return dead_letter(shared, &channel, delivery, &error.to_string()).await,
+    };
+    let Some(handler) = shared.handlers.get(&job.job_type).cloned() else {
+        let reason = format!(
+            "this worker has no handler for job type {:?}",
+            job.job_type.as_str()
+        );
+        return dead_letter(shared, &channel, delivery, &reason).await;
+    };
+    let span = tracing::info_span!(
+        "job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempt,
+        redelivered = delivery.redelivered
+    );
+    run_job(shared, channel, delivery, job, &handler)
+        .instrument(span)
+        .await;
+}
+
+async fn run_job(
+    shared: &Shared,
+    channel: Channel,
+    delivery: Delivery,
+    job: JobMessage,
+    handler: &Handler,
+) {
+    let reporter = Reporter::new(
+        channel,
+        &shared.topology,
+        job.clone(),
+        shared.identity.clone(),
+    );
+    if let Err(error) = reporter.publish(JobStatus::Running, None, None, None).await {
+        tracing::warn!(%error, "running event not published; running the job anyway");
+    }
+    tracing::info!("job started");
+    let started = Instant::now();
+    let timeout = Duration::from_millis(job.timeout_ms);
+    let context = JobContext {
+        id: job.id,
+        job_type: job.job_type.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        payload: job.payload,
+        reporter: reporter.clone(),
+        cancel: CancellationToken::new(),
+    };
+    let outcome = execute(handler, context, timeout).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    settle(&reporter, &delivery, outcome, elapsed_ms).await;
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+enum Outcome {
+    Succeeded(serde_json::Value),
+    Failed(JobError),
+}
+
+/// Runs the handler on its own task, so a panic is caught as a failed attempt, and stops it
+/// at its timeout.
+async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> Outcome {
+    let cancel = context.cancel.clone();
+    let mut task = AbortOnDropHandle::new(tokio::spawn(handler(context)));
+    let joined = match tokio::time::timeout(timeout, &mut task).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            cancel.cancel();
+            return Outcome::Failed(JobError::new(
+                "timeout",
+                format!(
+                    "the attempt ran longer than its timeout of {} ms",
+                    timeout.as_millis()
+                ),
+            ));
+        }
+    };
+    match joined {
+        Ok(Ok(result)) => Outcome::Succeeded(result),
+        Ok(Err(error)) => Outcome::Failed(JobError::new(error.kind, error.message)),
+        Err(join_error) if join_error.is_panic() => {
+            let panic = join_error.into_panic();
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic payload".to_owned());
+            Outcome::Failed(JobError::new(
+                "panic",
+                format!("the handler panicked: {text}"),
+            ))
+        }
+        Err(_) => Outcome::Failed(JobError::new("aborted", "the handler task was cancelled")),
+    }
+}
+
+/// The one place a job delivery is settled: publish the outcome, then ack only once the
+/// broker confirmed it; otherwise return the delivery to its queue to be run again.
+async fn settle(reporter: &Reporter, delivery: &Delivery, outcome: Outcome, elapsed_ms: f64) {
+    let (status, result, error) = match outcome {
+        Outcome::Succeeded(result) => (JobStatus::Succeeded, Some(result), None),
+        Outcome::Failed(error) => (JobStatus::Failed, None, Some(error)),
+    };
+    let kind = error.as_ref().map(|e| e.kind.clone());
+    match reporter.publish(status, None, result, error).await {
+        Ok(()) => {
+            if let Err(ack_error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The channel died after the outcome was confirmed: the job will be handed out
+                // again, and the store ignores the second outcome.
+                tracing::warn!(%ack_error, "outcome confirmed but ack failed; the job will run again");
+            }
+            tracing::info!(%status, error_kind = kind.as_deref(), elapsed_ms, "job finished");
+        }
+        Err(publish_error) => {
+            tracing::error!(%publish_error, "outcome not confirmed; returning the job to its queue");
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            if let Err(nack_error) = delivery.acker.nack(requeue).await {
+                tracing::warn!(%nack_error, "nack failed; the broker requeues the job when the channel closes");
+            }
+        }
+    }
+}
+
+/// Moves an unreadable message to `<ns>.dead` with the reason, then acks it; if that cannot be
+/// confirmed, returns it to its queue rather than lose it.
+async fn dead_letter(shared: &Shared, channel: &Channel, delivery: Delivery, reason: &str) {
+    tracing::error!(reason, queue = %delivery.routing_key, "unreadable job message; dead-lettering it");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(topology::DEAD_REASON_HEADER),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        ShortString::from("x-warren-worker"),
+        AMQPValue::LongString(shared.identity.as_ref().into()),
+    );
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(ShortString::as_str)
+        .unwrap_or_default();
+    let outgoing = Outgoing {
+        exchange: &shared.topology.dead_exchange(),
+        routing_key: delivery.routing_key.as_str(),
+        body: &delivery.data,
+        message_id,
+        kind: "dead-letter",
+        headers,
+        mandatory: false,
+    };
+    match amqp::publish_confirmed(channel, outgoing, PUBLISH_TIMEOUT).await {
+        Ok(()) => {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "dead letter stored but ack failed");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "dead letter not confirmed; returning the message to its queue");
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            if let Err(error) = delivery.acker.nack(requeue).await {
+                tracing::warn!(%error, "nack failed");
+            }
+        }
+    }
+}

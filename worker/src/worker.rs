@@ -1,0 +1,178 @@
+//! Building a worker from handlers, and running it until shutdown.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use warren_shared::{JobType, Topology, amqp, job::InvalidJobType};
+
+use crate::{
+    config::WorkerConfig,
+    handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
+    runner::{self, Shared},
+};
+
+/// Collects handlers; [`WorkerBuilder::build`] checks them against the configuration.
+#[derive(Default)]
+pub struct WorkerBuilder {
+    handlers: Vec<(String, Handler)>,
+}
+
+/// Why a worker could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A handler was registered under a name that is not a valid job type.
+    #[error(transparent)]
+    InvalidType(#[from] InvalidJobType),
+    /// Two handlers were registered for one type.
+    #[error("two handlers are registered for job type {0:?}")]
+    Duplicate(String),
+    /// `WARREN_WORKER_TYPES` names a type this binary has no handler for.
+    #[error(
+        "WARREN_WORKER_TYPES names {requested:?}, which this worker has no handler for; it handles: {available}"
+    )]
+    NotHandled {
+        /// The type asked for.
+        requested: String,
+        /// The types registered.
+        available: String,
+    },
+    /// Nothing to consume.
+    #[error("the worker has no handlers to run")]
+    NoHandlers,
+    /// The connection pool could not be set up.
+    #[error(transparent)]
+    Pool(#[from] amqp::PoolSetupError),
+}
+
+impl WorkerBuilder {
+    /// A builder with no handlers.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for jobs of `job_type` (`[a-z0-9][a-z0-9._-]{0,99}`).
+    #[must_use]
+    pub fn handler<F, Fut>(mut self, job_type: &str, handler: F) -> Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let boxed: Handler = Arc::new(move |context| Box::pin(handler(context)) as HandlerFuture);
+        self.handlers.push((job_type.to_owned(), boxed));
+        self
+    }
+
+    /// Checks the handlers, keeps those `WARREN_WORKER_TYPES` selects (all when unset), and
+    /// prepares the broker connection.
+    pub fn build(self, config: WorkerConfig) -> Result<Worker, BuildError> {
+        let mut all = Registry::new();
+        for (name, handler) in self.handlers {
+            let job_type = JobType::parse(name)?;
+            if all.insert(job_type.clone(), handler).is_some() {
+                return Err(BuildError::Duplicate(job_type.to_string()));
+            }
+        }
+        let handlers = if config.types.is_empty() {
+            all
+        } else {
+            let mut available: Vec<&str> = all.keys().map(JobType::as_str).collect();
+            available.sort_unstable();
+            let available = available.join(", ");
+            let mut selected = Registry::new();
+            for job_type in &config.types {
+                let handler = all.get(job_type).ok_or_else(|| BuildError::NotHandled {
+                    requested: job_type.to_string(),
+                    available: available.clone(),
+                })?;
+                selected.insert(job_type.clone(), handler.clone());
+            }
+            selected
+        };
+        if handlers.is_empty() {
+            return Err(BuildError::NoHandlers);
+        }
+        let identity = worker_identity();
+        let pool = amqp::connection_pool(&config.broker, &format!("warren-worker {identity}"), 1)?;
+        let shared = Shared {
+            topology: Topology::new(config.broker.namespace.clone()),
+            handlers,
+            identity: identity.into(),
+            concurrency: config.concurrency,
+        };
+        Ok(Worker {
+            shared: Arc::new(shared),
+            pool,
+            config,
+        })
+    }
+}
+
+/// A worker ready to consume its job queues.
+pub struct Worker {
+    shared: Arc<Shared>,
+    pool: amqp::Pool,
+    config: WorkerConfig,
+}
+
+impl Worker {
+    /// Starts building a worker.
+    #[must_use]
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::new()
+    }
+
+    /// The job types this worker consumes.
+    #[must_use]
+    pub fn job_types(&self) -> Vec<JobType> {
+        self.shared.handlers.keys().cloned().collect()
+    }
+
+    /// Consumes until `shutdown` resolves; then stops consuming, gives jobs in flight the grace
+    /// period to finish, and abandons the rest unacked so the broker hands them out again.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let stop = CancellationToken::new();
+        let signal = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stop.cancel();
+            })
+        };
+        let mut in_flight = JoinSet::new();
+        runner::consume(&self.shared, &self.pool, &stop, &mut in_flight).await;
+        signal.abort();
+
+        let grace = self.config.shutdown.grace();
+        while in_flight.try_join_next().is_some() {}
+        let running = in_flight.len();
+        if running > 0 {
+            tracing::info!(running, ?grace, "waiting for jobs in flight");
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                unfinished = in_flight.len(),
+                "grace period over; leaving unfinished jobs unacked for redelivery"
+            );
+            in_flight.shutdown().await;
+        }
+        self.pool.close();
+        tracing::info!("worker stopped");
+    }
+}
+
+/// `host-pid`: which process sent an event, as it appears in events and the management UI.
+fn worker_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}
