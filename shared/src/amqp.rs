@@ -59,6 +59,11 @@ pub async fn confirm_channel(pool: &Pool) -> Result<Channel, BrokerError> {
         .get()
         .await
         .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    Ok(confirm_channel_on(&connection).await?)
+}
+
+/// Opens a channel with publisher confirms enabled on `connection`.
+pub async fn confirm_channel_on(connection: &lapin::Connection) -> lapin::Result<Channel> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())

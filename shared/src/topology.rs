@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use lapin::{
     Channel, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
 
@@ -288,6 +291,40 @@ pub async fn declare_job_queue(
     )
     .await?;
     Ok(queue)
+}
+
+/// Deletes a deployment's exchanges and queues, including the job queues of `job_types`, with
+/// whatever messages they hold. For tearing down test namespaces and retired deployments.
+pub async fn delete(
+    channel: &Channel,
+    topology: &Topology,
+    job_types: &[JobType],
+) -> lapin::Result<()> {
+    let mut queues: Vec<String> = job_types.iter().map(|t| topology.job_queue(t)).collect();
+    queues.extend(
+        topology
+            .retry_delays()
+            .iter()
+            .map(|d| topology.retry_queue(*d)),
+    );
+    queues.extend([topology.dead_queue(), topology.events_store_queue()]);
+    for queue in queues {
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [
+        topology.jobs_exchange(),
+        topology.retry_exchange(),
+        topology.dead_exchange(),
+        topology.events_exchange(),
+        topology.control_exchange(),
+    ] {
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,229 @@
+//! Spawns the real gateway (and in-process workers) against the real RabbitMQ, each test in
+//! its own namespace so tests run in parallel without meeting.
+
+use std::{sync::Arc, time::Duration};
+
+use lapin::{Channel, Connection, ConnectionProperties, types::FieldTable};
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
+use warren_gateway::{Application, GatewayConfig, store::MemoryStore};
+use warren_shared::{
+    JobEvent, JobType, Topology,
+    amqp::{self, Outgoing},
+    config::BrokerConfig,
+    message, topology,
+};
+use warren_worker::{Worker, WorkerBuilder, WorkerConfig};
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// The broker the tests use (`WARREN_TEST_AMQP_URL`, default the local RabbitMQ).
+pub fn amqp_url() -> String {
+    std::env::var("WARREN_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A namespace no other test uses.
+pub fn unique_namespace() -> String {
+    format!("test-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A running gateway, the workers started for it, and a raw channel for poking the broker.
+pub struct TestApp {
+    pub address: String,
+    pub namespace: String,
+    pub client: reqwest::Client,
+    /// A connection of the test's own, for probing and publishing.
+    pub connection: Connection,
+    /// A confirm channel on it.
+    pub channel: Channel,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    job_types: Vec<JobType>,
+}
+
+/// Starts a gateway on port 0 in a fresh namespace.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a gateway after letting the test adjust its configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+    let namespace = unique_namespace();
+    let broker = BrokerConfig::new(&amqp_url(), &namespace).unwrap();
+    let mut config = GatewayConfig::with_broker(broker);
+    config.shutdown.shutdown_grace_secs = 5;
+    adjust(&mut config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::with_parts(config, listener, Arc::new(MemoryStore::new())).unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = amqp::confirm_channel_on(&connection).await.unwrap();
+    topology::declare_core(&channel, &Topology::new(namespace.clone()))
+        .await
+        .unwrap();
+    TestApp {
+        address,
+        namespace,
+        client: reqwest::Client::new(),
+        connection,
+        channel,
+        stops: vec![stop],
+        tasks: vec![task],
+        job_types: Vec::new(),
+    }
+}
+
+impl TestApp {
+    /// The deployment's topology names.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.namespace.clone())
+    }
+
+    /// Starts an in-process worker with `builder`'s handlers, and waits until it consumes.
+    pub async fn spawn_worker(&mut self, builder: WorkerBuilder) {
+        let broker = BrokerConfig::new(&amqp_url(), &self.namespace).unwrap();
+        let mut config = WorkerConfig::with_broker(broker);
+        config.shutdown.shutdown_grace_secs = 5;
+        let worker: Worker = builder.build(config).unwrap();
+        let types = worker.job_types();
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.tasks.push(tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        })));
+        self.stops.push(stop);
+        for job_type in types {
+            self.wait_for_consumer(&job_type).await;
+            self.job_types.push(job_type);
+        }
+    }
+
+    /// Polls until the queue of `job_type` has a consumer.
+    pub async fn wait_for_consumer(&self, job_type: &JobType) {
+        let queue = self.topology().job_queue(job_type);
+        let started = Instant::now();
+        loop {
+            // A passive declare of a missing queue closes the channel, so use a fresh one.
+            let probe = self.connection.create_channel().await.unwrap();
+            let options = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if let Ok(state) = probe
+                .queue_declare(queue.clone().into(), options, FieldTable::default())
+                .await
+                && state.consumer_count() > 0
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "no consumer on {queue} in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `POST /v1/jobs` with a JSON body.
+    pub async fn submit(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/jobs", self.address))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits and returns the accepted job's id, asserting the `202`.
+    pub async fn submit_ok(&self, body: &Value) -> String {
+        let response = self.submit(body).await;
+        assert_eq!(response.status(), 202, "submit of {body} was refused");
+        let job: Value = response.json().await.unwrap();
+        job["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET /v1/jobs/{id}` as JSON.
+    pub async fn job(&self, id: &str) -> Value {
+        let response = self
+            .client
+            .get(format!("{}/v1/jobs/{id}", self.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Polls the job until `done` says so; fails the test at the deadline.
+    pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "job never reached the expected state: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls the job until it has `status`.
+    pub async fn wait_for_status(&self, id: &str, status: &str) -> Value {
+        self.wait_for(id, |job| job["status"] == status).await
+    }
+
+    /// Publishes an event as if a worker had sent it.
+    pub async fn publish_event(&self, event: &JobEvent) {
+        let body = message::encode(event);
+        let id = event.id.to_string();
+        let outgoing = Outgoing {
+            exchange: &self.topology().events_exchange(),
+            routing_key: &event.routing_key(),
+            body: &body,
+            message_id: &id,
+            kind: event.job_type.as_str(),
+            headers: FieldTable::default(),
+            mandatory: false,
+        };
+        amqp::publish_confirmed(&self.channel, outgoing, DEADLINE)
+            .await
+            .unwrap();
+    }
+
+    /// Declares the job queue of `job_type` without a consumer, so jobs of that type are
+    /// accepted and stay queued.
+    pub async fn declare_idle_queue(&mut self, job_type: &str) {
+        let job_type = JobType::parse(job_type).unwrap();
+        topology::declare_job_queue(&self.channel, &self.topology(), &job_type)
+            .await
+            .unwrap();
+        self.job_types.push(job_type);
+    }
+
+    /// Stops workers and gateway, then deletes the namespace's exchanges and queues.
+    pub async fn stop(mut self) {
+        for stop in self.stops.drain(..).rev() {
+            let _ = stop.send(());
+        }
+        for task in self.tasks.drain(..) {
+            tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+        }
+        topology::delete(&self.channel, &self.topology(), &self.job_types)
+            .await
+            .unwrap();
+    }
+}

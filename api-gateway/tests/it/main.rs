@@ -1,0 +1,13 @@
+//! The gateway's integration tests: the real gateway and workers against the real RabbitMQ.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod helpers;
+mod jobs;
+mod lifecycle;
+mod validation;
