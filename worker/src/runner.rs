@@ -142,10 +142,15 @@ async fn session(
         };
         match next {
             Some((_, Some(Ok(delivery)))) => {
-                let (shared, channel) = (shared.clone(), publish_channel.clone());
+                let shared = shared.clone();
+                let channels = (consume_channel.clone(), publish_channel.clone());
                 in_flight.spawn(async move {
-                    process(&shared, channel, delivery).await;
-                    drop(permit);
+                    // The delivery's acker does not keep its channel open: lapin closes a
+                    // channel (requeueing its unacked deliveries) when the last handle drops,
+                    // so the job holds the consume channel until it is settled.
+                    let (consume_channel, publish_channel) = channels;
+                    process(&shared, publish_channel, delivery).await;
+                    drop((consume_channel, permit));
                 });
             }
             Some((_, Some(Err(error)))) => return Err(error.into()),

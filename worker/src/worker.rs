@@ -1,6 +1,6 @@
 //! Building a worker from handlers, and running it until shutdown.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +11,9 @@ use crate::{
     handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
     runner::{self, Shared},
 };
+
+/// How long closing the broker connection at shutdown may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Collects handlers; [`WorkerBuilder::build`] checks them against the configuration.
 #[derive(Default)]
@@ -161,9 +164,29 @@ impl Worker {
             );
             in_flight.shutdown().await;
         }
-        self.pool.close();
+        close_connection(&self.pool).await;
         tracing::info!("worker stopped");
     }
+}
+
+/// Closes the broker connection gracefully. Acks are sent asynchronously; the broker's
+/// `Close-Ok` comes after it has processed every earlier frame, so this is what makes the last
+/// acks land before the process exits (and returns unfinished jobs to their queues at once).
+async fn close_connection(pool: &amqp::Pool) {
+    let close = async {
+        let connection = pool.get().await.map_err(|e| e.to_string())?;
+        connection
+            .close(200, "worker stopped".into())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Ok(Err(error)) | Err(error) = tokio::time::timeout(CLOSE_TIMEOUT, close)
+        .await
+        .map_err(|_| "timed out".to_owned())
+    {
+        tracing::warn!(%error, "broker connection not closed cleanly; unacked jobs return when it drops");
+    }
+    pool.close();
 }
 
 /// `host-pid`: which process sent an event, as it appears in events and the management UI.

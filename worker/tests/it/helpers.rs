@@ -1,0 +1,254 @@
+//! A test's own namespace on the real RabbitMQ, a tap on its events, and the real `worker`
+//! binary as a child process.
+
+use std::{
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::{
+    Channel, Connection, ConnectionProperties, Consumer,
+    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use serde_json::Value;
+use tokio::{process::Child, time::Instant};
+use warren_shared::{
+    JobEvent, JobId, JobMessage, JobStatus, JobType, Topology, V1,
+    amqp::{self, Outgoing},
+    message, topology,
+};
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// The broker the tests use (`WARREN_TEST_AMQP_URL`, default the local RabbitMQ).
+pub fn amqp_url() -> String {
+    std::env::var("WARREN_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// A namespace of the test's own, with a connection to poke it.
+pub struct Broker {
+    pub namespace: String,
+    pub topology: Topology,
+    pub connection: Connection,
+    pub channel: Channel,
+    job_types: Vec<JobType>,
+}
+
+impl Broker {
+    /// Declares a fresh namespace's core topology.
+    pub async fn new() -> Self {
+        let namespace = format!("test-{}", uuid::Uuid::now_v7().simple());
+        let topology = Topology::new(namespace.clone());
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = amqp::confirm_channel_on(&connection).await.unwrap();
+        topology::declare_core(&channel, &topology).await.unwrap();
+        Self {
+            namespace,
+            topology,
+            connection,
+            channel,
+            job_types: Vec::new(),
+        }
+    }
+
+    /// Records a job type whose queue the test creates (via a worker), for cleanup.
+    pub fn uses(&mut self, job_type: &str) -> JobType {
+        let job_type = JobType::parse(job_type).unwrap();
+        self.job_types.push(job_type.clone());
+        job_type
+    }
+
+    /// A job message of `job_type` with `payload`, first attempt.
+    pub fn job(job_type: &JobType, payload: Value, timeout_ms: u64) -> JobMessage {
+        JobMessage {
+            v: V1,
+            id: JobId::new(),
+            job_type: job_type.clone(),
+            payload,
+            attempt: 1,
+            max_attempts: 1,
+            timeout_ms,
+            created_at: Utc::now(),
+        }
+    }
+
+    /// Publishes a job as the gateway would (mandatory, confirmed).
+    pub async fn publish_job(&self, job: &JobMessage) {
+        self.publish_raw(job.job_type.as_str(), &message::encode(job))
+            .await;
+    }
+
+    /// Publishes any bytes to the jobs exchange under `routing_key`.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let outgoing = Outgoing {
+            exchange: &self.topology.jobs_exchange(),
+            routing_key,
+            body,
+            message_id: "raw",
+            kind: routing_key,
+            headers: FieldTable::default(),
+            mandatory: true,
+        };
+        amqp::publish_confirmed(&self.channel, outgoing, DEADLINE)
+            .await
+            .unwrap();
+    }
+
+    /// Polls until the job queue of `job_type` has a consumer.
+    pub async fn wait_for_consumer(&self, job_type: &JobType) {
+        self.wait_for_queue(&self.topology.job_queue(job_type), |_, consumers| {
+            consumers > 0
+        })
+        .await;
+    }
+
+    /// Polls a queue's (ready messages, consumers) until `done` holds.
+    pub async fn wait_for_queue(&self, queue: &str, done: impl Fn(u32, u32) -> bool) {
+        let started = Instant::now();
+        loop {
+            // A passive declare of a missing queue closes its channel: use a throwaway one.
+            let probe = self.connection.create_channel().await.unwrap();
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if let Ok(state) = probe
+                .queue_declare(queue.into(), options, FieldTable::default())
+                .await
+                && done(state.message_count(), state.consumer_count())
+            {
+                return;
+            }
+            if started.elapsed() >= DEADLINE {
+                let probe = self.connection.create_channel().await.unwrap();
+                let options = QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                };
+                let state = probe
+                    .queue_declare(queue.into(), options, FieldTable::default())
+                    .await;
+                panic!("queue {queue} never reached the expected state: {state:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A queue of the test's own that receives every event of the namespace.
+    pub async fn tap_events(&self) -> EventTap {
+        let channel = self.connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.topology.events_exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        EventTap { consumer }
+    }
+
+    /// Deletes the namespace's exchanges and queues.
+    pub async fn cleanup(self) {
+        topology::delete(&self.channel, &self.topology, &self.job_types)
+            .await
+            .unwrap();
+    }
+}
+
+/// Events of one namespace, in publish order.
+pub struct EventTap {
+    consumer: Consumer,
+}
+
+impl EventTap {
+    /// The next event of job `id` with `status`, skipping others; fails at the deadline.
+    pub async fn next(&mut self, id: JobId, status: JobStatus) -> JobEvent {
+        let wait = async {
+            loop {
+                let delivery = self.consumer.next().await.unwrap().unwrap();
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                let event: JobEvent = message::decode(&delivery.data).unwrap();
+                if event.id == id && event.status == status {
+                    return event;
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {status} event for job {id} in time"))
+    }
+}
+
+/// The real `worker` binary, running in the test's namespace.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts the binary with the namespace and `env` on top of it. Its logs are discarded
+    /// unless `WARREN_TEST_LOG` is set.
+    pub fn spawn(broker: &Broker, env: &[(&str, &str)]) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"));
+        command
+            .env("WARREN_AMQP_URL", amqp_url())
+            .env("WARREN_NAMESPACE", &broker.namespace)
+            .envs(env.iter().copied())
+            .kill_on_drop(true);
+        if std::env::var_os("WARREN_TEST_LOG").is_none() {
+            command.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        Self {
+            child: command.spawn().unwrap(),
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; fails at `deadline`.
+    pub async fn exit_within(mut self, deadline: Duration) -> ExitStatus {
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .expect("the worker did not exit in time")
+            .unwrap()
+    }
+}

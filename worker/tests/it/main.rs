@@ -1,0 +1,13 @@
+//! The worker's integration tests: the real `worker` binary and library against the real
+//! RabbitMQ, each test in its own namespace.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod helpers;
+mod malformed;
+mod shutdown;
