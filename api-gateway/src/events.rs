@@ -5,7 +5,7 @@
 //! When the store fails, the consumer stops and its unacked events return to the queue; it
 //! reconnects with backoff, so events wait in RabbitMQ until the store is back.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use lapin::{
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use warren_shared::{
     JobEvent, Topology,
-    amqp::{BrokerError, Pool},
+    amqp::{self, BrokerError, Pool},
     message, topology,
 };
 
@@ -25,8 +25,6 @@ use crate::store::{Applied, JobStore, StoreError};
 
 /// Events fetched ahead of the store.
 const PREFETCH: u16 = 256;
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why a consuming session ended.
 #[derive(Debug, thiserror::Error)]
@@ -45,27 +43,17 @@ impl From<lapin::Error> for SessionError {
     }
 }
 
-/// Consumes events until `stop` is cancelled, reconnecting with capped exponential backoff.
+/// Consumes events until `stop` is cancelled, reconnecting with backoff.
 pub async fn run(
     pool: Pool,
     topology: Topology,
     store: Arc<dyn JobStore>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match session(&pool, &topology, store.as_ref(), &stop).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "events consumer stopped; reconnecting");
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    amqp::reconnecting("events consumer", &stop, || {
+        session(&pool, &topology, store.as_ref(), &stop)
+    })
+    .await;
 }
 
 /// One connection's worth of consuming; `Ok` only when asked to stop.

@@ -5,7 +5,9 @@
 //! [`publish_confirmed`] is the only way Warren publishes: persistent, JSON, publisher confirm
 //! awaited with a deadline, and every way it can go wrong is a distinct [`PublishError`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 pub use deadpool_lapin::Pool;
 use deadpool_lapin::{PoolConfig, Runtime, Timeouts};
@@ -16,6 +18,11 @@ use lapin::{
 };
 
 use crate::config::BrokerConfig;
+
+/// First wait before reconnecting after a failed session.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How long to wait for a pooled connection, or for a new one to be made.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,5 +177,35 @@ pub async fn publish_confirmed(
             routing_key: message.routing_key.to_owned(),
         }),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
+    }
+}
+
+/// Runs `session` again and again until it returns `Ok` (it was asked to stop) or `stop` is
+/// cancelled. After a failure it waits with capped exponential backoff (100 ms doubling to
+/// 30 s); a session that ran longer than the cap resets the backoff, so one old outage does
+/// not slow the next reconnect.
+pub async fn reconnecting<F, Fut, E>(what: &str, stop: &CancellationToken, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match session().await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "{what} stopped; reconnecting");
+            }
+        }
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

@@ -6,7 +6,7 @@
 //! failure before that leaves the delivery unacked (or nacks it back), so the broker hands it
 //! out again; the store keeps the first terminal outcome.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
 use lapin::{
@@ -17,8 +17,11 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
-use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tokio::{sync::Semaphore, time::Instant};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 use tracing::Instrument;
 use warren_shared::{
     JobError, JobMessage, JobStatus, JobType, Topology,
@@ -33,8 +36,6 @@ use crate::{
 
 /// How long a publish (event or dead letter) may wait for its confirm.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What the worker needs while it runs, shared by every job task.
 pub(crate) struct Shared {
@@ -59,29 +60,59 @@ impl From<lapin::Error> for SessionError {
     }
 }
 
-/// Consumes until `stop` is cancelled, reconnecting with capped exponential backoff; job tasks
-/// are spawned into `in_flight`.
+/// The jobs a worker is running: tracked so shutdown can wait for them, and abandoned
+/// together (their futures dropped, their deliveries left unacked) once the grace period is
+/// over.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InFlight {
+    tracker: TaskTracker,
+    abandon: CancellationToken,
+}
+
+impl InFlight {
+    fn spawn(&self, job: impl Future<Output = ()> + Send + 'static) {
+        let abandon = self.abandon.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = job => {}
+                () = abandon.cancelled() => {}
+            }
+        });
+    }
+
+    /// Waits up to `grace` for the running jobs, then abandons the rest; returns how many
+    /// were abandoned.
+    pub(crate) async fn drain(&self, grace: Duration) -> usize {
+        self.tracker.close();
+        let running = self.tracker.len();
+        if running > 0 {
+            tracing::info!(running, ?grace, "waiting for jobs in flight");
+        }
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let unfinished = self.tracker.len();
+        self.abandon.cancel();
+        self.tracker.wait().await;
+        unfinished
+    }
+}
+
+/// Consumes until `stop` is cancelled, reconnecting with backoff; jobs run in `in_flight`.
 pub(crate) async fn consume(
     shared: &Arc<Shared>,
     pool: &Pool,
     stop: &CancellationToken,
-    in_flight: &mut JoinSet<()>,
+    in_flight: &InFlight,
 ) {
     let permits = Arc::new(Semaphore::new(usize::from(shared.concurrency)));
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match session(shared, pool, stop, in_flight, &permits).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "consuming stopped; reconnecting");
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    amqp::reconnecting("consuming", stop, || {
+        session(shared, pool, stop, in_flight, &permits)
+    })
+    .await;
 }
 
 /// One connection's worth of consuming; `Ok` only when asked to stop, after cancelling the
@@ -90,7 +121,7 @@ async fn session(
     shared: &Arc<Shared>,
     pool: &Pool,
     stop: &CancellationToken,
-    in_flight: &mut JoinSet<()>,
+    in_flight: &InFlight,
     permits: &Arc<Semaphore>,
 ) -> Result<(), SessionError> {
     let connection = pool
@@ -130,7 +161,6 @@ async fn session(
     tracing::info!(types = %types.join(","), concurrency = shared.concurrency, "consuming");
     let mut deliveries = stream::select_all(consumers);
     loop {
-        while in_flight.try_join_next().is_some() {}
         let permit = tokio::select! {
             () = stop.cancelled() => break,
             permit = permits.clone().acquire_owned() => permit,
@@ -288,13 +318,7 @@ async fn settle(reporter: &Reporter, delivery: &Delivery, outcome: Outcome, elap
         }
         Err(publish_error) => {
             tracing::error!(%publish_error, "outcome not confirmed; returning the job to its queue");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            };
-            if let Err(nack_error) = delivery.acker.nack(requeue).await {
-                tracing::warn!(%nack_error, "nack failed; the broker requeues the job when the channel closes");
-            }
+            requeue(delivery).await;
         }
     }
 }
@@ -335,13 +359,19 @@ async fn dead_letter(shared: &Shared, channel: &Channel, delivery: Delivery, rea
         }
         Err(error) => {
             tracing::error!(%error, "dead letter not confirmed; returning the message to its queue");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            };
-            if let Err(error) = delivery.acker.nack(requeue).await {
-                tracing::warn!(%error, "nack failed");
-            }
+            requeue(&delivery).await;
         }
+    }
+}
+
+/// Returns a delivery to its queue. If even that fails the channel is gone, and the broker
+/// requeues everything unacked on it anyway.
+async fn requeue(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    };
+    if let Err(error) = delivery.acker.nack(options).await {
+        tracing::warn!(%error, "nack failed; the broker requeues the message when the channel closes");
     }
 }

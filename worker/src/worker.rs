@@ -2,14 +2,13 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use warren_shared::{JobType, Topology, amqp, job::InvalidJobType};
 
 use crate::{
     config::WorkerConfig,
     handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
-    runner::{self, Shared},
+    runner::{self, InFlight, Shared},
 };
 
 /// How long closing the broker connection at shutdown may take.
@@ -143,26 +142,16 @@ impl Worker {
                 stop.cancel();
             })
         };
-        let mut in_flight = JoinSet::new();
-        runner::consume(&self.shared, &self.pool, &stop, &mut in_flight).await;
+        let in_flight = InFlight::default();
+        runner::consume(&self.shared, &self.pool, &stop, &in_flight).await;
         signal.abort();
 
-        let grace = self.config.shutdown.grace();
-        while in_flight.try_join_next().is_some() {}
-        let running = in_flight.len();
-        if running > 0 {
-            tracing::info!(running, ?grace, "waiting for jobs in flight");
-        }
-        let drained = tokio::time::timeout(grace, async {
-            while in_flight.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
+        let abandoned = in_flight.drain(self.config.shutdown.grace()).await;
+        if abandoned > 0 {
             tracing::warn!(
-                unfinished = in_flight.len(),
-                "grace period over; leaving unfinished jobs unacked for redelivery"
+                abandoned,
+                "grace period over; left unfinished jobs unacked for redelivery"
             );
-            in_flight.shutdown().await;
         }
         close_connection(&self.pool).await;
         tracing::info!("worker stopped");
