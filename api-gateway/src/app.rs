@@ -12,6 +12,7 @@ use crate::{
     http::{self, AppState, jobs::SubmitLimits},
     publisher::Publisher,
     store::{JobStore, MemoryStore},
+    watch::Watchers,
 };
 
 /// Connections the gateway keeps to RabbitMQ (the publisher and the events consumer share
@@ -71,6 +72,9 @@ impl Application {
                 default_timeout_ms: config.default_timeout_ms,
                 max_timeout_ms: config.max_timeout_ms,
             }),
+            watchers: Arc::new(Watchers::default()),
+            max_wait: config.max_wait(),
+            user_timeout: config.user_timeout(),
         };
         Ok(Self {
             listener,
@@ -100,12 +104,21 @@ impl Application {
             topology,
         } = self;
         let stop_consumer = CancellationToken::new();
-        let consumer = tokio::spawn(events::run(
-            pool.clone(),
-            topology,
-            state.store.clone(),
-            stop_consumer.clone(),
-        ));
+        let consumers = [
+            tokio::spawn(events::run(
+                pool.clone(),
+                topology.clone(),
+                state.store.clone(),
+                stop_consumer.clone(),
+            )),
+            tokio::spawn(events::run_notifier(
+                pool.clone(),
+                topology,
+                state.store.clone(),
+                state.watchers.clone(),
+                stop_consumer.clone(),
+            )),
+        ];
 
         let draining = CancellationToken::new();
         let signal = {
@@ -130,8 +143,10 @@ impl Application {
             }
         };
         stop_consumer.cancel();
-        if let Err(error) = consumer.await {
-            tracing::error!(%error, "events consumer task failed");
+        for consumer in consumers {
+            if let Err(error) = consumer.await {
+                tracing::error!(%error, "events consumer task failed");
+            }
         }
         pool.close();
         tracing::info!("gateway stopped");

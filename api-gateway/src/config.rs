@@ -70,9 +70,42 @@ pub struct GatewayConfig {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub max_timeout_ms: u64,
+
+    /// The longest a request may wait for a job to finish (`Prefer: wait=N`, `?wait=N`);
+    /// longer asks are cut to this.
+    #[arg(
+        long = "max-wait-secs",
+        env = "WARREN_MAX_WAIT_SECS",
+        value_name = "WARREN_MAX_WAIT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(0..=3600)
+    )]
+    pub max_wait_secs: u64,
+
+    /// How long `GET /users/{id}` waits for a worker before answering 504.
+    #[arg(
+        long = "user-timeout-ms",
+        env = "WARREN_USER_TIMEOUT_MS",
+        value_name = "WARREN_USER_TIMEOUT_MS",
+        default_value_t = 2_000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000)
+    )]
+    pub user_timeout_ms: u64,
 }
 
 impl GatewayConfig {
+    /// The longest a request may wait for a job (`Prefer: wait`, `?wait=`).
+    #[must_use]
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.max_wait_secs)
+    }
+
+    /// How long `GET /users/{id}` waits for a worker's answer.
+    #[must_use]
+    pub fn user_timeout(&self) -> Duration {
+        Duration::from_millis(self.user_timeout_ms)
+    }
+
     /// Defaults for everything but the broker; what tests and embedders start from.
     #[must_use]
     pub fn with_broker(broker: BrokerConfig) -> Self {

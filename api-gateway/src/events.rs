@@ -1,5 +1,14 @@
-//! The events consumer: reads `<ns>.events.store` (competing with other gateways) and applies
-//! each worker event to the store, acking only once the store has it.
+//! The two consumers of worker events.
+//!
+//! The store consumer ([`run`]) reads `<ns>.events.store` (competing with other gateways) and
+//! applies each event to the store, acking only once the store has it.
+//!
+//! The notifier ([`run_notifier`]) reads this gateway's own exclusive queue, which receives
+//! every event of the namespace, and wakes the requests waiting on a job. It applies a watched
+//! job's event to the store before waking its waiters, so what a waiter answers is already in
+//! the store (the store consumer's later application of the same event is then ignored as a
+//! duplicate). Events of unwatched jobs are dropped at once: each gateway sees the whole event
+//! traffic, but only pays for the jobs its own clients wait on.
 //!
 //! A malformed event is rejected without requeue (the queue dead-letters it to `<ns>.dead`).
 //! When the store fails, the consumer stops and its unacked events return to the queue; it
@@ -10,8 +19,11 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
-    types::FieldTable,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -21,10 +33,16 @@ use warren_shared::{
     message, topology,
 };
 
-use crate::store::{Applied, JobStore, StoreError};
+use crate::{
+    store::{Applied, JobStore, StoreError},
+    watch::Watchers,
+};
 
 /// Events fetched ahead of the store.
 const PREFETCH: u16 = 256;
+/// Events the notifier queue keeps when the gateway falls behind (oldest dropped first):
+/// waiters re-read the store at their deadline, so a dropped wake-up only delays an answer.
+const NOTIFIER_MAX_LENGTH: i64 = 10_000;
 
 /// Why a consuming session ended.
 #[derive(Debug, thiserror::Error)]
@@ -126,4 +144,100 @@ async fn apply(store: &dyn JobStore, event: &JobEvent) -> Result<(), StoreError>
         Applied::UnknownJob => tracing::warn!("event for a job this store does not know; dropped"),
     }
     Ok(())
+}
+
+/// Consumes this gateway's own event queue until `stop` is cancelled, waking waiters.
+pub async fn run_notifier(
+    pool: Pool,
+    topology: Topology,
+    store: Arc<dyn JobStore>,
+    watchers: Arc<Watchers>,
+    stop: CancellationToken,
+) {
+    amqp::reconnecting("notifier", &stop, || {
+        notifier_session(&pool, &topology, store.as_ref(), &watchers, &stop)
+    })
+    .await;
+}
+
+async fn notifier_session(
+    pool: &Pool,
+    topology: &Topology,
+    store: &dyn JobStore,
+    watchers: &Watchers,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let connection = pool
+        .get()
+        .await
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let channel = connection.create_channel().await?;
+    drop(connection);
+    topology::declare_core(&channel, topology).await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(NOTIFIER_MAX_LENGTH),
+    );
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel.queue_declare("".into(), options, arguments).await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.events_exchange().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %queue.name(), "notifier started");
+    loop {
+        let delivery = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            next = consumer.next() => next,
+        };
+        match delivery {
+            Some(Ok(delivery)) => notify(store, watchers, &delivery.data).await,
+            Some(Err(error)) => return Err(error.into()),
+            None => return Err(SessionError::ConsumerEnded),
+        }
+    }
+}
+
+/// Wakes the waiters of the event's job, if any, with the job's state after the event.
+async fn notify(store: &dyn JobStore, watchers: &Watchers, body: &[u8]) {
+    let Ok(event) = message::decode::<JobEvent>(body) else {
+        return; // The store consumer dead-letters it and logs why.
+    };
+    if !watchers.is_watched(event.id) {
+        return;
+    }
+    let snapshot = match store.apply_event(&event).await {
+        Ok(Applied::Updated(job)) => Ok(Some(*job)),
+        Ok(Applied::Ignored(_) | Applied::UnknownJob) => store.get(event.id).await,
+        Err(error) => Err(error),
+    };
+    match snapshot {
+        Ok(Some(job)) => watchers.publish(job),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, job_id = %event.id, "cannot read a watched job; its waiters re-read at their deadline");
+        }
+    }
 }

@@ -8,8 +8,9 @@
 //! - [`app`]: startup ([`Application::build`]), serving and graceful shutdown.
 //! - [`http`]: the router, handlers and problem+json errors.
 //! - [`publisher`]: the confirmed publish of job messages.
-//! - [`events`]: the consumer that applies worker events to the store.
+//! - [`events`]: the consumers that apply worker events to the store and wake waiters.
 //! - [`store`]: the [`store::JobStore`] trait, lifecycle rules and the in-memory store.
+//! - [`watch`]: the registry that wakes requests waiting on a job.
 
 pub mod app;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod events;
 pub mod http;
 pub mod publisher;
 pub mod store;
+pub mod watch;
 
 pub use app::Application;
 pub use config::GatewayConfig;

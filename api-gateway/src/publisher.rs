@@ -7,7 +7,7 @@ use lapin::{Channel, types::FieldTable};
 use tokio::sync::Mutex;
 use warren_shared::amqp::Pool;
 use warren_shared::{
-    JobMessage, Topology,
+    ControlMessage, JobEvent, JobMessage, Topology,
     amqp::{self, BrokerError, Outgoing, PublishError},
     message, topology,
 };
@@ -50,19 +50,52 @@ impl Publisher {
     /// Publishes one job message: persistent, mandatory, confirmed within the timeout.
     /// The whole call, including reconnecting, is bounded by the timeout.
     pub async fn publish_job(&self, job: &JobMessage) -> Result<(), PublishError> {
+        let body = message::encode(job);
+        let outgoing = Outgoing {
+            exchange: &self.topology.jobs_exchange(),
+            routing_key: job.job_type.as_str(),
+            body: &body,
+            message_id: &job.id.to_string(),
+            kind: job.job_type.as_str(),
+            headers: FieldTable::default(),
+            mandatory: true,
+        };
+        self.publish(outgoing).await
+    }
+
+    /// Broadcasts a control message to every worker (none listening is not an error).
+    pub async fn publish_control(&self, control: &ControlMessage) -> Result<(), PublishError> {
+        let body = message::encode(control);
+        let outgoing = Outgoing {
+            exchange: &self.topology.control_exchange(),
+            routing_key: "",
+            body: &body,
+            message_id: &control.id.to_string(),
+            kind: "control",
+            headers: FieldTable::default(),
+            mandatory: false,
+        };
+        self.publish(outgoing).await
+    }
+
+    /// Publishes a job event (the gateway speaks for a job only to announce a cancel).
+    pub async fn publish_event(&self, event: &JobEvent) -> Result<(), PublishError> {
+        let body = message::encode(event);
+        let outgoing = Outgoing {
+            exchange: &self.topology.events_exchange(),
+            routing_key: &event.routing_key(),
+            body: &body,
+            message_id: &event.id.to_string(),
+            kind: event.job_type.as_str(),
+            headers: FieldTable::default(),
+            mandatory: false,
+        };
+        self.publish(outgoing).await
+    }
+
+    async fn publish(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
         let publish = async {
             let channel = self.channel().await?;
-            let body = message::encode(job);
-            let id = job.id.to_string();
-            let outgoing = Outgoing {
-                exchange: &self.topology.jobs_exchange(),
-                routing_key: job.job_type.as_str(),
-                body: &body,
-                message_id: &id,
-                kind: job.job_type.as_str(),
-                headers: FieldTable::default(),
-                mandatory: true,
-            };
             amqp::publish_confirmed(&channel, outgoing, self.timeout).await
         };
         tokio::time::timeout(self.timeout, publish)

@@ -20,5 +20,5 @@ pub mod telemetry;
 pub mod topology;
 
 pub use job::{JobError, JobId, JobStatus, JobType, Progress};
-pub use message::{JobEvent, JobMessage, V1};
+pub use message::{ControlAction, ControlMessage, JobEvent, JobMessage, V1};
 pub use topology::Topology;

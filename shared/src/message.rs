@@ -93,6 +93,25 @@ impl JobEvent {
     }
 }
 
+/// What a control message asks of the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlAction {
+    /// Do not start the job; stop it if it is running.
+    Cancel,
+}
+
+/// A request broadcast to every worker through the control exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlMessage {
+    /// Schema version.
+    pub v: V1,
+    /// What to do.
+    pub action: ControlAction,
+    /// The job it is about.
+    pub id: JobId,
+}
+
 /// A message body that could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed message body: {0}")]

@@ -24,9 +24,11 @@
 //! - [`handler`]: the handler contract: [`JobContext`], [`HandlerError`].
 //! - [`worker`]: [`WorkerBuilder`] and [`Worker::run`] (shutdown with grace).
 //! - `runner`: the consume loop, job execution and settling (ack/nack) in one place.
+//! - `cancel`: cancel requests from `<ns>.control` and the jobs they stop.
 //! - `report`: publishing a job's events with per-attempt sequence numbers.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
 
+mod cancel;
 pub mod config;
 pub mod handler;
 pub mod handlers;

@@ -10,10 +10,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
 use lapin::{
-    Channel,
+    Channel, Consumer,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -24,15 +25,19 @@ use tokio_util::{
 };
 use tracing::Instrument;
 use warren_shared::{
-    JobError, JobMessage, JobStatus, JobType, Topology,
+    ControlAction, ControlMessage, JobError, JobMessage, JobStatus, JobType, Topology,
     amqp::{self, BrokerError, Outgoing, Pool},
     message, topology,
 };
 
 use crate::{
+    cancel::Cancels,
     handler::{Handler, JobContext, Registry},
     report::Reporter,
 };
+
+/// How long a cancelled handler may take to stop on its own before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a publish (event or dead letter) may wait for its confirm.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +48,7 @@ pub(crate) struct Shared {
     pub(crate) handlers: Registry,
     pub(crate) identity: Arc<str>,
     pub(crate) concurrency: u16,
+    pub(crate) cancels: Cancels,
 }
 
 /// Why a consuming session ended.
@@ -135,6 +141,11 @@ async fn session(
     consume_channel
         .basic_qos(shared.concurrency, BasicQosOptions::default())
         .await?;
+
+    let _control = AbortOnDropHandle::new(tokio::spawn(listen_for_cancels(
+        shared.clone(),
+        consume_control(&consume_channel, &shared.topology).await?,
+    )));
 
     let mut consumers = Vec::new();
     let mut tags = Vec::new();
@@ -235,6 +246,12 @@ async fn run_job(
         job.clone(),
         shared.identity.clone(),
     );
+    let cancel = CancellationToken::new();
+    let _running = shared.cancels.track(job.id, cancel.clone());
+    if cancel.is_cancelled() {
+        tracing::info!("job was cancelled before it started; skipping it");
+        return settle(&reporter, &delivery, Outcome::Cancelled, 0.0).await;
+    }
     if let Err(error) = reporter.publish(JobStatus::Running, None, None, None).await {
         tracing::warn!(%error, "running event not published; running the job anyway");
     }
@@ -248,7 +265,7 @@ async fn run_job(
         max_attempts: job.max_attempts,
         payload: job.payload,
         reporter: reporter.clone(),
-        cancel: CancellationToken::new(),
+        cancel,
     };
     let outcome = execute(handler, context, timeout).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -260,24 +277,27 @@ async fn run_job(
 enum Outcome {
     Succeeded(serde_json::Value),
     Failed(JobError),
+    Cancelled,
 }
 
-/// Runs the handler on its own task, so a panic is caught as a failed attempt, and stops it
-/// at its timeout.
+/// Runs the handler on its own task, so a panic is caught as a failed attempt; stops it at
+/// its timeout, or when a cancel request cancels its context (after [`CANCEL_GRACE`] to stop
+/// on its own).
 async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> Outcome {
     let cancel = context.cancel.clone();
     let mut task = AbortOnDropHandle::new(tokio::spawn(handler(context)));
-    let joined = match tokio::time::timeout(timeout, &mut task).await {
-        Ok(joined) => joined,
-        Err(_) => {
+    let joined = tokio::select! {
+        joined = &mut task => joined,
+        () = tokio::time::sleep(timeout) => {
             cancel.cancel();
             return Outcome::Failed(JobError::new(
                 "timeout",
-                format!(
-                    "the attempt ran longer than its timeout of {} ms",
-                    timeout.as_millis()
-                ),
+                format!("the attempt ran longer than its timeout of {} ms", timeout.as_millis()),
             ));
+        }
+        () = cancel.cancelled() => {
+            let _stopped = tokio::time::timeout(CANCEL_GRACE, &mut task).await;
+            return Outcome::Cancelled;
         }
     };
     match joined {
@@ -305,6 +325,10 @@ async fn settle(reporter: &Reporter, delivery: &Delivery, outcome: Outcome, elap
     let (status, result, error) = match outcome {
         Outcome::Succeeded(result) => (JobStatus::Succeeded, Some(result), None),
         Outcome::Failed(error) => (JobStatus::Failed, None, Some(error)),
+        Outcome::Cancelled => {
+            let error = JobError::new("cancelled", "cancelled at the client's request");
+            (JobStatus::Cancelled, None, Some(error))
+        }
     };
     let kind = error.as_ref().map(|e| e.kind.clone());
     match reporter.publish(status, None, result, error).await {
@@ -373,5 +397,55 @@ async fn requeue(delivery: &Delivery) {
     };
     if let Err(error) = delivery.acker.nack(options).await {
         tracing::warn!(%error, "nack failed; the broker requeues the message when the channel closes");
+    }
+}
+
+/// Starts consuming `<ns>.control` on an exclusive queue of this session's own.
+async fn consume_control(channel: &Channel, topology: &Topology) -> lapin::Result<Consumer> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), options, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.control_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Applies cancel requests as they come, until the consumer ends with its session.
+async fn listen_for_cancels(shared: Arc<Shared>, mut control: Consumer) {
+    while let Some(Ok(delivery)) = control.next().await {
+        match message::decode::<ControlMessage>(&delivery.data) {
+            Ok(ControlMessage {
+                action: ControlAction::Cancel,
+                id,
+                ..
+            }) => {
+                tracing::info!(job_id = %id, "cancel requested");
+                shared.cancels.request(id);
+            }
+            Err(error) => tracing::warn!(%error, "unreadable control message ignored"),
+        }
     }
 }

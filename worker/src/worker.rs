@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use warren_shared::{JobType, Topology, amqp, job::InvalidJobType};
 
 use crate::{
+    cancel::Cancels,
     config::WorkerConfig,
     handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
     runner::{self, InFlight, Shared},
@@ -102,6 +103,7 @@ impl WorkerBuilder {
             handlers,
             identity: identity.into(),
             concurrency: config.concurrency,
+            cancels: Cancels::default(),
         };
         Ok(Worker {
             shared: Arc::new(shared),

@@ -1,24 +1,41 @@
-//! `POST /v1/jobs` and `GET /v1/jobs/{id}`.
+//! `POST /v1/jobs`, `GET /v1/jobs/{id}` and `POST /v1/jobs/{id}/cancel`, and the waiting they
+//! share with the other routes.
 //!
 //! Accepting a job is: validate → store the record as `queued` → publish (persistent,
 //! mandatory, confirmed) → `202`. The record exists before the message so a worker's first
 //! event always finds it; a publish that is not confirmed marks the record failed, so no job
 //! stays `queued` for a message the broker never took.
 
+use std::time::Duration;
+
 use axum::{
     Json,
-    extract::{Path, State, rejection::JsonRejection},
-    http::{StatusCode, header},
-    response::IntoResponse,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
 };
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::time::Instant;
 use tracing::Span;
-use warren_shared::{JobError, JobId, JobStatus, JobType, amqp::PublishError};
+use warren_shared::{
+    ControlAction, ControlMessage, JobError, JobEvent, JobId, JobStatus, JobType, V1,
+    amqp::PublishError,
+};
 
-use super::{AppState, problem::ApiError};
-use crate::store::Job;
+use super::{
+    AppState,
+    prefer::{PREFERENCE_APPLIED, Prefer},
+    problem::ApiError,
+};
+use crate::{
+    store::{Cancelled, Job},
+    watch::{Snapshot, Subscription},
+};
 
 /// Attempts a job gets when the request does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -59,6 +76,18 @@ pub struct SubmitRequest {
 }
 
 impl SubmitRequest {
+    /// A request for a job of `job_type` with `payload` and default settings.
+    #[must_use]
+    pub fn new(job_type: &str, payload: Value) -> Self {
+        Self {
+            job_type: job_type.to_owned(),
+            payload: Some(payload),
+            max_attempts: None,
+            timeout_ms: None,
+            callback_url: None,
+        }
+    }
+
     /// Checks every field and builds the new job's `queued` record.
     pub fn into_job(self, limits: &SubmitLimits) -> Result<Job, ApiError> {
         let job_type = JobType::parse(self.job_type).map_err(|e| ApiError::InvalidField {
@@ -113,6 +142,7 @@ impl SubmitRequest {
             timeout_ms,
             callback_url: self.callback_url,
             seq: 0,
+            version: 0,
         })
     }
 }
@@ -151,27 +181,80 @@ pub async fn accept(state: &AppState, job: Job) -> Result<Job, ApiError> {
     Err(refusal)
 }
 
-/// `POST /v1/jobs`: accept a job; `202` with the queued job once RabbitMQ confirmed it.
+/// `POST /v1/jobs`: accept a job. `202` with the queued job once RabbitMQ confirmed it; with
+/// `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).
 #[tracing::instrument(name = "submit", skip_all, fields(job_id, job_type))]
 pub async fn submit(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<SubmitRequest>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(request) = body?;
     let job = request.into_job(&state.limits)?;
     Span::current()
         .record("job_id", tracing::field::display(job.id))
         .record("job_type", job.job_type.as_str());
+    let prefer = Prefer::from_headers(&headers);
+    let wait = prefer
+        .wait_secs
+        .map(|secs| Duration::from_secs(secs).min(state.max_wait))
+        .filter(|wait| !wait.is_zero());
+    // Subscribe before publishing, so not even the fastest outcome is missed.
+    let subscription = wait.map(|_| state.watchers.subscribe(job.id));
     let job = accept(&state, job).await?;
+    let (Some(wait), Some(subscription)) = (wait, subscription) else {
+        return Ok(accepted(job, prefer.respond_async));
+    };
+    let job = wait_until_terminal(&state, subscription, job.id, wait).await?;
+    if !job.status.is_terminal() {
+        return Ok(accepted(job, true));
+    }
+    let applied = format!("wait={}", wait.as_secs());
+    Ok((StatusCode::OK, [(PREFERENCE_APPLIED, applied)], Json(job)).into_response())
+}
+
+/// The `202` answer: the job, where to poll it, and when.
+fn accepted(job: Job, responded_async: bool) -> Response {
     let location = format!("/v1/jobs/{}", job.id);
-    Ok((
+    let mut response = (
         StatusCode::ACCEPTED,
         [
             (header::LOCATION, location),
             (header::RETRY_AFTER, "1".to_owned()),
         ],
         Json(job),
-    ))
+    )
+        .into_response();
+    if responded_async {
+        response.headers_mut().insert(
+            PREFERENCE_APPLIED,
+            HeaderValue::from_static("respond-async"),
+        );
+    }
+    response
+}
+
+/// Waits until job `id` is terminal or `wait` has passed, woken by `subscription` (taken
+/// before the job could change); returns the job's latest state either way.
+pub async fn wait_until_terminal(
+    state: &AppState,
+    mut subscription: Subscription,
+    id: JobId,
+    wait: Duration,
+) -> Result<Job, ApiError> {
+    let deadline = Instant::now() + wait;
+    let mut job = load(state, id).await?;
+    while !job.status.is_terminal() {
+        match tokio::time::timeout_at(deadline, subscription.next()).await {
+            Ok(Snapshot::Job(snapshot)) if snapshot.version > job.version => {
+                job = Job::clone(&snapshot);
+            }
+            Ok(Snapshot::Job(_)) => {}
+            Ok(Snapshot::Lagged) => job = load(state, id).await?,
+            Err(_deadline) => return load(state, id).await,
+        }
+    }
+    Ok(job)
 }
 
 /// Parses a job id from a path segment.
@@ -192,11 +275,96 @@ pub async fn load(state: &AppState, id: JobId) -> Result<Job, ApiError> {
     }
 }
 
-/// `GET /v1/jobs/{id}`: the job's current record.
+/// The query of `GET /v1/jobs/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct GetQuery {
+    /// Seconds to wait for a terminal status (long poll).
+    wait: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}`: the job's current record; with `?wait=N`, once it is terminal or N
+/// seconds (capped) have passed.
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<Job>, ApiError> {
     let id = parse_id(&id)?;
-    load(&state, id).await.map(Json)
+    let Query(query) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(raw) => raw.parse().map(Duration::from_secs).map_err(|_| {
+            ApiError::BadParameter(format!("wait={raw:?} is not a whole number of seconds"))
+        })?,
+    };
+    let wait = wait.min(state.max_wait);
+    if wait.is_zero() {
+        return load(&state, id).await.map(Json);
+    }
+    let subscription = state.watchers.subscribe(id);
+    wait_until_terminal(&state, subscription, id, wait)
+        .await
+        .map(Json)
+}
+
+/// `POST /v1/jobs/{id}/cancel`: `202` with the cancelled job; `409` if it already finished.
+#[tracing::instrument(name = "cancel", skip_all, fields(job_id = %raw_id))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let id = parse_id(&raw_id)?;
+    match cancel_job(&state, id).await? {
+        Cancelled::Now(job) => Ok((StatusCode::ACCEPTED, Json(*job))),
+        Cancelled::AlreadyTerminal(job) => Err(ApiError::Conflict(format!(
+            "job {id} has already finished ({}); there is nothing to cancel",
+            job.status
+        ))),
+        Cancelled::UnknownJob => Err(ApiError::JobNotFound(id)),
+    }
+}
+
+/// Marks a job cancelled in the store (final at once, whatever happens next), then tells the
+/// workers (so a queued job is skipped and a running one stopped) and every gateway's waiters.
+pub async fn cancel_job(state: &AppState, id: JobId) -> Result<Cancelled, ApiError> {
+    let outcome = state.store.cancel(id).await.map_err(|error| {
+        tracing::error!(%error, "cannot cancel in the job store");
+        ApiError::Unavailable("the job store is unavailable")
+    })?;
+    if let Cancelled::Now(job) = &outcome {
+        tracing::info!("job cancelled");
+        let control = ControlMessage {
+            v: V1,
+            action: ControlAction::Cancel,
+            id,
+        };
+        if let Err(error) = state.publisher.publish_control(&control).await {
+            // The status is final already; a worker that runs the job anyway has its outcome
+            // ignored.
+            tracing::warn!(%error, "cancel not broadcast to workers");
+        }
+        if let Err(error) = state.publisher.publish_event(&cancelled_event(job)).await {
+            tracing::warn!(%error, "cancel not announced to other gateways' waiters");
+        }
+        state.watchers.publish(Job::clone(job));
+    }
+    Ok(outcome)
+}
+
+/// The `cancelled` event the gateway publishes on behalf of the job, so every gateway's
+/// waiters wake. Terminal events apply whatever their `seq`, and only once.
+fn cancelled_event(job: &Job) -> JobEvent {
+    JobEvent {
+        v: V1,
+        id: job.id,
+        job_type: job.job_type.clone(),
+        status: JobStatus::Cancelled,
+        attempt: job.attempt,
+        seq: job.seq + 1,
+        progress: None,
+        result: None,
+        error: job.error.clone(),
+        worker: "gateway".to_owned(),
+        at: job.updated_at,
+    }
 }

@@ -3,11 +3,17 @@
 //! [`router`] builds the whole app from an [`AppState`] without a socket, so handlers can be
 //! driven in tests with `tower::ServiceExt::oneshot`.
 
+pub mod article;
 pub mod health;
 pub mod jobs;
+pub mod prefer;
 pub mod problem;
+pub mod stream;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -18,7 +24,7 @@ use axum::{
 };
 use tracing::Instrument;
 
-use crate::{publisher::Publisher, store::JobStore};
+use crate::{publisher::Publisher, store::JobStore, watch::Watchers};
 use jobs::SubmitLimits;
 use problem::ApiError;
 
@@ -31,6 +37,12 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// Limits applied to submitted jobs.
     pub limits: Arc<SubmitLimits>,
+    /// Requests waiting on jobs.
+    pub watchers: Arc<Watchers>,
+    /// The longest a request may wait for a job.
+    pub max_wait: Duration,
+    /// How long `GET /users/{id}` waits for a worker.
+    pub user_timeout: Duration,
 }
 
 /// The gateway's routes over `state`, with a body limit of `max_body_bytes`.
@@ -38,6 +50,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(stream::events))
+        .route("/generate-report", post(article::generate_report))
+        .route("/report-status/{id}", get(article::report_status))
+        .route("/reports/{file}", get(article::report_csv))
+        .route("/users/{id}", get(article::get_user))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)

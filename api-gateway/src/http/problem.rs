@@ -49,6 +49,21 @@ pub enum ApiError {
     /// No job has this id.
     #[error("no job has id {0}")]
     JobNotFound(JobId),
+    /// The request conflicts with the job's state (e.g. cancelling a finished job).
+    #[error("{0}")]
+    Conflict(String),
+    /// A resource other than a job was not found (a user, a report).
+    #[error("{0}")]
+    NotFound(String),
+    /// A query parameter is invalid.
+    #[error("{0}")]
+    BadParameter(String),
+    /// The job behind a synchronous route failed for a reason other than the client's input.
+    #[error("{0}")]
+    JobFailed(String),
+    /// No worker answered a synchronous route in time.
+    #[error("{0}")]
+    NoAnswer(String),
     /// No route matches the path.
     #[error("no route matches {0}; see /openapi.json for the API")]
     RouteNotFound(String),
@@ -60,7 +75,13 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::MalformedId(_) => StatusCode::BAD_REQUEST,
+            Self::MalformedJson(_) | Self::MalformedId(_) | Self::BadParameter(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::JobFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::NoAnswer(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField { .. } | Self::InvalidBody(_) | Self::UnknownJobType(_) => {
@@ -76,6 +97,11 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) => "malformed-json",
             Self::MalformedId(_) => "malformed-id",
+            Self::BadParameter(_) => "bad-parameter",
+            Self::Conflict(_) => "conflict",
+            Self::NotFound(_) => "not-found",
+            Self::JobFailed(_) => "job-failed",
+            Self::NoAnswer(_) => "no-answer",
             Self::BodyTooLarge => "body-too-large",
             Self::NotJson => "unsupported-media-type",
             Self::InvalidField { .. } | Self::InvalidBody(_) => "invalid-field",

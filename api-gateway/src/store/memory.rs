@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 use async_trait::async_trait;
 use warren_shared::{JobError, JobEvent, JobId};
 
-use super::{Applied, Job, JobStore, StoreError, transition};
+use super::{Applied, Cancelled, Job, JobStore, StoreError, transition};
 
 /// Records in a map ordered by id, i.e. by creation time (ids are UUIDv7).
 #[derive(Debug, Default)]
@@ -61,6 +61,18 @@ impl JobStore for MemoryStore {
             transition::fail(job, error);
         }
         Ok(())
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
+        let mut jobs = self.jobs();
+        let Some(job) = jobs.get_mut(&id) else {
+            return Ok(Cancelled::UnknownJob);
+        };
+        Ok(if transition::cancel(job) {
+            Cancelled::Now(Box::new(job.clone()))
+        } else {
+            Cancelled::AlreadyTerminal(Box::new(job.clone()))
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -57,6 +57,10 @@ pub struct Job {
     /// Sequence number of the last event applied within `attempt` (not part of the resource).
     #[serde(skip)]
     pub seq: u64,
+    /// How many changes the record has had: 0 when accepted, +1 per applied event, cancel or
+    /// failure. The SSE event id, so a client resumes after the last change it saw.
+    #[serde(skip)]
+    pub version: u64,
 }
 
 impl Job {
@@ -84,6 +88,17 @@ pub enum Applied {
     /// The event was recognised as stale or redundant and changed nothing.
     Ignored(Ignored),
     /// No record has this id (e.g. it was deleted by retention, or belongs to another store).
+    UnknownJob,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// The job was not finished and is now `cancelled`.
+    Now(Box<Job>),
+    /// The job had already finished; nothing changed.
+    AlreadyTerminal(Box<Job>),
+    /// No record has this id.
     UnknownJob,
 }
 
@@ -115,6 +130,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Marks a job that could not be published as failed (unless something already finished
     /// it), so no record stays `queued` for a message the broker never took.
     async fn fail_unpublished(&self, id: JobId, error: JobError) -> Result<(), StoreError>;
+
+    /// Marks a job `cancelled` unless it has already finished.
+    async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError>;
 
     /// Succeeds when the store is usable; backs `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

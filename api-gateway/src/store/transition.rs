@@ -73,6 +73,7 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
         job.finished_at = Some(event.at);
     }
     job.updated_at = event.at;
+    job.version += 1;
     Ok(())
 }
 
@@ -104,14 +105,26 @@ fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {
 /// Marks a job failed for a reason found by the gateway (not by a worker), unless it is
 /// already terminal. Returns whether the record changed.
 pub fn fail(job: &mut Job, error: JobError) -> bool {
+    finish(job, JobStatus::Failed, Some(error))
+}
+
+/// Marks a job cancelled at a client's request, unless it is already terminal. Returns
+/// whether the record changed.
+pub fn cancel(job: &mut Job) -> bool {
+    let error = JobError::new("cancelled", "cancelled at the client's request");
+    finish(job, JobStatus::Cancelled, Some(error))
+}
+
+fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
     if job.status.is_terminal() {
         return false;
     }
     let now = Utc::now();
-    job.status = JobStatus::Failed;
-    job.error = Some(error);
+    job.status = status;
+    job.error = error;
     job.finished_at = Some(now);
     job.updated_at = now;
+    job.version += 1;
     true
 }
 
@@ -142,6 +155,7 @@ mod tests {
             timeout_ms: 1000,
             callback_url: None,
             seq: 0,
+            version: 0,
         }
     }
 
@@ -248,6 +262,20 @@ mod tests {
             step(&mut job, JobStatus::Queued, 1, 1),
             Err(Ignored::Queued)
         );
+    }
+
+    #[test]
+    fn every_change_bumps_the_version_and_ignored_events_do_not() {
+        let mut job = queued_job();
+        step(&mut job, JobStatus::Running, 1, 1).unwrap();
+        step(&mut job, JobStatus::Running, 1, 2).unwrap();
+        assert_eq!(job.version, 2);
+        let _ = step(&mut job, JobStatus::Running, 1, 2);
+        assert_eq!(job.version, 2);
+        assert!(cancel(&mut job));
+        assert_eq!((job.status, job.version), (JobStatus::Cancelled, 3));
+        assert!(!cancel(&mut job));
+        assert_eq!(job.version, 3);
     }
 
     #[test]

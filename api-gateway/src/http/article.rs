@@ -1,0 +1,189 @@
+//! The article's example routes, as thin shapes over the same machinery as `/v1/jobs`:
+//!
+//! - `POST /generate-report` `{"type": "monthly"}` → `202 {"status": "processing", "jobId"}`
+//! - `GET /report-status/{jobId}` → `processing`, then `completed` with the CSV's `url`, or
+//!   `failed` with the `error`
+//! - `GET /reports/{jobId}.csv` → the CSV the worker built
+//! - `GET /users/{id}` → answered synchronously by a `user.get` job: `200`, `404`, or `504`
+//!   when no worker answered in time
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warren_shared::{JobId, JobStatus};
+
+use super::{
+    AppState,
+    jobs::{self, SubmitRequest, load, parse_id},
+    problem::ApiError,
+};
+use crate::store::Job;
+
+/// The job type behind the report routes.
+const REPORT_TYPE: &str = "report.generate";
+/// The job type behind `/users/{id}`.
+const USER_TYPE: &str = "user.get";
+/// The report periods the worker knows.
+const PERIODS: [&str; 3] = ["daily", "weekly", "monthly"];
+
+/// The body of `POST /generate-report`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    /// `daily`, `weekly` or `monthly`.
+    #[serde(rename = "type")]
+    period: String,
+}
+
+/// `POST /generate-report`: queue a report.
+pub async fn generate_report(
+    State(state): State<AppState>,
+    body: Result<Json<ReportRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    if !PERIODS.contains(&request.period.as_str()) {
+        return Err(ApiError::InvalidField {
+            field: "type",
+            message: format!(
+                "unknown report type {:?}: use daily, weekly or monthly",
+                request.period
+            ),
+        });
+    }
+    let job = SubmitRequest::new(REPORT_TYPE, json!({"period": request.period}))
+        .into_job(&state.limits)?;
+    let job = jobs::accept(&state, job).await?;
+    let location = format!("/report-status/{}", job.id);
+    let body = json!({"status": "processing", "jobId": job.id});
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// A report job, or 404 for an unknown id or a job of another type.
+async fn load_report(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
+    let id = parse_id(raw_id)?;
+    let job = load(state, id).await?;
+    if job.job_type.as_str() == REPORT_TYPE {
+        Ok(job)
+    } else {
+        Err(ApiError::JobNotFound(id))
+    }
+}
+
+/// `GET /report-status/{jobId}`.
+pub async fn report_status(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let job = load_report(&state, &raw_id).await?;
+    Ok(Json(match job.status {
+        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => {
+            json!({"status": "processing"})
+        }
+        JobStatus::Succeeded => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            json!({"status": "completed", "url": format!("http://{host}/reports/{}.csv", job.id)})
+        }
+        JobStatus::Failed | JobStatus::Cancelled => {
+            let error = job
+                .error
+                .map_or_else(|| job.status.to_string(), |e| e.message);
+            json!({"status": "failed", "error": error})
+        }
+    }))
+}
+
+/// `GET /reports/{jobId}.csv`.
+pub async fn report_csv(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
+    let raw_id = file.strip_suffix(".csv").ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no report named {file:?}; reports are /reports/<jobId>.csv"
+        ))
+    })?;
+    let job = load_report(&state, raw_id).await?;
+    match job.status {
+        JobStatus::Succeeded => {
+            let csv = job
+                .result
+                .as_ref()
+                .and_then(|r| r["csv"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response())
+        }
+        JobStatus::Failed | JobStatus::Cancelled => Err(ApiError::NotFound(format!(
+            "report {} was not produced: the job {}",
+            job.id, job.status
+        ))),
+        _ => Err(ApiError::Conflict(format!(
+            "report {} is not ready yet ({}); poll /report-status/{}",
+            job.id, job.status, job.id
+        ))),
+    }
+}
+
+/// `GET /users/{id}`: a synchronous answer from a `user.get` worker.
+pub async fn get_user(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mut request = SubmitRequest::new(USER_TYPE, json!({"id": user_id}));
+    request.max_attempts = Some(1);
+    request.timeout_ms = u64::try_from(state.user_timeout.as_millis()).ok();
+    let job = request.into_job(&state.limits)?;
+    let subscription = state.watchers.subscribe(job.id);
+    let job = match jobs::accept(&state, job).await {
+        Err(ApiError::UnknownJobType(_)) => {
+            return Err(ApiError::Unavailable("no worker handles user lookups"));
+        }
+        accepted => accepted?,
+    };
+    let job = jobs::wait_until_terminal(&state, subscription, job.id, state.user_timeout).await?;
+    answer_user(&state, job, &user_id).await
+}
+
+async fn answer_user(state: &AppState, job: Job, user_id: &str) -> Result<Json<Value>, ApiError> {
+    match (job.status, job.error.as_ref().map(|e| e.kind.as_str())) {
+        (JobStatus::Succeeded, _) => Ok(Json(job.result.unwrap_or(Value::Null))),
+        (JobStatus::Failed, Some("not_found")) => {
+            Err(ApiError::NotFound(format!("no user has id {user_id:?}")))
+        }
+        (JobStatus::Failed | JobStatus::Cancelled, _) => {
+            tracing::warn!(job_id = %job.id, error = ?job.error, "user lookup failed");
+            Err(ApiError::JobFailed(format!(
+                "the user lookup failed (job {})",
+                job.id
+            )))
+        }
+        _ => {
+            give_up(state, job.id).await;
+            Err(ApiError::NoAnswer(format!(
+                "no worker answered within {} ms; try again later",
+                state.user_timeout.as_millis()
+            )))
+        }
+    }
+}
+
+/// Cancels a lookup nobody waits for any more, so a worker that turns up later skips it.
+async fn give_up(state: &AppState, id: JobId) {
+    if let Err(error) = jobs::cancel_job(state, id).await {
+        tracing::warn!(%error, job_id = %id, "cannot cancel an unanswered user lookup");
+    }
+}

@@ -1,0 +1,109 @@
+//! `GET /v1/jobs/{id}/events`: a job's changes as Server-Sent Events.
+//!
+//! Each event is one change of the job (a status change or a progress report): `event:` is
+//! the status, `data:` the job as JSON, `id:` the job's version (its count of changes). A
+//! client that reconnects with `Last-Event-ID` gets only newer changes; the job's current state
+//! carries everything an intermediate change said, so nothing is lost or repeated. The stream
+//! ends after the terminal event; a finished job streams its final state and ends, and a
+//! client that has already seen it gets `204` (which tells `EventSource` not to reconnect).
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures_util::stream;
+
+use super::{
+    AppState,
+    jobs::{load, parse_id},
+    problem::ApiError,
+};
+use crate::{
+    store::Job,
+    watch::{Snapshot, Subscription},
+};
+
+/// How often an idle stream sends a comment, so proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The stream's progress between two events.
+struct Cursor {
+    state: AppState,
+    subscription: Subscription,
+    /// The version of the last change sent (or seen by the client before reconnecting).
+    last_sent: Option<u64>,
+    /// A state read before waiting, to send first.
+    pending: Option<Job>,
+}
+
+/// `GET /v1/jobs/{id}/events`.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let last_seen = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::BadParameter(
+                        "Last-Event-ID must be an event id this stream sent".into(),
+                    )
+                })?,
+        ),
+    };
+    let subscription = state.watchers.subscribe(id);
+    let job = load(&state, id).await?;
+    if job.status.is_terminal() && last_seen.is_some_and(|seen| seen >= job.version) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let cursor = Cursor {
+        state,
+        subscription,
+        last_sent: last_seen,
+        pending: Some(job),
+    };
+    let events = stream::unfold(Some(cursor), next_event);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// The next event to send, or `None` to end the stream.
+async fn next_event(cursor: Option<Cursor>) -> Option<(Result<Event, Infallible>, Option<Cursor>)> {
+    let mut cursor = cursor?;
+    loop {
+        let job = match cursor.pending.take() {
+            Some(job) => job,
+            None => match cursor.subscription.next().await {
+                Snapshot::Job(job) => Job::clone(&job),
+                Snapshot::Lagged => load(&cursor.state, cursor.subscription.id()).await.ok()?,
+            },
+        };
+        if cursor.last_sent.is_some_and(|sent| job.version <= sent) {
+            if job.status.is_terminal() {
+                return None;
+            }
+            continue;
+        }
+        cursor.last_sent = Some(job.version);
+        let event = Event::default()
+            .id(job.version.to_string())
+            .event(job.status.as_str())
+            .json_data(&job)
+            .unwrap_or_else(|_| Event::default().comment("unserialisable job"));
+        let next = (!job.status.is_terminal()).then_some(cursor);
+        return Some((Ok(event), next));
+    }
+}

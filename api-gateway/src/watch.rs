@@ -1,0 +1,111 @@
+//! Waking requests that wait on a job: synchronous submits, long polls and event streams.
+//!
+//! A request subscribes to a job id; the notifier (see [`crate::events`]) publishes each new
+//! snapshot of a watched job to its subscribers. Subscriptions are removed when the last
+//! subscriber drops its [`Subscription`], so a client that goes away leaves nothing behind.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use tokio::sync::broadcast;
+use warren_shared::JobId;
+
+use crate::store::Job;
+
+/// Snapshots buffered per job for a slow subscriber before it is told it lagged.
+const BUFFER: usize = 64;
+
+/// The jobs someone is waiting on, and how to reach them.
+#[derive(Debug, Default)]
+pub struct Watchers {
+    senders: Mutex<HashMap<JobId, broadcast::Sender<Arc<Job>>>>,
+}
+
+impl Watchers {
+    fn senders(&self) -> MutexGuard<'_, HashMap<JobId, broadcast::Sender<Arc<Job>>>> {
+        // Every change under this lock is a single map operation: a poisoned lock is consistent.
+        self.senders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts receiving snapshots of job `id`.
+    pub fn subscribe(self: &Arc<Self>, id: JobId) -> Subscription {
+        let receiver = self
+            .senders()
+            .entry(id)
+            .or_insert_with(|| broadcast::channel(BUFFER).0)
+            .subscribe();
+        Subscription {
+            id,
+            receiver,
+            watchers: Arc::clone(self),
+        }
+    }
+
+    /// Whether anyone waits on job `id`.
+    pub fn is_watched(&self, id: JobId) -> bool {
+        self.senders().contains_key(&id)
+    }
+
+    /// Hands a new snapshot to everyone waiting on its job.
+    pub fn publish(&self, job: Job) {
+        if let Some(sender) = self.senders().get(&job.id) {
+            // An error only means every subscriber has just gone.
+            let _ = sender.send(Arc::new(job));
+        }
+    }
+
+    /// How many jobs are watched (for tests and metrics).
+    pub fn watched(&self) -> usize {
+        self.senders().len()
+    }
+}
+
+/// What a subscriber receives next.
+#[derive(Debug)]
+pub enum Snapshot {
+    /// The job's latest state.
+    Job(Arc<Job>),
+    /// Snapshots were missed; read the store for the current state.
+    Lagged,
+}
+
+/// One waiter's stream of snapshots of one job; unsubscribes on drop.
+#[derive(Debug)]
+pub struct Subscription {
+    id: JobId,
+    receiver: broadcast::Receiver<Arc<Job>>,
+    watchers: Arc<Watchers>,
+}
+
+impl Subscription {
+    /// The job this subscription follows.
+    #[must_use]
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// The next snapshot of the job. Waits as long as it takes; callers bound it.
+    pub async fn next(&mut self) -> Snapshot {
+        match self.receiver.recv().await {
+            Ok(job) => Snapshot::Job(job),
+            // The sender lives in the map as long as this subscription does, so `Closed`
+            // cannot happen; treat it like a lag and re-read.
+            Err(_) => Snapshot::Lagged,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut senders = self.watchers.senders();
+        // This subscription's receiver is still alive here, so it counts as one.
+        if senders
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            senders.remove(&self.id);
+        }
+    }
+}
