@@ -85,6 +85,11 @@ impl Application {
         })
     }
 
+    /// The registry of requests waiting on jobs (tests check that it empties).
+    pub fn watchers(&self) -> Arc<Watchers> {
+        self.state.watchers.clone()
+    }
+
     /// The port the gateway listens on.
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map_or(0, |addr| addr.port())

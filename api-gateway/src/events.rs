@@ -19,10 +19,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-        QueueBindOptions, QueueDeclareOptions,
-    },
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
@@ -179,34 +176,9 @@ async fn notifier_session(
         "x-max-length".into(),
         AMQPValue::LongLongInt(NOTIFIER_MAX_LENGTH),
     );
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
-    let queue = channel.queue_declare("".into(), options, arguments).await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.events_exchange().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    let mut consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(queue = %queue.name(), "notifier started");
+    let mut consumer =
+        topology::subscribe_exclusive(&channel, topology.events_exchange(), "#", arguments).await?;
+    tracing::info!(queue = %consumer.queue(), "notifier started");
     loop {
         let delivery = tokio::select! {
             () = stop.cancelled() => return Ok(()),

@@ -18,10 +18,10 @@
 use std::time::Duration;
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Consumer, ExchangeKind,
     options::{
-        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -291,6 +291,39 @@ pub async fn declare_job_queue(
     )
     .await?;
     Ok(queue)
+}
+
+/// Follows `exchange` (messages matching `routing_key`) on an exclusive, server-named queue that
+/// lives as long as `channel`, consumed without acks. For the per-process queues: a gateway's
+/// notifier queue and a worker's control queue. `arguments` are the queue's (e.g. a length cap).
+pub async fn subscribe_exclusive(
+    channel: &Channel,
+    exchange: String,
+    routing_key: &str,
+    arguments: FieldTable,
+) -> lapin::Result<Consumer> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel.queue_declare("".into(), options, arguments).await?;
+    let name = queue.name().to_string();
+    bind(
+        channel,
+        name.clone(),
+        exchange,
+        routing_key,
+        FieldTable::default(),
+    )
+    .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(name.into(), "".into(), no_ack, FieldTable::default())
+        .await
 }
 
 /// Deletes a deployment's exchanges and queues, including the job queues of `job_types`, with

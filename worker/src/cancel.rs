@@ -8,11 +8,15 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
+use futures_util::StreamExt;
+use lapin::{Channel, Consumer, types::FieldTable};
 use tokio_util::sync::CancellationToken;
-use warren_shared::JobId;
+use warren_shared::{ControlAction, ControlMessage, JobId, Topology, message, topology};
+
+use crate::runner::Shared;
 
 /// How many cancel requests a worker remembers.
 pub(crate) const REMEMBERED: usize = 100_000;
@@ -74,6 +78,32 @@ pub(crate) struct Running<'a> {
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.cancels.inner().running.remove(&self.id);
+    }
+}
+
+/// Starts consuming `<ns>.control` on an exclusive queue of this session's own.
+pub(crate) async fn consume_control(
+    channel: &Channel,
+    topology: &Topology,
+) -> lapin::Result<Consumer> {
+    let exchange = topology.control_exchange();
+    topology::subscribe_exclusive(channel, exchange, "", FieldTable::default()).await
+}
+
+/// Applies cancel requests as they come, until the consumer ends with its session.
+pub(crate) async fn listen(shared: Arc<Shared>, mut control: Consumer) {
+    while let Some(Ok(delivery)) = control.next().await {
+        match message::decode::<ControlMessage>(&delivery.data) {
+            Ok(ControlMessage {
+                action: ControlAction::Cancel,
+                id,
+                ..
+            }) => {
+                tracing::info!(job_id = %id, "cancel requested");
+                shared.cancels.request(id);
+            }
+            Err(error) => tracing::warn!(%error, "unreadable control message ignored"),
+        }
     }
 }
 

@@ -10,11 +10,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
 use lapin::{
-    Channel, Consumer,
+    Channel,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -25,13 +24,13 @@ use tokio_util::{
 };
 use tracing::Instrument;
 use warren_shared::{
-    ControlAction, ControlMessage, JobError, JobMessage, JobStatus, JobType, Topology,
+    JobError, JobMessage, JobStatus, JobType, Topology,
     amqp::{self, BrokerError, Outgoing, Pool},
     message, topology,
 };
 
 use crate::{
-    cancel::Cancels,
+    cancel::{self, Cancels},
     handler::{Handler, JobContext, Registry},
     report::Reporter,
 };
@@ -142,10 +141,8 @@ async fn session(
         .basic_qos(shared.concurrency, BasicQosOptions::default())
         .await?;
 
-    let _control = AbortOnDropHandle::new(tokio::spawn(listen_for_cancels(
-        shared.clone(),
-        consume_control(&consume_channel, &shared.topology).await?,
-    )));
+    let control = cancel::consume_control(&consume_channel, &shared.topology).await?;
+    let _control = AbortOnDropHandle::new(tokio::spawn(cancel::listen(shared.clone(), control)));
 
     let mut consumers = Vec::new();
     let mut tags = Vec::new();
@@ -397,55 +394,5 @@ async fn requeue(delivery: &Delivery) {
     };
     if let Err(error) = delivery.acker.nack(options).await {
         tracing::warn!(%error, "nack failed; the broker requeues the message when the channel closes");
-    }
-}
-
-/// Starts consuming `<ns>.control` on an exclusive queue of this session's own.
-async fn consume_control(channel: &Channel, topology: &Topology) -> lapin::Result<Consumer> {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
-    let queue = channel
-        .queue_declare("".into(), options, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.control_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await
-}
-
-/// Applies cancel requests as they come, until the consumer ends with its session.
-async fn listen_for_cancels(shared: Arc<Shared>, mut control: Consumer) {
-    while let Some(Ok(delivery)) = control.next().await {
-        match message::decode::<ControlMessage>(&delivery.data) {
-            Ok(ControlMessage {
-                action: ControlAction::Cancel,
-                id,
-                ..
-            }) => {
-                tracing::info!(job_id = %id, "cancel requested");
-                shared.cancels.request(id);
-            }
-            Err(error) => tracing::warn!(%error, "unreadable control message ignored"),
-        }
     }
 }

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use lapin::{Channel, Connection, ConnectionProperties, types::FieldTable};
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
-use warren_gateway::{Application, GatewayConfig, store::MemoryStore};
+use warren_gateway::{Application, GatewayConfig, store::MemoryStore, watch::Watchers};
 use warren_shared::{
     JobEvent, JobType, Topology,
     amqp::{self, Outgoing},
@@ -38,6 +38,7 @@ pub struct TestApp {
     pub connection: Connection,
     /// A confirm channel on it.
     pub channel: Channel,
+    pub watchers: Arc<Watchers>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     job_types: Vec<JobType>,
@@ -58,6 +59,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = Application::with_parts(config, listener, Arc::new(MemoryStore::new())).unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
+    let watchers = app.watchers();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -79,6 +81,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp 
         client: reqwest::Client::new(),
         connection,
         channel,
+        watchers,
         stops: vec![stop],
         tasks: vec![task],
         job_types: Vec::new(),
@@ -93,9 +96,19 @@ impl TestApp {
 
     /// Starts an in-process worker with `builder`'s handlers, and waits until it consumes.
     pub async fn spawn_worker(&mut self, builder: WorkerBuilder) {
+        self.spawn_worker_with(builder, |_| {}).await;
+    }
+
+    /// Starts an in-process worker after letting the test adjust its configuration.
+    pub async fn spawn_worker_with(
+        &mut self,
+        builder: WorkerBuilder,
+        adjust: impl FnOnce(&mut WorkerConfig),
+    ) {
         let broker = BrokerConfig::new(&amqp_url(), &self.namespace).unwrap();
         let mut config = WorkerConfig::with_broker(broker);
         config.shutdown.shutdown_grace_secs = 5;
+        adjust(&mut config);
         let worker: Worker = builder.build(config).unwrap();
         let types = worker.job_types();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -151,6 +164,34 @@ impl TestApp {
         assert_eq!(response.status(), 202, "submit of {body} was refused");
         let job: Value = response.json().await.unwrap();
         job["id"].as_str().unwrap().to_owned()
+    }
+
+    /// `GET` of a path on the gateway.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST` of a JSON body to a path on the gateway.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `POST` of a path on the gateway, without a body.
+    pub async fn post(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// `GET /v1/jobs/{id}` as JSON.

@@ -7,7 +7,11 @@
     unreachable_pub
 )]
 
+mod article;
+mod cancel;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod stream;
+mod sync;
 mod validation;
