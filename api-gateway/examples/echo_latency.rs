@@ -1,12 +1,12 @@
-//! Measures submit → `succeeded` for `echo` jobs against a running gateway and worker.
+//! Measures `echo` jobs end to end against a running gateway and worker, one after another:
+//!
+//! 1. asynchronous: submit, then poll every millisecond until `succeeded` (so up to 1 ms of
+//!    polling slack), beside the record's `finished_at - created_at`;
+//! 2. synchronous: submit with `Prefer: wait=10` and time the `200`.
 //!
 //! ```text
 //! cargo run --release -p warren-gateway --example echo_latency -- [JOBS] [GATEWAY_URL]
 //! ```
-//!
-//! Jobs are submitted one after another; each is polled every millisecond until it has
-//! succeeded, so the client-side figure includes up to 1 ms of polling slack. The server-side
-//! figure is the record's `finished_at - created_at` (gateway accept to worker outcome).
 
 #![allow(
     clippy::print_stdout,
@@ -84,6 +84,22 @@ async fn main() {
         let server = at("finished_at") - at("created_at");
         server_side.push(server.num_microseconds().unwrap() as f64 / 1000.0);
     }
-    report("client: submit → succeeded", client_side);
-    report("server: created → finished", server_side);
+    report("async: submit → succeeded", client_side);
+    report("async: created → finished", server_side);
+
+    let mut sync = Vec::new();
+    for i in 0..jobs {
+        let started = Instant::now();
+        let response = client
+            .post(format!("{base}/v1/jobs"))
+            .header("prefer", "wait=10")
+            .json(&json!({"type": "echo", "payload": {"i": i}}))
+            .send()
+            .await
+            .expect("gateway unreachable");
+        assert_eq!(response.status(), 200, "not answered synchronously");
+        response.bytes().await.unwrap();
+        sync.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    report("sync: Prefer wait → 200", sync);
 }
