@@ -62,7 +62,7 @@ impl Application {
         listener: TcpListener,
         store: Arc<dyn JobStore>,
     ) -> Result<Self, StartupError> {
-        let topology = Topology::new(config.broker.namespace.clone());
+        let topology = Topology::from_config(&config.broker);
         let pool = amqp::connection_pool(&config.broker, "warren-gateway", AMQP_POOL_SIZE)?;
         let publisher = Publisher::new(pool.clone(), topology.clone(), config.publish_timeout());
         let state = AppState {

@@ -37,16 +37,63 @@ pub struct BrokerConfig {
         value_parser = parse_namespace
     )]
     pub namespace: String,
+
+    /// Backoff tiers between attempts (comma list such as `1s,5s,30s,2m,10m`); each is a wait
+    /// queue `<ns>.retry.<delay>`. Every process of a deployment must use the same list.
+    #[arg(
+        long = "retry-delays",
+        env = "WARREN_RETRY_DELAYS",
+        value_name = "WARREN_RETRY_DELAYS",
+        default_value = "1s,5s,30s,2m,10m",
+        value_delimiter = ',',
+        value_parser = parse_delay
+    )]
+    pub retry_delays: Vec<Duration>,
+
+    /// Most jobs a job queue holds; past it, submits are refused with 503 (unset: unbounded).
+    #[arg(
+        long = "queue-max-length",
+        env = "WARREN_QUEUE_MAX_LENGTH",
+        value_name = "WARREN_QUEUE_MAX_LENGTH",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub queue_max_length: Option<u32>,
 }
 
 impl BrokerConfig {
-    /// A configuration for `url` and `namespace`, as tests and embedders build it.
+    /// A configuration for `url` and `namespace` with default tiers and unbounded queues, as
+    /// tests and embedders build it.
     pub fn new(url: &str, namespace: &str) -> Result<Self, String> {
         Ok(Self {
             amqp_url: url.parse()?,
             namespace: parse_namespace(namespace)?,
+            retry_delays: crate::topology::DEFAULT_RETRY_DELAYS.to_vec(),
+            queue_max_length: None,
         })
     }
+}
+
+/// Reads a delay such as `500ms`, `5s`, `2m` or `1h`.
+pub fn parse_delay(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let amount: u64 = number.parse().map_err(|_| {
+        format!("{value:?} is not a delay: use a number and a unit, e.g. 500ms, 5s, 2m, 1h")
+    })?;
+    let delay = match unit {
+        "ms" => Duration::from_millis(amount),
+        "s" => Duration::from_secs(amount),
+        "m" => Duration::from_secs(amount * 60),
+        "h" => Duration::from_secs(amount * 3600),
+        _ => return Err(format!("{value:?} has an unknown unit: use ms, s, m or h")),
+    };
+    if delay.is_zero() {
+        return Err(format!("{value:?} is zero: a retry delay must be positive"));
+    }
+    Ok(delay)
 }
 
 /// How logs are written.
@@ -172,6 +219,15 @@ mod tests {
         assert!(url.expose().contains("heartbeat=3"));
         let err = "http://nope".parse::<AmqpUrl>().unwrap_err();
         assert!(err.contains("not an AMQP URL"), "{err}");
+    }
+
+    #[test]
+    fn delays_read_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_delay("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_delay("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "5", "s", "0s", "5d", "-1s"] {
+            assert!(parse_delay(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

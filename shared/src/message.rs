@@ -79,6 +79,9 @@ pub struct JobEvent {
     /// Why the attempt failed, on `failed` or `retrying`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// When the next attempt is due, on `retrying`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
     /// Which worker process sent it.
     pub worker: String,
     /// When it happened, by the worker's clock.
@@ -193,6 +196,7 @@ mod tests {
             }),
             result: None,
             error: None,
+            next_attempt_at: None,
             worker: "w1".into(),
             at: Utc::now(),
         };

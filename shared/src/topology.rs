@@ -26,14 +26,16 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-use crate::job::JobType;
+use crate::{config::BrokerConfig, job::JobType};
 
 /// How often a job message may be handed out before the broker dead-letters it instead: a job
 /// that kills its worker every time must not loop forever.
 pub const DEFAULT_DELIVERY_LIMIT: i64 = 10;
 
-/// The header that selects a retry wait queue on the `<ns>.retry` headers exchange.
-pub const RETRY_DELAY_HEADER: &str = "x-warren-retry-delay";
+/// The header that selects a retry wait queue on the `<ns>.retry` headers exchange. It must
+/// not start with `x-`: a headers exchange ignores such headers when matching with
+/// `x-match: all`, which would copy every retry into every wait queue.
+pub const RETRY_DELAY_HEADER: &str = "warren-retry-delay";
 
 /// The header that says why a message was dead-lettered by Warren.
 pub const DEAD_REASON_HEADER: &str = "x-warren-reason";
@@ -47,20 +49,61 @@ pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
     Duration::from_secs(600),
 ];
 
-/// The names of one deployment's exchanges and queues.
+/// The names of one deployment's exchanges and queues, and the settings that shape them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     namespace: String,
     retry_delays: Vec<Duration>,
+    queue_max_length: Option<u32>,
 }
 
 impl Topology {
-    /// The topology of the deployment whose names start with `namespace`.
+    /// The topology of the deployment whose names start with `namespace`, with the default
+    /// retry tiers and unbounded job queues.
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
             retry_delays: DEFAULT_RETRY_DELAYS.to_vec(),
+            queue_max_length: None,
         }
+    }
+
+    /// The topology a process configured with `config` uses.
+    #[must_use]
+    pub fn from_config(config: &BrokerConfig) -> Self {
+        let mut retry_delays = config.retry_delays.clone();
+        retry_delays.sort_unstable();
+        retry_delays.dedup();
+        Self {
+            namespace: config.namespace.clone(),
+            retry_delays,
+            queue_max_length: config.queue_max_length,
+        }
+    }
+
+    /// How long to wait before attempt `attempt + 1` after attempt `attempt` failed:
+    /// exponential (the first tier doubled per attempt) with ±25 % jitter derived from `seed`
+    /// (the job id, so jobs that failed together spread out), rounded up to the next tier.
+    #[must_use]
+    pub fn retry_delay(&self, attempt: u32, seed: u64) -> Duration {
+        let (Some(&first), Some(&last)) = (self.retry_delays.first(), self.retry_delays.last())
+        else {
+            return Duration::ZERO;
+        };
+        let jitter = 0.75 + (seed % 1000) as f64 / 2000.0;
+        let exponent = i32::try_from(attempt.saturating_sub(1).min(30)).unwrap_or(30);
+        let wanted = first.as_secs_f64() * 2_f64.powi(exponent) * jitter;
+        self.retry_delays
+            .iter()
+            .copied()
+            .find(|tier| tier.as_secs_f64() >= wanted)
+            .unwrap_or(last)
+    }
+
+    /// The label of a retry tier, as the wait queue's name and the routing header use it.
+    #[must_use]
+    pub fn retry_label(delay: Duration) -> String {
+        delay_label(delay)
     }
 
     /// The namespace every name starts with.
@@ -263,6 +306,10 @@ pub async fn declare_core(channel: &Channel, topology: &Topology) -> lapin::Resu
 
 /// Declares the quorum queue of one job type and binds it to the jobs exchange.
 ///
+/// With `WARREN_QUEUE_MAX_LENGTH` the queue holds at most that many jobs and refuses more.
+/// RabbitMQ refuses to redeclare a queue with other arguments, so changing the limit means
+/// deleting the queue (or moving the limit into a policy).
+///
 /// A message delivered more than [`DEFAULT_DELIVERY_LIMIT`] times (its worker died each time)
 /// is dead-lettered to `<ns>.dead` by the broker instead of being handed out again.
 pub async fn declare_job_queue(
@@ -376,6 +423,22 @@ mod tests {
         assert_eq!(topology.events_store_queue(), "warren.events.store");
         assert_eq!(topology.control_exchange(), "warren.control");
         assert_eq!(Topology::new("t-1").jobs_exchange(), "t-1.jobs");
+    }
+
+    #[test]
+    fn retry_delays_grow_by_attempt_and_stay_on_the_tiers() {
+        let topology = Topology::new("warren");
+        let tiers = topology.retry_delays().to_vec();
+        for seed in [0, 499, 999] {
+            let delays: Vec<Duration> = (1..=12)
+                .map(|attempt| topology.retry_delay(attempt, seed))
+                .collect();
+            assert!(delays.iter().all(|d| tiers.contains(d)), "{delays:?}");
+            assert!(delays.is_sorted(), "{delays:?}");
+            assert_eq!(delays[11], Duration::from_secs(600));
+        }
+        // Jitter spreads jobs that fail together across tiers.
+        assert_ne!(topology.retry_delay(1, 0), topology.retry_delay(1, 999));
     }
 
     #[test]

@@ -23,7 +23,9 @@
 //! - [`config`]: environment and flags.
 //! - [`handler`]: the handler contract: [`JobContext`], [`HandlerError`].
 //! - [`worker`]: [`WorkerBuilder`] and [`Worker::run`] (shutdown with grace).
-//! - `runner`: the consume loop, job execution and settling (ack/nack) in one place.
+//! - `runner`: the consume loop and running a job's handler.
+//! - `settle`: deciding in one place what an attempt's outcome leads to (event, retry, dead
+//!   letter) and acking or returning the delivery.
 //! - `cancel`: cancel requests from `<ns>.control` and the jobs they stop.
 //! - `report`: publishing a job's events with per-attempt sequence numbers.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
@@ -34,6 +36,7 @@ pub mod handler;
 pub mod handlers;
 mod report;
 mod runner;
+mod settle;
 pub mod worker;
 
 pub use config::WorkerConfig;

@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lapin::{Channel, types::FieldTable};
 use serde_json::Value;
 use warren_shared::{
@@ -16,6 +16,37 @@ use warren_shared::{
 };
 
 use crate::runner::PUBLISH_TIMEOUT;
+
+/// What an event says happened.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) status: JobStatus,
+    pub(crate) progress: Option<Progress>,
+    pub(crate) result: Option<Value>,
+    pub(crate) error: Option<JobError>,
+    pub(crate) next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl Change {
+    /// A change to `status` with nothing else to say.
+    pub(crate) fn to(status: JobStatus) -> Self {
+        Self {
+            status,
+            progress: None,
+            result: None,
+            error: None,
+            next_attempt_at: None,
+        }
+    }
+
+    /// A failure-like change (`failed`, `retrying`, `cancelled`) with its reason.
+    pub(crate) fn with_error(status: JobStatus, error: JobError) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::to(status)
+        }
+    }
+}
 
 /// Publishes the events of one attempt of one job.
 #[derive(Debug, Clone)]
@@ -50,25 +81,30 @@ impl Reporter {
         }
     }
 
+    /// The job whose events this reporter publishes.
+    pub(crate) fn job(&self) -> &JobMessage {
+        &self.inner.job
+    }
+
+    /// The confirm channel the events go out on (also used for retries and dead letters).
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.inner.channel
+    }
+
     /// Publishes an event and waits for the broker's confirm.
-    pub(crate) async fn publish(
-        &self,
-        status: JobStatus,
-        progress: Option<Progress>,
-        result: Option<Value>,
-        error: Option<JobError>,
-    ) -> Result<(), PublishError> {
+    pub(crate) async fn publish(&self, change: Change) -> Result<(), PublishError> {
         let inner = &self.inner;
         let event = JobEvent {
             v: V1,
             id: inner.job.id,
             job_type: inner.job.job_type.clone(),
-            status,
+            status: change.status,
             attempt: inner.job.attempt,
             seq: inner.seq.fetch_add(1, Ordering::SeqCst) + 1,
-            progress,
-            result,
-            error,
+            progress: change.progress,
+            result: change.result,
+            error: change.error,
+            next_attempt_at: change.next_attempt_at,
             worker: inner.worker.to_string(),
             at: Utc::now(),
         };
@@ -88,10 +124,11 @@ impl Reporter {
 
     /// Publishes a progress report; failures are logged, not returned.
     pub(crate) async fn progress(&self, progress: Progress) {
-        if let Err(error) = self
-            .publish(JobStatus::Running, Some(progress), None, None)
-            .await
-        {
+        let change = Change {
+            progress: Some(progress),
+            ..Change::to(JobStatus::Running)
+        };
+        if let Err(error) = self.publish(change).await {
             tracing::warn!(%error, "progress report not published");
         }
     }

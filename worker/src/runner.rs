@@ -12,10 +12,8 @@ use futures_util::{StreamExt, stream};
 use lapin::{
     Channel,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    },
-    types::{AMQPValue, FieldTable, ShortString},
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
 };
 use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::{
@@ -25,18 +23,24 @@ use tokio_util::{
 use tracing::Instrument;
 use warren_shared::{
     JobError, JobMessage, JobStatus, JobType, Topology,
-    amqp::{self, BrokerError, Outgoing, Pool},
+    amqp::{self, BrokerError, Pool},
     message, topology,
 };
 
 use crate::{
     cancel::{self, Cancels},
     handler::{Handler, JobContext, Registry},
-    report::Reporter,
+    report::{Change, Reporter},
+    settle::{Outcome, dead_letter, previous_deliveries, settle},
 };
 
 /// How long a cancelled handler may take to stop on its own before it is dropped.
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// A job handed out this many times without an outcome is failed as poison instead of run:
+/// its handler has most likely killed a worker each time. (The queue's delivery limit, above
+/// this, is the broker's own backstop.)
+const POISON_DELIVERIES: u64 = 5;
 
 /// How long a publish (event or dead letter) may wait for its confirm.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,9 +251,24 @@ async fn run_job(
     let _running = shared.cancels.track(job.id, cancel.clone());
     if cancel.is_cancelled() {
         tracing::info!("job was cancelled before it started; skipping it");
-        return settle(&reporter, &delivery, Outcome::Cancelled, 0.0).await;
+        return settle(shared, &reporter, &delivery, Outcome::Cancelled, 0.0).await;
     }
-    if let Err(error) = reporter.publish(JobStatus::Running, None, None, None).await {
+    let deliveries = previous_deliveries(&delivery) + 1;
+    if deliveries >= POISON_DELIVERIES {
+        let error = JobError::new(
+            "poison",
+            format!(
+                "delivered {deliveries} times without an outcome: its handler probably crashes \
+                 the worker; not running it again"
+            ),
+        );
+        let outcome = Outcome::Failed {
+            error,
+            retryable: false,
+        };
+        return settle(shared, &reporter, &delivery, outcome, 0.0).await;
+    }
+    if let Err(error) = reporter.publish(Change::to(JobStatus::Running)).await {
         tracing::warn!(%error, "running event not published; running the job anyway");
     }
     tracing::info!("job started");
@@ -266,20 +285,12 @@ async fn run_job(
     };
     let outcome = execute(handler, context, timeout).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    settle(&reporter, &delivery, outcome, elapsed_ms).await;
-}
-
-/// How an attempt ended.
-#[derive(Debug)]
-enum Outcome {
-    Succeeded(serde_json::Value),
-    Failed(JobError),
-    Cancelled,
+    settle(shared, &reporter, &delivery, outcome, elapsed_ms).await;
 }
 
 /// Runs the handler on its own task, so a panic is caught as a failed attempt; stops it at
 /// its timeout, or when a cancel request cancels its context (after [`CANCEL_GRACE`] to stop
-/// on its own).
+/// on its own). Timeouts and panics count as retryable; a handler error says for itself.
 async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> Outcome {
     let cancel = context.cancel.clone();
     let mut task = AbortOnDropHandle::new(tokio::spawn(handler(context)));
@@ -287,10 +298,8 @@ async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> O
         joined = &mut task => joined,
         () = tokio::time::sleep(timeout) => {
             cancel.cancel();
-            return Outcome::Failed(JobError::new(
-                "timeout",
-                format!("the attempt ran longer than its timeout of {} ms", timeout.as_millis()),
-            ));
+            let message = format!("the attempt ran longer than its timeout of {} ms", timeout.as_millis());
+            return Outcome::Failed { error: JobError::new("timeout", message), retryable: true };
         }
         () = cancel.cancelled() => {
             let _stopped = tokio::time::timeout(CANCEL_GRACE, &mut task).await;
@@ -299,7 +308,10 @@ async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> O
     };
     match joined {
         Ok(Ok(result)) => Outcome::Succeeded(result),
-        Ok(Err(error)) => Outcome::Failed(JobError::new(error.kind, error.message)),
+        Ok(Err(error)) => Outcome::Failed {
+            retryable: error.retryable,
+            error: JobError::new(error.kind, error.message),
+        },
         Err(join_error) if join_error.is_panic() => {
             let panic = join_error.into_panic();
             let text = panic
@@ -307,92 +319,18 @@ async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> O
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-text panic payload".to_owned());
-            Outcome::Failed(JobError::new(
-                "panic",
-                format!("the handler panicked: {text}"),
-            ))
-        }
-        Err(_) => Outcome::Failed(JobError::new("aborted", "the handler task was cancelled")),
-    }
-}
-
-/// The one place a job delivery is settled: publish the outcome, then ack only once the
-/// broker confirmed it; otherwise return the delivery to its queue to be run again.
-async fn settle(reporter: &Reporter, delivery: &Delivery, outcome: Outcome, elapsed_ms: f64) {
-    let (status, result, error) = match outcome {
-        Outcome::Succeeded(result) => (JobStatus::Succeeded, Some(result), None),
-        Outcome::Failed(error) => (JobStatus::Failed, None, Some(error)),
-        Outcome::Cancelled => {
-            let error = JobError::new("cancelled", "cancelled at the client's request");
-            (JobStatus::Cancelled, None, Some(error))
-        }
-    };
-    let kind = error.as_ref().map(|e| e.kind.clone());
-    match reporter.publish(status, None, result, error).await {
-        Ok(()) => {
-            if let Err(ack_error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                // The channel died after the outcome was confirmed: the job will be handed out
-                // again, and the store ignores the second outcome.
-                tracing::warn!(%ack_error, "outcome confirmed but ack failed; the job will run again");
-            }
-            tracing::info!(%status, error_kind = kind.as_deref(), elapsed_ms, "job finished");
-        }
-        Err(publish_error) => {
-            tracing::error!(%publish_error, "outcome not confirmed; returning the job to its queue");
-            requeue(delivery).await;
-        }
-    }
-}
-
-/// Moves an unreadable message to `<ns>.dead` with the reason, then acks it; if that cannot be
-/// confirmed, returns it to its queue rather than lose it.
-async fn dead_letter(shared: &Shared, channel: &Channel, delivery: Delivery, reason: &str) {
-    tracing::error!(reason, queue = %delivery.routing_key, "unreadable job message; dead-lettering it");
-    let mut headers = FieldTable::default();
-    headers.insert(
-        ShortString::from(topology::DEAD_REASON_HEADER),
-        AMQPValue::LongString(reason.into()),
-    );
-    headers.insert(
-        ShortString::from("x-warren-worker"),
-        AMQPValue::LongString(shared.identity.as_ref().into()),
-    );
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(ShortString::as_str)
-        .unwrap_or_default();
-    let outgoing = Outgoing {
-        exchange: &shared.topology.dead_exchange(),
-        routing_key: delivery.routing_key.as_str(),
-        body: &delivery.data,
-        message_id,
-        kind: "dead-letter",
-        headers,
-        mandatory: false,
-    };
-    match amqp::publish_confirmed(channel, outgoing, PUBLISH_TIMEOUT).await {
-        Ok(()) => {
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, "dead letter stored but ack failed");
+            let error = JobError::new("panic", format!("the handler panicked: {text}"));
+            Outcome::Failed {
+                error,
+                retryable: true,
             }
         }
-        Err(error) => {
-            tracing::error!(%error, "dead letter not confirmed; returning the message to its queue");
-            requeue(&delivery).await;
+        Err(_) => {
+            let error = JobError::new("aborted", "the handler task was cancelled");
+            Outcome::Failed {
+                error,
+                retryable: true,
+            }
         }
-    }
-}
-
-/// Returns a delivery to its queue. If even that fails the channel is gone, and the broker
-/// requeues everything unacked on it anyway.
-async fn requeue(delivery: &Delivery) {
-    let options = BasicNackOptions {
-        requeue: true,
-        multiple: false,
-    };
-    if let Err(error) = delivery.acker.nack(options).await {
-        tracing::warn!(%error, "nack failed; the broker requeues the message when the channel closes");
     }
 }

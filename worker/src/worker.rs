@@ -99,7 +99,7 @@ impl WorkerBuilder {
         let identity = worker_identity();
         let pool = amqp::connection_pool(&config.broker, &format!("warren-worker {identity}"), 1)?;
         let shared = Shared {
-            topology: Topology::new(config.broker.namespace.clone()),
+            topology: Topology::from_config(&config.broker),
             handlers,
             identity: identity.into(),
             concurrency: config.concurrency,

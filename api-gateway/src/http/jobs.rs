@@ -134,6 +134,7 @@ impl SubmitRequest {
             error: None,
             created_at: now,
             updated_at: now,
+            next_attempt_at: None,
             started_at: None,
             finished_at: None,
             payload: self
@@ -364,6 +365,7 @@ fn cancelled_event(job: &Job) -> JobEvent {
         progress: None,
         result: None,
         error: job.error.clone(),
+        next_attempt_at: None,
         worker: "gateway".to_owned(),
         at: job.updated_at,
     }

@@ -41,6 +41,8 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// When the record last changed.
     pub updated_at: DateTime<Utc>,
+    /// When the next attempt is due, while `retrying`.
+    pub next_attempt_at: Option<DateTime<Utc>>,
     /// When a worker first started it.
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal status.

@@ -66,6 +66,9 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     if event.error.is_some() {
         job.error.clone_from(&event.error);
     }
+    job.next_attempt_at = event
+        .next_attempt_at
+        .filter(|_| event.status == JobStatus::Retrying);
     if event.status == JobStatus::Running && job.started_at.is_none() {
         job.started_at = Some(event.at);
     }
@@ -122,6 +125,7 @@ fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
     let now = Utc::now();
     job.status = status;
     job.error = error;
+    job.next_attempt_at = None;
     job.finished_at = Some(now);
     job.updated_at = now;
     job.version += 1;
@@ -149,6 +153,7 @@ mod tests {
             error: None,
             created_at: now,
             updated_at: now,
+            next_attempt_at: None,
             started_at: None,
             finished_at: None,
             payload: json!({}),
@@ -170,6 +175,7 @@ mod tests {
             progress: None,
             result: (status == JobStatus::Succeeded).then(|| json!({"seq": seq})),
             error: (status == JobStatus::Failed).then(|| JobError::new("handler_error", "boom")),
+            next_attempt_at: None,
             worker: "w".into(),
             at: Utc::now(),
         }

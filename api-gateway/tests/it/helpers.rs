@@ -29,10 +29,18 @@ pub fn unique_namespace() -> String {
     format!("test-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The broker settings of a test namespace: fast retry tiers so retries take milliseconds.
+pub fn test_broker(namespace: &str) -> BrokerConfig {
+    let mut broker = BrokerConfig::new(&amqp_url(), namespace).unwrap();
+    broker.retry_delays = [100, 200, 400].map(Duration::from_millis).to_vec();
+    broker
+}
+
 /// A running gateway, the workers started for it, and a raw channel for poking the broker.
 pub struct TestApp {
     pub address: String,
-    pub namespace: String,
+    /// The gateway's broker settings, which workers and helpers share.
+    pub broker: BrokerConfig,
     pub client: reqwest::Client,
     /// A connection of the test's own, for probing and publishing.
     pub connection: Connection,
@@ -51,11 +59,14 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a gateway after letting the test adjust its configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+    if std::env::var_os("WARREN_TEST_LOG").is_some() {
+        warren_shared::telemetry::init(warren_shared::config::LogFormat::Pretty);
+    }
     let namespace = unique_namespace();
-    let broker = BrokerConfig::new(&amqp_url(), &namespace).unwrap();
-    let mut config = GatewayConfig::with_broker(broker);
+    let mut config = GatewayConfig::with_broker(test_broker(&namespace));
     config.shutdown.shutdown_grace_secs = 5;
     adjust(&mut config);
+    let broker = config.broker.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = Application::with_parts(config, listener, Arc::new(MemoryStore::new())).unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -72,12 +83,12 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp 
         .await
         .unwrap();
     let channel = amqp::confirm_channel_on(&connection).await.unwrap();
-    topology::declare_core(&channel, &Topology::new(namespace.clone()))
+    topology::declare_core(&channel, &Topology::from_config(&broker))
         .await
         .unwrap();
     TestApp {
         address,
-        namespace,
+        broker,
         client: reqwest::Client::new(),
         connection,
         channel,
@@ -91,7 +102,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp 
 impl TestApp {
     /// The deployment's topology names.
     pub fn topology(&self) -> Topology {
-        Topology::new(self.namespace.clone())
+        Topology::from_config(&self.broker)
     }
 
     /// Starts an in-process worker with `builder`'s handlers, and waits until it consumes.
@@ -105,8 +116,7 @@ impl TestApp {
         builder: WorkerBuilder,
         adjust: impl FnOnce(&mut WorkerConfig),
     ) {
-        let broker = BrokerConfig::new(&amqp_url(), &self.namespace).unwrap();
-        let mut config = WorkerConfig::with_broker(broker);
+        let mut config = WorkerConfig::with_broker(self.broker.clone());
         config.shutdown.shutdown_grace_secs = 5;
         adjust(&mut config);
         let worker: Worker = builder.build(config).unwrap();

@@ -65,7 +65,9 @@ async fn a_panicking_handler_fails_its_job_and_the_worker_keeps_serving() {
         .handler("echo", handlers::echo);
     app.spawn_worker(builder).await;
 
-    let boom = app.submit_ok(&json!({"type": "boom"})).await;
+    let boom = app
+        .submit_ok(&json!({"type": "boom", "max_attempts": 1}))
+        .await;
     let failed = app.wait_for_status(&boom, "failed").await;
     assert_eq!(failed["error"]["kind"], "panic");
     assert!(

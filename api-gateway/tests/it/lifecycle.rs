@@ -18,6 +18,7 @@ fn event(id: &str, job_type: &str, status: JobStatus, attempt: u32, seq: u64) ->
         progress: None,
         result: (status == JobStatus::Succeeded).then(|| json!({"from": "first outcome"})),
         error: (status == JobStatus::Failed).then(|| JobError::new("late", "a late failure")),
+        next_attempt_at: None,
         worker: "test".into(),
         at: Utc::now(),
     }

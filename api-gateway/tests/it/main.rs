@@ -12,6 +12,7 @@ mod cancel;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod retry;
 mod stream;
 mod sync;
 mod validation;

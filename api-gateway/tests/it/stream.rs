@@ -86,6 +86,7 @@ fn event(id: &str, status: JobStatus, seq: u64, percent: Option<u8>) -> JobEvent
         }),
         result: (status == JobStatus::Succeeded).then(|| json!("done")),
         error: None,
+        next_attempt_at: None,
         worker: "test".into(),
         at: Utc::now(),
     }

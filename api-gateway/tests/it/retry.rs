@@ -1,0 +1,152 @@
+//! Failed attempts: retries with backoff, giving up into the dead-letter queue with the error
+//! history, timeouts.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
+
+use lapin::{options::BasicGetOptions, types::AMQPValue};
+use serde_json::{Value, json};
+use warren_worker::{HandlerError, Worker, handlers};
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// A handler that fails (retryably) its first `failures` calls, then succeeds.
+fn flaky(
+    failures: u32,
+) -> (
+    Arc<AtomicU32>,
+    impl Fn(warren_worker::JobContext) -> futures_util::future::Ready<warren_worker::HandlerResult>
+    + Send
+    + Sync
+    + 'static,
+) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let handler = move |_context| {
+        let call = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        futures_util::future::ready(if call <= failures {
+            Err(HandlerError::retryable(
+                "upstream_unavailable",
+                format!("call {call} failed"),
+            ))
+        } else {
+            Ok(json!({"calls": call}))
+        })
+    };
+    (calls, handler)
+}
+
+/// Reads the next message of the dead queue, polling until one arrives.
+async fn next_dead(app: &TestApp) -> (Value, lapin::types::FieldTable) {
+    let queue = app.topology().dead_queue();
+    let started = std::time::Instant::now();
+    loop {
+        let got = app
+            .channel
+            .basic_get(queue.clone().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            let body = serde_json::from_slice(&message.delivery.data).unwrap();
+            return (
+                body,
+                message
+                    .delivery
+                    .properties
+                    .headers()
+                    .clone()
+                    .unwrap_or_default(),
+            );
+        }
+        assert!(
+            started.elapsed() < crate::helpers::DEADLINE,
+            "nothing arrived in the dead queue"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn text_header(headers: &lapin::types::FieldTable, name: &str) -> String {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(text)) => text.to_string(),
+        other => panic!("header {name} missing: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_fails_twice_then_succeeds_ends_succeeded_on_attempt_3() {
+    let mut app = spawn_app().await;
+    let (calls, handler) = flaky(2);
+    app.spawn_worker(Worker::builder().handler("flaky", handler))
+        .await;
+
+    let id = app
+        .submit_ok(&json!({"type": "flaky", "max_attempts": 3}))
+        .await;
+    let retrying = app.wait_for_status(&id, "retrying").await;
+    assert_eq!(retrying["error"]["kind"], "upstream_unavailable");
+    assert!(retrying["next_attempt_at"].is_string(), "{retrying}");
+
+    let job = app.wait_for_status(&id, "succeeded").await;
+    assert_eq!(job["attempt"], 3);
+    assert_eq!(job["result"], json!({"calls": 3}));
+    assert!(job["next_attempt_at"].is_null());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_always_fails_ends_failed_and_dead_with_its_error_history() {
+    let mut app = spawn_app().await;
+    let (calls, handler) = flaky(u32::MAX);
+    app.spawn_worker(Worker::builder().handler("flaky", handler))
+        .await;
+
+    let id = app
+        .submit_ok(&json!({"type": "flaky", "max_attempts": 3}))
+        .await;
+    let job = app.wait_for_status(&id, "failed").await;
+    assert_eq!(job["attempt"], 3);
+    assert_eq!(job["error"]["message"], "call 3 failed");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    let (body, headers) = next_dead(&app).await;
+    assert_eq!(body["id"], id);
+    assert!(text_header(&headers, "x-warren-reason").contains("attempt 3 of 3"));
+    let history: Vec<Value> =
+        serde_json::from_str(&text_header(&headers, "x-warren-errors")).unwrap();
+    let attempts: Vec<&Value> = history.iter().map(|e| &e["attempt"]).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_error_is_not_retried() {
+    let mut app = spawn_app().await;
+    app.spawn_worker(Worker::builder().handler("user.get", handlers::get_user))
+        .await;
+    let id = app
+        .submit_ok(&json!({"type": "user.get", "payload": {"id": 404}, "max_attempts": 5}))
+        .await;
+    let job = app.wait_for_status(&id, "failed").await;
+    assert_eq!(job["attempt"], 1);
+    let (_, headers) = next_dead(&app).await;
+    assert!(text_header(&headers, "x-warren-reason").contains("not_found"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_timeout_is_stopped_and_fails_with_kind_timeout() {
+    let mut app = spawn_app().await;
+    app.spawn_worker(Worker::builder().handler("sleep", handlers::sleep))
+        .await;
+    let body =
+        json!({"type": "sleep", "payload": {"ms": 30_000}, "timeout_ms": 200, "max_attempts": 1});
+    let id = app.submit_ok(&body).await;
+    let job = app.wait_for_status(&id, "failed").await;
+    assert_eq!(job["error"]["kind"], "timeout");
+    assert!(job["error"]["message"].as_str().unwrap().contains("200 ms"));
+    app.stop().await;
+}

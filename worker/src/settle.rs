@@ -1,0 +1,265 @@
+//! The one place a job delivery is settled: from the attempt's outcome decide what to publish
+//! (outcome event, retry, dead letter) and then ack, or return the delivery to its queue when
+//! a publish was not confirmed.
+//!
+//! - succeeded / cancelled → the outcome event, then ack;
+//! - failed, retryable, attempts left → the job again with `attempt + 1` into the retry wait
+//!   queue of its backoff tier, a `retrying` event with the next try's time, then ack;
+//! - failed otherwise → a copy of the job with its error history in `<ns>.dead`, a `failed`
+//!   event, then ack.
+//!
+//! Each attempt's error is appended to the `x-warren-errors` header (JSON), so the dead letter
+//! carries the whole history.
+
+use chrono::Utc;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use serde_json::{Value, json};
+use warren_shared::{
+    JobError, JobMessage, JobStatus, Topology,
+    amqp::{self, Outgoing, PublishError},
+    message,
+    topology::{DEAD_REASON_HEADER, RETRY_DELAY_HEADER},
+};
+
+use crate::{
+    report::{Change, Reporter},
+    runner::{PUBLISH_TIMEOUT, Shared},
+};
+
+/// The header carrying the errors of the attempts so far (JSON array).
+pub(crate) const ERRORS_HEADER: &str = "x-warren-errors";
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Succeeded(Value),
+    Failed { error: JobError, retryable: bool },
+    Cancelled,
+}
+
+/// Settles `delivery` according to `outcome`.
+pub(crate) async fn settle(
+    shared: &Shared,
+    reporter: &Reporter,
+    delivery: &Delivery,
+    outcome: Outcome,
+    elapsed_ms: f64,
+) {
+    let job = reporter.job();
+    let (status, published) = match outcome {
+        Outcome::Succeeded(result) => {
+            let change = Change {
+                result: Some(result),
+                ..Change::to(JobStatus::Succeeded)
+            };
+            (JobStatus::Succeeded, reporter.publish(change).await)
+        }
+        Outcome::Cancelled => {
+            let error = JobError::new("cancelled", "cancelled at the client's request");
+            let change = Change::with_error(JobStatus::Cancelled, error);
+            (JobStatus::Cancelled, reporter.publish(change).await)
+        }
+        Outcome::Failed { error, retryable } if retryable && job.attempt < job.max_attempts => {
+            tracing::warn!(error_kind = %error.kind, error = %error.message, "attempt failed; retrying");
+            (
+                JobStatus::Retrying,
+                retry(shared, reporter, delivery, error).await,
+            )
+        }
+        Outcome::Failed { error, .. } => {
+            tracing::warn!(error_kind = %error.kind, error = %error.message, "job failed");
+            (
+                JobStatus::Failed,
+                give_up(shared, reporter, delivery, error).await,
+            )
+        }
+    };
+    match published {
+        Ok(()) => {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The channel died after the outcome was confirmed: the job will be handed out
+                // again, and the store ignores the second outcome.
+                tracing::warn!(%error, "outcome confirmed but ack failed; the job will run again");
+            }
+            tracing::info!(%status, elapsed_ms, "job settled");
+        }
+        Err(error) => {
+            tracing::error!(%error, "outcome not confirmed; returning the job to its queue");
+            requeue(delivery).await;
+        }
+    }
+}
+
+/// Republishes the job as its next attempt into the wait queue of its backoff tier, then
+/// announces `retrying`.
+async fn retry(
+    shared: &Shared,
+    reporter: &Reporter,
+    delivery: &Delivery,
+    error: JobError,
+) -> Result<(), PublishError> {
+    let job = reporter.job();
+    let seed = u64::try_from(job.id.as_uuid().as_u128() & u128::from(u64::MAX)).unwrap_or_default();
+    let delay = shared.topology.retry_delay(job.attempt, seed);
+    let next = JobMessage {
+        attempt: job.attempt + 1,
+        ..job.clone()
+    };
+    let mut headers = history_headers(delivery, job.attempt, &error);
+    headers.insert(
+        RETRY_DELAY_HEADER.into(),
+        AMQPValue::LongString(Topology::retry_label(delay).as_str().into()),
+    );
+    let body = message::encode(&next);
+    let outgoing = Outgoing {
+        exchange: &shared.topology.retry_exchange(),
+        routing_key: job.job_type.as_str(),
+        body: &body,
+        message_id: &job.id.to_string(),
+        kind: job.job_type.as_str(),
+        headers,
+        // Unroutable means the tier's wait queue is missing: keep the job rather than lose it.
+        mandatory: true,
+    };
+    amqp::publish_confirmed(reporter.channel(), outgoing, PUBLISH_TIMEOUT).await?;
+    let next_attempt_at = Utc::now() + delay;
+    let change = Change {
+        next_attempt_at: Some(next_attempt_at),
+        ..Change::with_error(JobStatus::Retrying, error)
+    };
+    reporter.publish(change).await
+}
+
+/// Stores a copy of the job with its error history in `<ns>.dead`, then announces `failed`.
+async fn give_up(
+    shared: &Shared,
+    reporter: &Reporter,
+    delivery: &Delivery,
+    error: JobError,
+) -> Result<(), PublishError> {
+    let job = reporter.job();
+    let reason = format!(
+        "failed on attempt {} of {}: {}: {}",
+        job.attempt, job.max_attempts, error.kind, error.message
+    );
+    let headers = history_headers(delivery, job.attempt, &error);
+    publish_dead(shared, reporter.channel(), delivery, &reason, headers).await?;
+    reporter
+        .publish(Change::with_error(JobStatus::Failed, error))
+        .await
+}
+
+/// The delivery's error history with this attempt's error appended, as message headers.
+fn history_headers(delivery: &Delivery, attempt: u32, error: &JobError) -> FieldTable {
+    let mut history: Vec<Value> = header_text(delivery, ERRORS_HEADER)
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    history.push(json!({
+        "attempt": attempt, "kind": error.kind, "message": error.message, "at": Utc::now(),
+    }));
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ERRORS_HEADER.into(),
+        AMQPValue::LongString(Value::Array(history).to_string().as_str().into()),
+    );
+    headers
+}
+
+/// A text header of the delivery, if present.
+pub(crate) fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+/// How many times the broker handed this message out before (quorum queues count it in
+/// `x-delivery-count`).
+pub(crate) fn previous_deliveries(delivery: &Delivery) -> u64 {
+    let Some(headers) = delivery.properties.headers().as_ref() else {
+        return 0;
+    };
+    match headers.inner().get(&ShortString::from("x-delivery-count")) {
+        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Publishes the delivery's body to `<ns>.dead` with `reason` and `headers`, confirmed.
+async fn publish_dead(
+    shared: &Shared,
+    channel: &Channel,
+    delivery: &Delivery,
+    reason: &str,
+    mut headers: FieldTable,
+) -> Result<(), PublishError> {
+    headers.insert(
+        DEAD_REASON_HEADER.into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        "x-warren-worker".into(),
+        AMQPValue::LongString(shared.identity.as_ref().into()),
+    );
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(ShortString::as_str)
+        .unwrap_or_default();
+    let outgoing = Outgoing {
+        exchange: &shared.topology.dead_exchange(),
+        routing_key: delivery.routing_key.as_str(),
+        body: &delivery.data,
+        message_id,
+        kind: "dead-letter",
+        headers,
+        mandatory: false,
+    };
+    amqp::publish_confirmed(channel, outgoing, PUBLISH_TIMEOUT).await
+}
+
+/// Moves an unreadable message to `<ns>.dead` with the reason, then acks it; if that cannot be
+/// confirmed, returns it to its queue rather than lose it.
+pub(crate) async fn dead_letter(
+    shared: &Shared,
+    channel: &Channel,
+    delivery: Delivery,
+    reason: &str,
+) {
+    tracing::error!(reason, queue = %delivery.routing_key, "unreadable job message; dead-lettering it");
+    match publish_dead(shared, channel, &delivery, reason, FieldTable::default()).await {
+        Ok(()) => {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "dead letter stored but ack failed");
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "dead letter not confirmed; returning the message to its queue");
+            requeue(&delivery).await;
+        }
+    }
+}
+
+/// Returns a delivery to its queue. If even that fails the channel is gone, and the broker
+/// requeues everything unacked on it anyway.
+async fn requeue(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    };
+    if let Err(error) = delivery.acker.nack(options).await {
+        tracing::warn!(%error, "nack failed; the broker requeues the message when the channel closes");
+    }
+}
