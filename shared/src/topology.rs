@@ -306,7 +306,8 @@ pub async fn declare_core(channel: &Channel, topology: &Topology) -> lapin::Resu
 
 /// Declares the quorum queue of one job type and binds it to the jobs exchange.
 ///
-/// With `WARREN_QUEUE_MAX_LENGTH` the queue holds at most that many jobs and refuses more.
+/// With `WARREN_QUEUE_MAX_LENGTH` the queue refuses jobs once it is full (a quorum queue
+/// checks after enqueuing, so it may hold one more than the limit).
 /// RabbitMQ refuses to redeclare a queue with other arguments, so changing the limit means
 /// deleting the queue (or moving the limit into a policy).
 ///
@@ -318,7 +319,7 @@ pub async fn declare_job_queue(
     job_type: &JobType,
 ) -> lapin::Result<String> {
     let queue = topology.job_queue(job_type);
-    let arguments = table(&[
+    let mut arguments = table(&[
         ("x-queue-type", text("quorum")),
         (
             "x-delivery-limit",
@@ -326,6 +327,13 @@ pub async fn declare_job_queue(
         ),
         ("x-dead-letter-exchange", text(&topology.dead_exchange())),
     ]);
+    if let Some(max_length) = topology.queue_max_length {
+        // A full queue refuses new jobs (the gateway's publish is nacked → 503) rather than
+        // dropping old ones.
+        let max_length = AMQPValue::LongLongInt(i64::from(max_length));
+        arguments.insert("x-max-length".into(), max_length);
+        arguments.insert("x-overflow".into(), text("reject-publish"));
+    }
     channel
         .queue_declare(queue.clone().into(), durable(), arguments)
         .await?;

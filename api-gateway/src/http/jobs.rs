@@ -33,7 +33,7 @@ use super::{
     problem::ApiError,
 };
 use crate::{
-    store::{Cancelled, Job},
+    store::{Cancelled, Job, Redriven},
     watch::{Snapshot, Subscription},
 };
 
@@ -143,6 +143,7 @@ impl SubmitRequest {
             timeout_ms,
             callback_url: self.callback_url,
             seq: 0,
+            attempt_budget: max_attempts,
             version: 0,
         })
     }
@@ -153,13 +154,18 @@ impl SubmitRequest {
 /// `Ok` means the guarantee behind a `202`: the record is stored and RabbitMQ has confirmed
 /// the persistent, routed message.
 pub async fn accept(state: &AppState, job: Job) -> Result<Job, ApiError> {
-    let message = job.message();
     state.store.insert(job.clone()).await.map_err(|error| {
         tracing::error!(%error, "cannot store the job record");
         ApiError::Unavailable("the job store is unavailable")
     })?;
-    let Err(error) = state.publisher.publish_job(&message).await else {
-        tracing::info!("job accepted");
+    publish(state, job).await
+}
+
+/// Publishes the job's current attempt; on failure marks the record failed (so it does not
+/// stay `queued`) and says what to tell the client.
+async fn publish(state: &AppState, job: Job) -> Result<Job, ApiError> {
+    let Err(error) = state.publisher.publish_job(&job.message()).await else {
+        tracing::info!(attempt = job.attempt, "job published");
         return Ok(job);
     };
     let (kind, refusal) = match &error {
@@ -322,6 +328,28 @@ pub async fn cancel(
             job.status
         ))),
         Cancelled::UnknownJob => Err(ApiError::JobNotFound(id)),
+    }
+}
+
+/// `POST /v1/jobs/{id}/retry`: re-drives a `failed` job as a new attempt series; `202` with
+/// the queued job, `409` if the job is not `failed`.
+#[tracing::instrument(name = "redrive", skip_all, fields(job_id = %raw_id))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let redriven = state.store.redrive(id).await.map_err(|error| {
+        tracing::error!(%error, "cannot re-drive in the job store");
+        ApiError::Unavailable("the job store is unavailable")
+    })?;
+    match redriven {
+        Redriven::Now(job) => Ok(accepted(publish(&state, *job).await?, false)),
+        Redriven::NotFailed(job) => Err(ApiError::Conflict(format!(
+            "job {id} is {}; only failed jobs can be retried",
+            job.status
+        ))),
+        Redriven::UnknownJob => Err(ApiError::JobNotFound(id)),
     }
 }
 

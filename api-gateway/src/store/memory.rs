@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Mutex};
 use async_trait::async_trait;
 use warren_shared::{JobError, JobEvent, JobId};
 
-use super::{Applied, Cancelled, Job, JobStore, StoreError, transition};
+use super::{Applied, Cancelled, Job, JobStore, Redriven, StoreError, transition};
 
 /// Records in a map ordered by id, i.e. by creation time (ids are UUIDv7).
 #[derive(Debug, Default)]
@@ -72,6 +72,18 @@ impl JobStore for MemoryStore {
             Cancelled::Now(Box::new(job.clone()))
         } else {
             Cancelled::AlreadyTerminal(Box::new(job.clone()))
+        })
+    }
+
+    async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError> {
+        let mut jobs = self.jobs();
+        let Some(job) = jobs.get_mut(&id) else {
+            return Ok(Redriven::UnknownJob);
+        };
+        Ok(if transition::redrive(job) {
+            Redriven::Now(Box::new(job.clone()))
+        } else {
+            Redriven::NotFailed(Box::new(job.clone()))
         })
     }
 

@@ -59,6 +59,10 @@ pub struct Job {
     /// Sequence number of the last event applied within `attempt` (not part of the resource).
     #[serde(skip)]
     pub seq: u64,
+    /// Attempts the client asked for; a re-driven job gets this many again (not part of the
+    /// resource).
+    #[serde(skip)]
+    pub attempt_budget: u32,
     /// How many changes the record has had: 0 when accepted, +1 per applied event, cancel or
     /// failure. The SSE event id, so a client resumes after the last change it saw.
     #[serde(skip)]
@@ -104,6 +108,17 @@ pub enum Cancelled {
     UnknownJob,
 }
 
+/// What a re-drive request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Redriven {
+    /// The failed job is `queued` again as a new attempt series; publish its message.
+    Now(Box<Job>),
+    /// The job is not `failed`; nothing changed.
+    NotFailed(Box<Job>),
+    /// No record has this id.
+    UnknownJob,
+}
+
 /// The store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -135,6 +150,11 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Marks a job `cancelled` unless it has already finished.
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError>;
+
+    /// Puts a `failed` job back to `queued` as a new attempt series (same id, next attempt
+    /// number, a fresh attempt budget). The one way out of a terminal status, and only on a
+    /// client's explicit request.
+    async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError>;
 
     /// Succeeds when the store is usable; backs `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

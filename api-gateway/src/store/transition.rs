@@ -118,6 +118,26 @@ pub fn cancel(job: &mut Job) -> bool {
     finish(job, JobStatus::Cancelled, Some(error))
 }
 
+/// Re-drives a `failed` job: `queued` again with the next attempt number and a fresh budget
+/// of attempts. Returns whether the record changed (only failed jobs can be re-driven).
+pub fn redrive(job: &mut Job) -> bool {
+    if job.status != JobStatus::Failed {
+        return false;
+    }
+    job.attempt += 1;
+    job.max_attempts = job.attempt - 1 + job.attempt_budget;
+    job.status = JobStatus::Queued;
+    job.seq = 0;
+    job.progress = None;
+    job.result = None;
+    job.error = None;
+    job.next_attempt_at = None;
+    job.finished_at = None;
+    job.updated_at = Utc::now();
+    job.version += 1;
+    true
+}
+
 fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
     if job.status.is_terminal() {
         return false;
@@ -160,6 +180,7 @@ mod tests {
             timeout_ms: 1000,
             callback_url: None,
             seq: 0,
+            attempt_budget: 3,
             version: 0,
         }
     }
@@ -282,6 +303,24 @@ mod tests {
         assert_eq!((job.status, job.version), (JobStatus::Cancelled, 3));
         assert!(!cancel(&mut job));
         assert_eq!(job.version, 3);
+    }
+
+    #[test]
+    fn redrive_starts_a_new_attempt_series_that_old_events_cannot_touch() {
+        let mut job = queued_job();
+        assert!(!redrive(&mut job), "only failed jobs are re-driven");
+        step(&mut job, JobStatus::Failed, 3, 4).unwrap();
+        assert!(redrive(&mut job));
+        assert_eq!(
+            (job.status, job.attempt, job.max_attempts),
+            (JobStatus::Queued, 4, 6)
+        );
+        assert!(job.error.is_none() && job.finished_at.is_none());
+        assert_eq!(
+            step(&mut job, JobStatus::Succeeded, 3, 9),
+            Err(Ignored::StaleAttempt)
+        );
+        step(&mut job, JobStatus::Running, 4, 1).unwrap();
     }
 
     #[test]

@@ -178,3 +178,20 @@ async fn readiness_is_ok_with_the_broker_up() {
     assert_eq!(ready.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_job_queue_refuses_submits_with_503() {
+    let mut app = spawn_app_with(|config| config.broker.queue_max_length = Some(2)).await;
+    app.declare_idle_queue("held").await;
+    app.submit_ok(&json!({"type": "held"})).await;
+    app.submit_ok(&json!({"type": "held"})).await;
+
+    // A quorum queue checks its limit after enqueuing, so it can take one job past it.
+    app.submit(&json!({"type": "held"})).await;
+    for _ in 0..3 {
+        let refused = app.submit(&json!({"type": "held"})).await;
+        assert_eq!(refused.status(), 503);
+        assert!(refused.headers().contains_key("retry-after"));
+    }
+    app.stop().await;
+}

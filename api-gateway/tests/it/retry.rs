@@ -150,3 +150,40 @@ async fn an_attempt_past_its_timeout_is_stopped_and_fails_with_kind_timeout() {
     assert!(job["error"]["message"].as_str().unwrap().contains("200 ms"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_job_can_be_retried_as_a_new_attempt_series() {
+    let mut app = spawn_app().await;
+    let (_, handler) = flaky(1);
+    app.spawn_worker(Worker::builder().handler("flaky", handler))
+        .await;
+    let id = app
+        .submit_ok(&json!({"type": "flaky", "max_attempts": 1}))
+        .await;
+    app.wait_for_status(&id, "failed").await;
+
+    let response = app.post(&format!("/v1/jobs/{id}/retry")).await;
+    assert_eq!(response.status(), 202);
+    let queued: Value = response.json().await.unwrap();
+    assert_eq!(
+        (
+            &queued["status"],
+            &queued["attempt"],
+            &queued["max_attempts"]
+        ),
+        (&json!("queued"), &json!(2), &json!(2))
+    );
+    assert!(queued["error"].is_null());
+
+    let job = app.wait_for_status(&id, "succeeded").await;
+    assert_eq!(job["attempt"], 2);
+    let again = app.post(&format!("/v1/jobs/{id}/retry")).await;
+    assert_eq!(again.status(), 409);
+    assert_eq!(
+        app.post("/v1/jobs/0193a3f0-0000-7000-8000-000000000001/retry")
+            .await
+            .status(),
+        404
+    );
+    app.stop().await;
+}
