@@ -244,6 +244,11 @@ impl WorkerProcess {
         assert!(status.success());
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and waits for it to be gone.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
     /// Waits for the process to exit; fails at `deadline`.
     pub async fn exit_within(mut self, deadline: Duration) -> ExitStatus {
         tokio::time::timeout(deadline, self.child.wait())

@@ -1,0 +1,115 @@
+//! Workers that die: a job survives `kill -9`, a job that kills every worker ends as poison,
+//! and a deleted job queue is declared again.
+
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use serde_json::json;
+use tokio::sync::oneshot;
+use warren_shared::{JobStatus, config::BrokerConfig};
+use warren_worker::{Worker, WorkerConfig, handlers};
+
+use crate::helpers::{Broker, DEADLINE, WorkerProcess, amqp_url};
+
+const SLEEP_ONLY: [(&str, &str); 1] = [("WARREN_WORKER_TYPES", "sleep")];
+
+#[tokio::test]
+async fn a_job_whose_worker_is_killed_finishes_on_another_worker() {
+    let mut broker = Broker::new().await;
+    let sleep = broker.uses("sleep");
+    let mut events = broker.tap_events().await;
+    let first = WorkerProcess::spawn(&broker, &SLEEP_ONLY);
+    broker.wait_for_consumer(&sleep).await;
+
+    let job = Broker::job(&sleep, json!({"ms": 500}), 10_000);
+    broker.publish_job(&job).await;
+    let started = events.next(job.id, JobStatus::Running).await;
+    first.kill().await;
+
+    let second = WorkerProcess::spawn(&broker, &SLEEP_ONLY);
+    let done = events.next(job.id, JobStatus::Succeeded).await;
+    assert_ne!(
+        done.worker, started.worker,
+        "the same process cannot have finished it"
+    );
+    assert_eq!(done.result, Some(json!({"slept_ms": 500})));
+    second.terminate();
+    assert!(second.exit_within(DEADLINE).await.success());
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_that_kills_every_worker_ends_failed_as_poison_and_dead() {
+    let mut broker = Broker::new().await;
+    let sleep = broker.uses("sleep");
+    let mut events = broker.tap_events().await;
+    let job = Broker::job(&sleep, json!({"ms": 60_000}), 120_000);
+    for delivery in 1..=4 {
+        let worker = WorkerProcess::spawn(&broker, &SLEEP_ONLY);
+        broker.wait_for_consumer(&sleep).await;
+        if delivery == 1 {
+            broker.publish_job(&job).await;
+        }
+        events.next(job.id, JobStatus::Running).await;
+        worker.kill().await;
+    }
+
+    let last = WorkerProcess::spawn(&broker, &SLEEP_ONLY);
+    let failed = events.next(job.id, JobStatus::Failed).await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.kind, "poison");
+    assert!(
+        error.message.contains("delivered 5 times"),
+        "{}",
+        error.message
+    );
+
+    let dead = broker
+        .channel
+        .basic_get(
+            broker.topology.dead_queue().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("the poison job is in the dead-letter queue");
+    let body: serde_json::Value = serde_json::from_slice(&dead.delivery.data).unwrap();
+    assert_eq!(body["id"], job.id.to_string());
+    last.terminate();
+    assert!(last.exit_within(DEADLINE).await.success());
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_queue_deleted_under_a_worker_is_declared_again_and_consumed() {
+    let mut broker = Broker::new().await;
+    let echo = broker.uses("echo");
+    let mut events = broker.tap_events().await;
+    let config =
+        WorkerConfig::with_broker(BrokerConfig::new(&amqp_url(), &broker.namespace).unwrap());
+    let worker = Worker::builder()
+        .handler("echo", handlers::echo)
+        .build(config)
+        .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async {
+        let _ = stopped.await;
+    }));
+    broker.wait_for_consumer(&echo).await;
+
+    let queue = broker.topology.job_queue(&echo);
+    broker
+        .channel
+        .queue_delete(queue.clone().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    // The broker cancels the consumer; the worker notices, declares the queue again and
+    // consumes it.
+    broker.wait_for_consumer(&echo).await;
+    let job = Broker::job(&echo, json!("still here"), 1_000);
+    broker.publish_job(&job).await;
+    let done = events.next(job.id, JobStatus::Succeeded).await;
+    assert_eq!(done.result, Some(json!("still here")));
+
+    let _ = stop.send(());
+    running.await.unwrap();
+    broker.cleanup().await;
+}
