@@ -52,6 +52,26 @@ pub(crate) struct Shared {
     pub(crate) identity: Arc<str>,
     pub(crate) concurrency: u16,
     pub(crate) cancels: Cancels,
+    /// The current session's consume channel, closed gracefully at shutdown.
+    pub(crate) consume_channel: std::sync::Mutex<Option<Channel>>,
+}
+
+impl Shared {
+    fn set_consume_channel(&self, channel: &Channel) {
+        let mut current = self
+            .consume_channel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *current = Some(channel.clone());
+    }
+
+    /// Takes the last session's consume channel (once).
+    pub(crate) fn take_consume_channel(&self) -> Option<Channel> {
+        self.consume_channel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// Why a consuming session ended.
@@ -139,6 +159,7 @@ async fn session(
         .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
     let consume_channel = connection.create_channel().await?;
     drop(connection);
+    shared.set_consume_channel(&consume_channel);
     let publish_channel = amqp::confirm_channel(pool).await?;
     topology::declare_core(&publish_channel, &shared.topology).await?;
     consume_channel

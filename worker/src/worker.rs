@@ -104,6 +104,7 @@ impl WorkerBuilder {
             identity: identity.into(),
             concurrency: config.concurrency,
             cancels: Cancels::default(),
+            consume_channel: std::sync::Mutex::default(),
         };
         Ok(Worker {
             shared: Arc::new(shared),
@@ -155,14 +156,30 @@ impl Worker {
                 "grace period over; left unfinished jobs unacked for redelivery"
             );
         }
+        if let Some(channel) = self.shared.take_consume_channel() {
+            close_consume_channel(&channel).await;
+        }
         close_connection(&self.pool).await;
         tracing::info!("worker stopped");
     }
 }
 
-/// Closes the broker connection gracefully. Acks are sent asynchronously; the broker's
-/// `Close-Ok` comes after it has processed every earlier frame, so this is what makes the last
-/// acks land before the process exits (and returns unfinished jobs to their queues at once).
+/// Closes the consume channel gracefully. Acks are sent asynchronously on it; the broker's
+/// `Close-Ok` comes after it has processed every earlier frame on the channel, so this is what
+/// makes the last acks land before the process exits (and returns unfinished jobs at once).
+async fn close_consume_channel(channel: &lapin::Channel) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "worker stopped".into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "consume channel not closed cleanly; unacked jobs return when it drops");
+        }
+        Err(_) => {
+            tracing::warn!("consume channel close timed out; unacked jobs return when it drops")
+        }
+    }
+}
+
+/// Closes the broker connection, best effort: what matters (acks flushed) is done.
 async fn close_connection(pool: &amqp::Pool) {
     let close = async {
         let connection = pool.get().await.map_err(|e| e.to_string())?;
@@ -175,7 +192,7 @@ async fn close_connection(pool: &amqp::Pool) {
         .await
         .map_err(|_| "timed out".to_owned())
     {
-        tracing::warn!(%error, "broker connection not closed cleanly; unacked jobs return when it drops");
+        tracing::debug!(%error, "broker connection not closed cleanly");
     }
     pool.close();
 }

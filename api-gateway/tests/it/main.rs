@@ -12,6 +12,8 @@ mod cancel;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod outage;
+mod proxy;
 mod retry;
 mod stream;
 mod sync;
