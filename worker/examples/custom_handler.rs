@@ -29,6 +29,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let worker = Worker::builder()
         .handler("image.resize", resize)
         .build(config)?;
-    worker.run(warren_shared::shutdown::signal()).await;
+    worker.run(warren_shared::shutdown::signal()).await?;
     Ok(())
 }

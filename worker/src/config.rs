@@ -1,6 +1,8 @@
 //! The worker's configuration: environment variables, or flags of the same meaning
 //! (`worker --help` lists both).
 
+use std::net::SocketAddr;
+
 use clap::Parser;
 use warren_shared::{
     JobType,
@@ -45,6 +47,15 @@ pub struct WorkerConfig {
         value_delimiter = ','
     )]
     pub types: Vec<JobType>,
+
+    /// Address of the worker's `/healthz` and `/readyz` (and, later, `/metrics`).
+    #[arg(
+        long = "metrics-addr",
+        env = "WARREN_METRICS_ADDR",
+        value_name = "WARREN_METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_addr: SocketAddr,
 }
 
 impl WorkerConfig {

@@ -14,7 +14,7 @@
 //!
 //! # async fn run(config: WorkerConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! let worker = Worker::builder().handler("image.resize", resize).build(config)?;
-//! worker.run(warren_shared::shutdown::signal()).await;
+//! worker.run(warren_shared::shutdown::signal()).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -28,12 +28,14 @@
 //!   letter) and acking or returning the delivery.
 //! - `cancel`: cancel requests from `<ns>.control` and the jobs they stop.
 //! - `report`: publishing a job's events with per-attempt sequence numbers.
+//! - `health`: `/healthz` and `/readyz` on `WARREN_METRICS_ADDR`.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
 
 mod cancel;
 pub mod config;
 pub mod handler;
 pub mod handlers;
+mod health;
 mod report;
 mod runner;
 mod settle;
@@ -41,4 +43,4 @@ pub mod worker;
 
 pub use config::WorkerConfig;
 pub use handler::{HandlerError, HandlerResult, JobContext};
-pub use worker::{BuildError, Worker, WorkerBuilder};
+pub use worker::{BuildError, RunError, Worker, WorkerBuilder};

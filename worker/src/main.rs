@@ -11,10 +11,13 @@ async fn main() -> ExitCode {
     let config = WorkerConfig::parse();
     telemetry::init(config.telemetry.log_format);
     match handlers::register(Worker::builder()).build(config) {
-        Ok(worker) => {
-            worker.run(shutdown::signal()).await;
-            ExitCode::SUCCESS
-        }
+        Ok(worker) => match worker.run(shutdown::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "worker cannot run");
+                ExitCode::FAILURE
+            }
+        },
         Err(error) => {
             tracing::error!(%error, "worker cannot start");
             ExitCode::FAILURE

@@ -30,6 +30,7 @@ use warren_shared::{
 use crate::{
     cancel::{self, Cancels},
     handler::{Handler, JobContext, Registry},
+    health::Readiness,
     report::{Change, Reporter},
     settle::{Outcome, dead_letter, previous_deliveries, settle},
 };
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) identity: Arc<str>,
     pub(crate) concurrency: u16,
     pub(crate) cancels: Cancels,
+    /// Whether a session is consuming every job queue.
+    pub(crate) readiness: Readiness,
     /// The current session's consume channel, closed gracefully at shutdown.
     pub(crate) consume_channel: std::sync::Mutex<Option<Channel>>,
 }
@@ -193,6 +196,7 @@ async fn session(
     let types: Vec<&str> = shared.handlers.keys().map(JobType::as_str).collect();
     tracing::info!(types = %types.join(","), concurrency = shared.concurrency, "consuming");
     let mut deliveries = stream::select_all(consumers);
+    let _ready = shared.readiness.consuming();
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,

@@ -2,6 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warren_shared::{JobType, Topology, amqp, job::InvalidJobType};
 
@@ -9,6 +10,7 @@ use crate::{
     cancel::Cancels,
     config::WorkerConfig,
     handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
+    health::{self, Readiness},
     runner::{self, InFlight, Shared},
 };
 
@@ -104,6 +106,7 @@ impl WorkerBuilder {
             identity: identity.into(),
             concurrency: config.concurrency,
             cancels: Cancels::default(),
+            readiness: Readiness::default(),
             consume_channel: std::sync::Mutex::default(),
         };
         Ok(Worker {
@@ -112,6 +115,19 @@ impl WorkerBuilder {
             config,
         })
     }
+}
+
+/// Why a worker stopped before it could run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The health endpoint's address could not be bound.
+    #[error("cannot listen on {addr} (WARREN_METRICS_ADDR): {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
 }
 
 /// A worker ready to consume its job queues.
@@ -134,10 +150,24 @@ impl Worker {
         self.shared.handlers.keys().cloned().collect()
     }
 
-    /// Consumes until `shutdown` resolves; then stops consuming, gives jobs in flight the grace
-    /// period to finish, and abandons the rest unacked so the broker hands them out again.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+    /// Binds `WARREN_METRICS_ADDR` for the probes, then consumes until `shutdown` resolves;
+    /// then stops consuming, gives jobs in flight the grace period to finish, and abandons the
+    /// rest unacked so the broker hands them out again.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RunError> {
+        let addr = self.config.metrics_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { addr, source })?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "health endpoint listening");
         let stop = CancellationToken::new();
+        let probes = tokio::spawn(health::serve(
+            listener,
+            self.shared.readiness.clone(),
+            stop.clone(),
+        ));
         let signal = {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -160,7 +190,11 @@ impl Worker {
             close_consume_channel(&channel).await;
         }
         close_connection(&self.pool).await;
+        if let Err(error) = probes.await {
+            tracing::error!(%error, "health endpoint task failed");
+        }
         tracing::info!("worker stopped");
+        Ok(())
     }
 }
 

@@ -118,13 +118,17 @@ impl TestApp {
     ) {
         let mut config = WorkerConfig::with_broker(self.broker.clone());
         config.shutdown.shutdown_grace_secs = 5;
+        config.metrics_addr = "127.0.0.1:0".parse().unwrap();
         adjust(&mut config);
         let worker: Worker = builder.build(config).unwrap();
         let types = worker.job_types();
         let (stop, stopped) = oneshot::channel::<()>();
-        self.tasks.push(tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        })));
+        self.tasks.push(tokio::spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            worker.run(stopped).await.unwrap();
+        }));
         self.stops.push(stop);
         for job_type in types {
             self.wait_for_consumer(&job_type).await;

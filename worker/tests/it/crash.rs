@@ -4,10 +4,10 @@
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use serde_json::json;
 use tokio::sync::oneshot;
-use warren_shared::{JobStatus, config::BrokerConfig};
-use warren_worker::{Worker, WorkerConfig, handlers};
+use warren_shared::JobStatus;
+use warren_worker::{Worker, handlers};
 
-use crate::helpers::{Broker, DEADLINE, WorkerProcess, amqp_url};
+use crate::helpers::{Broker, DEADLINE, WorkerProcess, worker_config};
 
 const SLEEP_ONLY: [(&str, &str); 1] = [("WARREN_WORKER_TYPES", "sleep")];
 
@@ -83,8 +83,7 @@ async fn a_job_queue_deleted_under_a_worker_is_declared_again_and_consumed() {
     let mut broker = Broker::new().await;
     let echo = broker.uses("echo");
     let mut events = broker.tap_events().await;
-    let config =
-        WorkerConfig::with_broker(BrokerConfig::new(&amqp_url(), &broker.namespace).unwrap());
+    let config = worker_config(&broker);
     let worker = Worker::builder()
         .handler("echo", handlers::echo)
         .build(config)
@@ -110,6 +109,6 @@ async fn a_job_queue_deleted_under_a_worker_is_declared_again_and_consumed() {
     assert_eq!(done.result, Some(json!("still here")));
 
     let _ = stop.send(());
-    running.await.unwrap();
+    running.await.unwrap().unwrap();
     broker.cleanup().await;
 }

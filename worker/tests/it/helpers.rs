@@ -30,6 +30,14 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// The configuration of an in-process worker in `broker`'s namespace (probes on a free port).
+pub fn worker_config(broker: &Broker) -> warren_worker::WorkerConfig {
+    let broker = warren_shared::config::BrokerConfig::new(&amqp_url(), &broker.namespace).unwrap();
+    let mut config = warren_worker::WorkerConfig::with_broker(broker);
+    config.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
 /// A namespace of the test's own, with a connection to poke it.
 pub struct Broker {
     pub namespace: String,
@@ -224,6 +232,7 @@ impl WorkerProcess {
         command
             .env("WARREN_AMQP_URL", amqp_url())
             .env("WARREN_NAMESPACE", &broker.namespace)
+            .env("WARREN_METRICS_ADDR", "127.0.0.1:0")
             .envs(env.iter().copied())
             .kill_on_drop(true);
         if std::env::var_os("WARREN_TEST_LOG").is_none() {

@@ -9,6 +9,7 @@
 )]
 
 mod crash;
+mod health;
 mod helpers;
 mod malformed;
 mod shutdown;

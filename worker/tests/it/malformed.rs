@@ -7,10 +7,10 @@ use lapin::{
 };
 use serde_json::json;
 use tokio::sync::oneshot;
-use warren_shared::{JobStatus, config::BrokerConfig, topology::DEAD_REASON_HEADER};
-use warren_worker::{Worker, WorkerConfig, handlers};
+use warren_shared::{JobStatus, topology::DEAD_REASON_HEADER};
+use warren_worker::{Worker, handlers};
 
-use crate::helpers::{Broker, amqp_url};
+use crate::helpers::{Broker, worker_config};
 
 /// Polls the dead queue for the next dead letter and returns its reason header.
 async fn next_dead_reason(broker: &Broker) -> String {
@@ -34,8 +34,7 @@ async fn unreadable_messages_are_dead_lettered_with_the_reason_and_the_worker_go
     let mut broker = Broker::new().await;
     let echo = broker.uses("echo");
     let mut events = broker.tap_events().await;
-    let config =
-        WorkerConfig::with_broker(BrokerConfig::new(&amqp_url(), &broker.namespace).unwrap());
+    let config = worker_config(&broker);
     let worker = Worker::builder()
         .handler("echo", handlers::echo)
         .build(config)
@@ -81,6 +80,6 @@ async fn unreadable_messages_are_dead_lettered_with_the_reason_and_the_worker_go
     assert_eq!(done.result, Some(json!({"still": "serving"})));
 
     let _ = stop.send(());
-    running.await.unwrap();
+    running.await.unwrap().unwrap();
     broker.cleanup().await;
 }

@@ -1,0 +1,79 @@
+//! The worker's probes: alive always, ready only while consuming.
+
+use std::time::{Duration, Instant};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::{Broker, DEADLINE, WorkerProcess};
+
+/// A free local port (bound and released; good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status code of `GET path` on the probe port, or `None` while nothing listens yet.
+async fn status(port: u16, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Polls until `GET path` answers `expected`.
+async fn wait_for_status(port: u16, path: &str, expected: u16) {
+    let started = Instant::now();
+    while status(port, path).await != Some(expected) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{path} never answered {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_without_a_broker_is_alive_but_not_ready() {
+    let broker = Broker::new().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = WorkerProcess::spawn(
+        &broker,
+        &[
+            ("WARREN_METRICS_ADDR", &addr),
+            ("WARREN_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        ],
+    );
+    wait_for_status(port, "/healthz", 200).await;
+    assert_eq!(status(port, "/readyz").await, Some(503));
+    worker.terminate();
+    assert!(worker.exit_within(DEADLINE).await.success());
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_consuming_worker_is_ready() {
+    let mut broker = Broker::new().await;
+    broker.uses("echo");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = WorkerProcess::spawn(
+        &broker,
+        &[
+            ("WARREN_METRICS_ADDR", &addr),
+            ("WARREN_WORKER_TYPES", "echo"),
+        ],
+    );
+    wait_for_status(port, "/readyz", 200).await;
+    worker.terminate();
+    assert!(worker.exit_within(DEADLINE).await.success());
+    broker.cleanup().await;
+}
