@@ -11,7 +11,8 @@ use crate::{
     events,
     http::{self, AppState, jobs::SubmitLimits},
     publisher::Publisher,
-    store::{JobStore, MemoryStore},
+    retention,
+    store::{JobStore, MemoryStore, PostgresStore, StoreError},
     watch::Watchers,
 };
 
@@ -33,6 +34,9 @@ pub enum StartupError {
     /// The AMQP connection pool could not be set up.
     #[error(transparent)]
     Pool(#[from] amqp::PoolSetupError),
+    /// The job store could not be opened or migrated.
+    #[error("cannot open the job store (WARREN_DATABASE_URL): {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A gateway bound to its port, ready to run.
@@ -52,7 +56,15 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+        let store: Arc<dyn JobStore> = match &config.database_url {
+            Some(url) => Arc::new(PostgresStore::connect(url).await?),
+            None => {
+                tracing::warn!(
+                    "WARREN_DATABASE_URL is not set: jobs are kept in memory and lost on restart"
+                );
+                Arc::new(MemoryStore::new())
+            }
+        };
         Self::with_parts(config, listener, store)
     }
 
@@ -121,6 +133,11 @@ impl Application {
                 topology,
                 state.store.clone(),
                 state.watchers.clone(),
+                stop_consumer.clone(),
+            )),
+            tokio::spawn(retention::run(
+                state.store.clone(),
+                config.retention,
                 stop_consumer.clone(),
             )),
         ];

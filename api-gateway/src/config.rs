@@ -22,6 +22,24 @@ pub struct GatewayConfig {
     #[command(flatten)]
     pub shutdown: ShutdownConfig,
 
+    /// PostgreSQL URL of the job store (unset: an in-memory store that a restart forgets).
+    #[arg(
+        long = "database-url",
+        env = "WARREN_DATABASE_URL",
+        value_name = "WARREN_DATABASE_URL"
+    )]
+    pub database_url: Option<String>,
+
+    /// How long finished jobs are kept before the retention task deletes them (e.g. `7d`).
+    #[arg(
+        long = "retention",
+        env = "WARREN_RETENTION",
+        value_name = "WARREN_RETENTION",
+        default_value = "7d",
+        value_parser = warren_shared::config::parse_delay
+    )]
+    pub retention: Duration,
+
     /// Address the HTTP server listens on.
     #[arg(
         long = "http-addr",

@@ -16,14 +16,13 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions},
     types::{AMQPValue, FieldTable},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use warren_shared::{
     JobEvent, Topology,
     amqp::{self, BrokerError, Pool},
@@ -102,45 +101,71 @@ async fn session(
             () = stop.cancelled() => break,
             next = consumer.next() => next,
         };
-        match delivery {
-            Some(Ok(delivery)) => handle(store, delivery).await?,
+        let mut batch = match delivery {
+            Some(Ok(delivery)) => vec![delivery],
             Some(Err(error)) => return Err(error.into()),
             None => return Err(SessionError::ConsumerEnded),
+        };
+        // Take whatever else has already arrived, without waiting for more.
+        while batch.len() < usize::from(PREFETCH) {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(error))) => return Err(error.into()),
+                Some(None) => return Err(SessionError::ConsumerEnded),
+                None => break,
+            }
         }
+        handle_batch(store, batch).await?;
     }
     // Unacked events go back to the queue for another gateway (or our next start).
     let _closed = channel.close(200, "gateway shutting down".into()).await;
     Ok(())
 }
 
-async fn handle(store: &dyn JobStore, delivery: Delivery) -> Result<(), SessionError> {
-    let event: JobEvent = match message::decode(&delivery.data) {
-        Ok(event) => event,
-        Err(error) => {
-            tracing::error!(%error, "malformed event; dead-lettering it");
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await?;
-            return Ok(());
+/// Applies a batch of deliveries in one store call, then acks them all at once. Malformed
+/// events are rejected (dead-lettered) one by one first. If the store fails, nothing is acked
+/// and the session ends, so the events are delivered again.
+async fn handle_batch(store: &dyn JobStore, batch: Vec<Delivery>) -> Result<(), SessionError> {
+    let mut events = Vec::with_capacity(batch.len());
+    let mut last_valid = None;
+    for delivery in &batch {
+        match message::decode::<JobEvent>(&delivery.data) {
+            Ok(event) => {
+                events.push(event);
+                last_valid = Some(delivery);
+            }
+            Err(error) => {
+                tracing::error!(%error, "malformed event; dead-lettering it");
+                let reject = BasicRejectOptions { requeue: false };
+                delivery.acker.reject(reject).await?;
+            }
         }
-    };
+    }
+    if !events.is_empty() {
+        let outcomes = store.apply_events(&events).await?;
+        for (event, outcome) in events.iter().zip(&outcomes) {
+            log_outcome(event, outcome);
+        }
+    }
+    if let Some(last) = last_valid {
+        // Deliveries on this channel are settled in order: acking the last valid one with
+        // `multiple` acks every earlier one not settled yet (rejected ones already are).
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    Ok(())
+}
+
+fn log_outcome(event: &JobEvent, outcome: &Applied) {
     let span = tracing::debug_span!(
         "apply_event", job_id = %event.id, job_type = %event.job_type,
         status = %event.status, attempt = event.attempt, seq = event.seq
     );
-    apply(store, &event).instrument(span).await?;
-    delivery.acker.ack(BasicAckOptions::default()).await?;
-    Ok(())
-}
-
-async fn apply(store: &dyn JobStore, event: &JobEvent) -> Result<(), StoreError> {
-    match store.apply_event(event).await? {
+    let _entered = span.enter();
+    match outcome {
         Applied::Updated(job) => tracing::debug!(status = %job.status, "event applied"),
         Applied::Ignored(reason) => tracing::debug!(reason = reason.as_str(), "event ignored"),
         Applied::UnknownJob => tracing::warn!("event for a job this store does not know; dropped"),
     }
-    Ok(())
 }
 
 /// Consumes this gateway's own event queue until `stop` is cancelled, waking waiters.

@@ -9,7 +9,9 @@
 //! - [`http`]: the router, handlers and problem+json errors.
 //! - [`publisher`]: the confirmed publish of job messages.
 //! - [`events`]: the consumers that apply worker events to the store and wake waiters.
-//! - [`store`]: the [`store::JobStore`] trait, lifecycle rules and the in-memory store.
+//! - [`retention`]: the background task that deletes old finished jobs and idempotency keys.
+//! - [`store`]: the [`store::JobStore`] trait, lifecycle rules, the in-memory and PostgreSQL
+//!   stores.
 //! - [`watch`]: the registry that wakes requests waiting on a job.
 
 pub mod app;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod publisher;
+pub mod retention;
 pub mod store;
 pub mod watch;
 

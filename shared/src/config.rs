@@ -73,7 +73,7 @@ impl BrokerConfig {
     }
 }
 
-/// Reads a delay such as `500ms`, `5s`, `2m` or `1h`.
+/// Reads a delay such as `500ms`, `5s`, `2m`, `1h` or `7d`.
 pub fn parse_delay(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let split = value
@@ -81,17 +81,22 @@ pub fn parse_delay(value: &str) -> Result<Duration, String> {
         .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let amount: u64 = number.parse().map_err(|_| {
-        format!("{value:?} is not a delay: use a number and a unit, e.g. 500ms, 5s, 2m, 1h")
+        format!("{value:?} is not a duration: use a number and a unit, e.g. 500ms, 5s, 2m, 1h, 7d")
     })?;
     let delay = match unit {
         "ms" => Duration::from_millis(amount),
         "s" => Duration::from_secs(amount),
         "m" => Duration::from_secs(amount * 60),
         "h" => Duration::from_secs(amount * 3600),
-        _ => return Err(format!("{value:?} has an unknown unit: use ms, s, m or h")),
+        "d" => Duration::from_secs(amount * 86_400),
+        _ => {
+            return Err(format!(
+                "{value:?} has an unknown unit: use ms, s, m, h or d"
+            ));
+        }
     };
     if delay.is_zero() {
-        return Err(format!("{value:?} is zero: a retry delay must be positive"));
+        return Err(format!("{value:?} is zero: it must be positive"));
     }
     Ok(delay)
 }
@@ -225,7 +230,8 @@ mod tests {
     fn delays_read_with_units_and_refuse_nonsense() {
         assert_eq!(parse_delay("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_delay("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "5", "s", "0s", "5d", "-1s"] {
+        assert_eq!(parse_delay("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "5", "s", "0s", "5w", "-1s"] {
             assert!(parse_delay(bad).is_err(), "{bad}");
         }
     }

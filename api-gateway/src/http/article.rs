@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use warren_shared::{JobId, JobStatus};
 
 use super::{
-    AppState,
+    AppState, accept,
     jobs::{self, SubmitRequest, load, parse_id},
     problem::ApiError,
 };
@@ -57,7 +57,7 @@ pub async fn generate_report(
     }
     let job = SubmitRequest::new(REPORT_TYPE, json!({"period": request.period}))
         .into_job(&state.limits)?;
-    let job = jobs::accept(&state, job).await?;
+    let job = accept::accept(&state, job).await?;
     let location = format!("/report-status/{}", job.id);
     let body = json!({"status": "processing", "jobId": job.id});
     Ok((
@@ -148,7 +148,7 @@ pub async fn get_user(
     request.timeout_ms = u64::try_from(state.user_timeout.as_millis()).ok();
     let job = request.into_job(&state.limits)?;
     let subscription = state.watchers.subscribe(job.id);
-    let job = match jobs::accept(&state, job).await {
+    let job = match accept::accept(&state, job).await {
         Err(ApiError::UnknownJobType(_)) => {
             return Err(ApiError::Unavailable("no worker handles user lookups"));
         }

@@ -18,17 +18,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Span;
-use warren_shared::{
-    ControlAction, ControlMessage, JobError, JobEvent, JobId, JobStatus, JobType, V1,
-    amqp::PublishError,
-};
+use warren_shared::{ControlAction, ControlMessage, JobEvent, JobId, JobStatus, JobType, V1};
 
 use super::{
     AppState,
+    accept::{Accepted, Idempotency, accept_idempotent, publish},
     prefer::{PREFERENCE_APPLIED, Prefer},
     problem::ApiError,
 };
@@ -55,7 +53,7 @@ pub struct SubmitLimits {
 
 /// The body of `POST /v1/jobs`. Only `type` is required; unknown fields are refused so a typo
 /// does not silently fall back to a default.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The job type, `[a-z0-9][a-z0-9._-]{0,99}`.
@@ -149,45 +147,6 @@ impl SubmitRequest {
     }
 }
 
-/// Stores the record, publishes the job and waits for the broker's confirm.
-///
-/// `Ok` means the guarantee behind a `202`: the record is stored and RabbitMQ has confirmed
-/// the persistent, routed message.
-pub async fn accept(state: &AppState, job: Job) -> Result<Job, ApiError> {
-    state.store.insert(job.clone()).await.map_err(|error| {
-        tracing::error!(%error, "cannot store the job record");
-        ApiError::Unavailable("the job store is unavailable")
-    })?;
-    publish(state, job).await
-}
-
-/// Publishes the job's current attempt; on failure marks the record failed (so it does not
-/// stay `queued`) and says what to tell the client.
-async fn publish(state: &AppState, job: Job) -> Result<Job, ApiError> {
-    let Err(error) = state.publisher.publish_job(&job.message()).await else {
-        tracing::info!(attempt = job.attempt, "job published");
-        return Ok(job);
-    };
-    let (kind, refusal) = match &error {
-        PublishError::Unroutable { .. } => {
-            tracing::info!(%error, "job refused: no queue for its type");
-            ("unroutable", ApiError::UnknownJobType(job.job_type.clone()))
-        }
-        _ => {
-            tracing::error!(%error, "job not confirmed by RabbitMQ");
-            (
-                "publish_failed",
-                ApiError::Unavailable("RabbitMQ did not confirm the job"),
-            )
-        }
-    };
-    let reason = JobError::new(kind, error.to_string());
-    if let Err(store_error) = state.store.fail_unpublished(job.id, reason).await {
-        tracing::error!(%store_error, "cannot mark the unpublished job failed");
-    }
-    Err(refusal)
-}
-
 /// `POST /v1/jobs`: accept a job. `202` with the queued job once RabbitMQ confirmed it; with
 /// `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).
 #[tracing::instrument(name = "submit", skip_all, fields(job_id, job_type))]
@@ -197,6 +156,8 @@ pub async fn submit(
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
+    let canonical = serde_json::to_string(&request).unwrap_or_default();
+    let idempotency = Idempotency::from_headers(&headers, &canonical)?;
     let job = request.into_job(&state.limits)?;
     Span::current()
         .record("job_id", tracing::field::display(job.id))
@@ -208,16 +169,38 @@ pub async fn submit(
         .filter(|wait| !wait.is_zero());
     // Subscribe before publishing, so not even the fastest outcome is missed.
     let subscription = wait.map(|_| state.watchers.subscribe(job.id));
-    let job = accept(&state, job).await?;
+    let (job, replayed) = match accept_idempotent(&state, job, idempotency.as_ref()).await? {
+        Accepted::New(job) => (job, false),
+        Accepted::Replayed(job) => (job, true),
+    };
+    let subscription = match subscription {
+        // A replay waits on the earlier job, not on the id this request would have had.
+        Some(_) if replayed => Some(state.watchers.subscribe(job.id)),
+        other => other,
+    };
     let (Some(wait), Some(subscription)) = (wait, subscription) else {
-        return Ok(accepted(job, prefer.respond_async));
+        return Ok(with_replay_mark(
+            accepted(job, prefer.respond_async),
+            replayed,
+        ));
     };
     let job = wait_until_terminal(&state, subscription, job.id, wait).await?;
     if !job.status.is_terminal() {
-        return Ok(accepted(job, true));
+        return Ok(with_replay_mark(accepted(job, true), replayed));
     }
     let applied = format!("wait={}", wait.as_secs());
-    Ok((StatusCode::OK, [(PREFERENCE_APPLIED, applied)], Json(job)).into_response())
+    let response = (StatusCode::OK, [(PREFERENCE_APPLIED, applied)], Json(job)).into_response();
+    Ok(with_replay_mark(response, replayed))
+}
+
+/// Marks the answer to a replayed idempotent request.
+fn with_replay_mark(mut response: Response, replayed: bool) -> Response {
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// The `202` answer: the job, where to poll it, and when.

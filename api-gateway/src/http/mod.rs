@@ -3,9 +3,11 @@
 //! [`router`] builds the whole app from an [`AppState`] without a socket, so handlers can be
 //! driven in tests with `tower::ServiceExt::oneshot`.
 
+pub mod accept;
 pub mod article;
 pub mod health;
 pub mod jobs;
+pub mod list;
 pub mod prefer;
 pub mod problem;
 pub mod stream;
@@ -48,7 +50,7 @@ pub struct AppState {
 /// The gateway's routes over `state`, with a body limit of `max_body_bytes`.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
-        .route("/v1/jobs", post(jobs::submit))
+        .route("/v1/jobs", post(jobs::submit).get(list::list))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))

@@ -64,6 +64,11 @@ pub enum ApiError {
     /// No worker answered a synchronous route in time.
     #[error("{0}")]
     NoAnswer(String),
+    /// An `Idempotency-Key` was used before with another request body.
+    #[error(
+        "this Idempotency-Key was used with a different request body; use a new key for a new request"
+    )]
+    IdempotencyMismatch,
     /// No route matches the path.
     #[error("no route matches {0}; see /openapi.json for the API")]
     RouteNotFound(String),
@@ -84,9 +89,10 @@ impl ApiError {
             Self::NoAnswer(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::InvalidField { .. } | Self::InvalidBody(_) | Self::UnknownJobType(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::InvalidField { .. }
+            | Self::InvalidBody(_)
+            | Self::UnknownJobType(_)
+            | Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::JobNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -106,6 +112,7 @@ impl ApiError {
             Self::NotJson => "unsupported-media-type",
             Self::InvalidField { .. } | Self::InvalidBody(_) => "invalid-field",
             Self::UnknownJobType(_) => "unknown-job-type",
+            Self::IdempotencyMismatch => "idempotency-key-reused",
             Self::JobNotFound(_) => "job-not-found",
             Self::RouteNotFound(_) => "route-not-found",
             Self::Unavailable(_) => "unavailable",

@@ -5,6 +5,7 @@
 //! pure function so every implementation applies exactly the same rules.
 
 mod memory;
+mod postgres;
 pub mod transition;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use serde_json::Value;
 use warren_shared::{JobError, JobEvent, JobId, JobMessage, JobStatus, JobType, Progress, V1};
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use transition::Ignored;
 
 /// A job's record: the resource `GET /v1/jobs/{id}` answers, plus what the store needs to
@@ -119,6 +121,33 @@ pub enum Redriven {
     UnknownJob,
 }
 
+/// Which jobs `GET /v1/jobs` asks for: newest first, optionally filtered, one page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListQuery {
+    /// Only jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this type.
+    pub job_type: Option<JobType>,
+    /// At most this many jobs.
+    pub limit: usize,
+    /// Only jobs older than this one (the previous page's last job): ids are time-ordered,
+    /// so pages stay stable while new jobs arrive.
+    pub before: Option<JobId>,
+}
+
+/// What reserving an idempotency key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The key is new and now belongs to this request's job.
+    Reserved,
+    /// The same request was accepted before: this is its job.
+    Replay(JobId),
+    /// The same key is being used by a request still being accepted.
+    InProgress,
+    /// The key was used with another request body.
+    Mismatch,
+}
+
 /// The store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -128,6 +157,9 @@ pub enum StoreError {
     /// A record with this id already exists.
     #[error("job {0} already exists")]
     Duplicate(JobId),
+    /// A stored record could not be read back (a bug, or a hand-edited row).
+    #[error("a stored job record is corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// Keeps job records. Implementations must be safe to share between request handlers and the
@@ -155,6 +187,39 @@ pub trait JobStore: Send + Sync + 'static {
     /// number, a fresh attempt budget). The one way out of a terminal status, and only on a
     /// client's explicit request.
     async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError>;
+
+    /// Applies a batch of events in order, atomically where the store can (one transaction).
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<Applied>, StoreError> {
+        let mut applied = Vec::with_capacity(events.len());
+        for event in events {
+            applied.push(self.apply_event(event).await?);
+        }
+        Ok(applied)
+    }
+
+    /// One page of jobs, newest first.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
+
+    /// Claims `key` for the job `id` of a request whose body hashes to `request_hash`, or says
+    /// who has it.
+    async fn reserve_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        id: JobId,
+    ) -> Result<Reservation, StoreError>;
+
+    /// Settles a reserved key: kept for replays once its job was accepted, released (so the
+    /// client may try again) when it was not.
+    async fn settle_key(&self, key: &str, accepted: bool) -> Result<(), StoreError>;
+
+    /// Deletes terminal jobs that finished before `jobs_before` and idempotency keys made
+    /// before `keys_before`; returns how many jobs went.
+    async fn purge(
+        &self,
+        jobs_before: DateTime<Utc>,
+        keys_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
 
     /// Succeeds when the store is usable; backs `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

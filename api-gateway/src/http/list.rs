@@ -1,0 +1,89 @@
+//! `GET /v1/jobs?status=&type=&limit=&cursor=`: jobs newest first, one page at a time.
+//!
+//! The cursor is the last job's id of the previous page. Ids are time-ordered (UUIDv7), so a
+//! page is "older than the cursor": jobs created while a client walks the pages never shift
+//! them, and every job that existed when the walk began is seen exactly once.
+
+use axum::{
+    Json,
+    extract::{Query, State, rejection::QueryRejection},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warren_shared::{JobId, JobStatus, JobType};
+
+use super::{AppState, problem::ApiError};
+use crate::store::ListQuery;
+
+/// Jobs per page when the client does not say.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Most jobs per page.
+pub const MAX_LIMIT: usize = 500;
+
+/// The raw query parameters (validated below, so each refusal can say what is wrong).
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    job_type: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+impl ListParams {
+    fn into_query(self) -> Result<ListQuery, ApiError> {
+        let bad = |message: String| ApiError::BadParameter(message);
+        let status = self
+            .status
+            .map(|s| s.parse::<JobStatus>())
+            .transpose()
+            .map_err(|e| bad(format!("status: {e}")))?;
+        let job_type = self
+            .job_type
+            .map(JobType::parse)
+            .transpose()
+            .map_err(|e| bad(format!("type: {e}")))?;
+        let limit = match self.limit {
+            None => DEFAULT_LIMIT,
+            Some(raw) => raw
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "limit={raw:?}: use a whole number from 1 to {MAX_LIMIT}"
+                    ))
+                })?,
+        };
+        let before = self
+            .cursor
+            .map(|raw| {
+                raw.parse::<JobId>()
+                    .map_err(|_| bad(format!("cursor={raw:?} is not a cursor this API returned")))
+            })
+            .transpose()?;
+        Ok(ListQuery {
+            status,
+            job_type,
+            limit,
+            before,
+        })
+    }
+}
+
+/// `GET /v1/jobs`.
+pub async fn list(
+    State(state): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadParameter(e.body_text()))?;
+    let query = params.into_query()?;
+    let jobs = state.store.list(&query).await.map_err(|error| {
+        tracing::error!(%error, "cannot list jobs");
+        ApiError::Unavailable("the job store is unavailable")
+    })?;
+    let next_cursor = (jobs.len() == query.limit)
+        .then(|| jobs.last().map(|job| job.id.to_string()))
+        .flatten();
+    Ok(Json(json!({"jobs": jobs, "next_cursor": next_cursor})))
+}
