@@ -6,7 +6,11 @@ use std::{sync::Arc, time::Duration};
 use lapin::{Channel, Connection, ConnectionProperties, types::FieldTable};
 use serde_json::Value;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
-use warren_gateway::{Application, GatewayConfig, store::MemoryStore, watch::Watchers};
+use warren_gateway::{
+    Application, GatewayConfig,
+    store::{JobStore, MemoryStore, PostgresStore},
+    watch::Watchers,
+};
 use warren_shared::{
     JobEvent, JobType, Topology,
     amqp::{self, Outgoing},
@@ -29,6 +33,61 @@ pub fn unique_namespace() -> String {
     format!("test-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The PostgreSQL the tests use (`WARREN_TEST_DATABASE_URL`, default the local one).
+pub fn database_url() -> String {
+    std::env::var("WARREN_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A schema of the test's own in the test database, dropped by [`TestSchema::drop_schema`].
+pub struct TestSchema {
+    pub name: String,
+    client: tokio_postgres::Client,
+}
+
+impl TestSchema {
+    /// Creates a fresh, empty schema.
+    pub async fn create() -> Self {
+        let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        Self { name, client }
+    }
+
+    /// The URL of the test database with this schema as its search path, e.g. through `host`.
+    pub fn url_via(&self, host_port: &str) -> String {
+        let base = database_url();
+        let rest = base.split_once('@').map_or(base.as_str(), |(_, rest)| rest);
+        let path = rest.split_once('/').map_or("test", |(_, path)| path);
+        format!(
+            "postgresql://postgres@{host_port}/{path}?options=-csearch_path%3D{}",
+            self.name
+        )
+    }
+
+    /// The URL of the test database with this schema as its search path.
+    pub fn url(&self) -> String {
+        let base = database_url();
+        let rest = base.split_once('@').map_or(base.as_str(), |(_, rest)| rest);
+        let host_port = rest.split_once('/').map_or(rest, |(host, _)| host);
+        self.url_via(host_port)
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop_schema(self) {
+        self.client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}
+
 /// The broker settings of a test namespace: fast retry tiers so retries take milliseconds.
 pub fn test_broker(namespace: &str) -> BrokerConfig {
     let mut broker = BrokerConfig::new(&amqp_url(), namespace).unwrap();
@@ -49,7 +108,7 @@ pub struct TestApp {
     pub watchers: Arc<Watchers>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
-    job_types: Vec<JobType>,
+    pub job_types: Vec<JobType>,
 }
 
 /// Starts a gateway on port 0 in a fresh namespace.
@@ -68,7 +127,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp 
     adjust(&mut config);
     let broker = config.broker.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::with_parts(config, listener, Arc::new(MemoryStore::new())).unwrap();
+    let store: Arc<dyn JobStore> = match &config.database_url {
+        Some(url) => Arc::new(PostgresStore::connect(url).await.unwrap()),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let app = Application::with_parts(config, listener, store).unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let watchers = app.watchers();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -270,15 +333,22 @@ impl TestApp {
     }
 
     /// Stops workers and gateway, then deletes the namespace's exchanges and queues.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        let (channel, topology) = (self.channel.clone(), self.topology());
+        let job_types = self.job_types.clone();
+        self.stop_processes().await;
+        topology::delete(&channel, &topology, &job_types)
+            .await
+            .unwrap();
+    }
+
+    /// Stops workers and gateway but leaves the namespace (another gateway still uses it).
+    pub async fn stop_processes(mut self) {
         for stop in self.stops.drain(..).rev() {
             let _ = stop.send(());
         }
         for task in self.tasks.drain(..) {
             tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
         }
-        topology::delete(&self.channel, &self.topology(), &self.job_types)
-            .await
-            .unwrap();
     }
 }

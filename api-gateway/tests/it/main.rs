@@ -13,6 +13,7 @@ mod helpers;
 mod jobs;
 mod lifecycle;
 mod outage;
+mod postgres;
 mod proxy;
 mod retry;
 mod stream;

@@ -14,7 +14,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// A running proxy to `127.0.0.1:5672`.
+/// A running proxy to a local service.
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
@@ -23,8 +23,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts a proxy on a free local port.
+    /// Starts a proxy to RabbitMQ on a free local port.
     pub async fn start() -> Self {
+        Self::to("127.0.0.1:5672").await
+    }
+
+    /// Starts a proxy to `target` on a free local port.
+    pub async fn to(target: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -37,7 +42,7 @@ impl Proxy {
                         continue; // dropping the socket refuses the connection
                     }
                     let link = tokio::spawn(async move {
-                        if let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await {
+                        if let Ok(mut broker) = TcpStream::connect(target).await {
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
                         }
                     });

@@ -1,0 +1,406 @@
+//! The PostgreSQL store: shared by gateways, durable across restarts, consistent under
+//! concurrent events, and ridden out while it is down. Rules both stores must follow
+//! (idempotency keys, pagination, retention) run against both.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::types::FieldTable;
+use serde_json::{Value, json};
+use warren_gateway::{
+    http::jobs::{SubmitLimits, SubmitRequest},
+    store::{Applied, Ignored, Job, JobStore, MemoryStore, PostgresStore, Reservation},
+};
+use warren_shared::{JobEvent, JobId, JobStatus, V1, message, topology};
+use warren_worker::{Worker, handlers};
+
+use crate::{
+    helpers::{DEADLINE, TestApp, TestSchema, spawn_app_with},
+    proxy::Proxy,
+};
+
+async fn pg_app(url: &str, namespace: Option<&str>) -> TestApp {
+    let (url, namespace) = (url.to_owned(), namespace.map(str::to_owned));
+    spawn_app_with(move |config| {
+        config.database_url = Some(url);
+        if let Some(namespace) = namespace {
+            config.broker.namespace = namespace;
+        }
+    })
+    .await
+}
+
+fn new_job() -> Job {
+    let limits = SubmitLimits {
+        default_timeout_ms: 1_000,
+        max_timeout_ms: 10_000,
+    };
+    SubmitRequest::new("echo", json!({}))
+        .into_job(&limits)
+        .unwrap()
+}
+
+fn event(id: JobId, status: JobStatus, seq: u64, at: chrono::DateTime<Utc>) -> JobEvent {
+    JobEvent {
+        v: V1,
+        id,
+        job_type: "echo".parse().unwrap(),
+        status,
+        attempt: 1,
+        seq,
+        progress: None,
+        result: None,
+        error: None,
+        next_attempt_at: None,
+        worker: "test".into(),
+        at,
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_database_share_jobs_and_wake_each_others_waiters() {
+    let schema = TestSchema::create().await;
+    let mut first = pg_app(&schema.url(), None).await;
+    let second = pg_app(&schema.url(), Some(&first.broker.namespace)).await;
+    first
+        .spawn_worker(Worker::builder().handler("sleep", handlers::sleep))
+        .await;
+
+    let id = first
+        .submit_ok(&json!({"type": "sleep", "payload": {"ms": 300}}))
+        .await;
+    assert_eq!(second.job(&id).await["id"], id.as_str());
+    let started = Instant::now();
+    let job: Value = second
+        .get(&format!("/v1/jobs/{id}?wait=10"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "succeeded");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the long poll woke only at its deadline"
+    );
+
+    second.stop_processes().await;
+    first.stop().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_gateway_restart_keeps_every_job() {
+    let schema = TestSchema::create().await;
+    let mut app = pg_app(&schema.url(), None).await;
+    app.spawn_worker(Worker::builder().handler("echo", handlers::echo))
+        .await;
+    app.declare_idle_queue("held").await;
+    let mut done = Vec::new();
+    for n in 0..5 {
+        done.push(app.submit_ok(&json!({"type": "echo", "payload": n})).await);
+    }
+    for id in &done {
+        app.wait_for_status(id, "succeeded").await;
+    }
+    let queued = app.submit_ok(&json!({"type": "held"})).await;
+    let (namespace, job_types) = (app.broker.namespace.clone(), app.job_types.clone());
+    app.stop_processes().await;
+
+    let mut restarted = pg_app(&schema.url(), Some(&namespace)).await;
+    restarted.job_types = job_types;
+    for (n, id) in done.iter().enumerate() {
+        let job = restarted.job(id).await;
+        assert_eq!(
+            (&job["status"], &job["result"]),
+            (&json!("succeeded"), &json!(n))
+        );
+    }
+    assert_eq!(restarted.job(&queued).await["status"], "queued");
+    restarted.stop().await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn concurrent_conflicting_events_leave_exactly_one_outcome() {
+    let schema = TestSchema::create().await;
+    let store = Arc::new(PostgresStore::connect(&schema.url()).await.unwrap());
+    let mut tasks = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let job = new_job();
+        ids.push(job.id);
+        store.insert(job.clone()).await.unwrap();
+        for (status, seq) in [(JobStatus::Succeeded, 2), (JobStatus::Failed, 3)] {
+            let (store, event) = (store.clone(), event(job.id, status, seq, Utc::now()));
+            tasks.push(tokio::spawn(async move {
+                (event.status, store.apply_event(&event).await.unwrap())
+            }));
+        }
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (status, Applied::Updated(job)) => winners.push((job.id, status)),
+            (_, Applied::Ignored(reason)) => assert_eq!(reason, Ignored::AlreadyTerminal),
+            (_, Applied::UnknownJob) => panic!("the job exists"),
+        }
+    }
+    assert_eq!(winners.len(), 20, "each job has exactly one outcome");
+    for (id, status) in winners {
+        let job = store.get(id).await.unwrap().unwrap();
+        assert_eq!((job.status, job.version), (status, 1));
+    }
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn gateways_starting_together_migrate_once() {
+    let schema = TestSchema::create().await;
+    let url = schema.url();
+    let (a, b) = tokio::join!(PostgresStore::connect(&url), PostgresStore::connect(&url));
+    a.unwrap();
+    b.unwrap();
+    let (client, connection) = tokio_postgres::connect(&schema.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT version FROM warren_schema_migrations", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_store_outage_answers_503_and_events_wait_until_it_is_back() {
+    let schema = TestSchema::create().await;
+    let proxy = Proxy::to("127.0.0.1:5432").await;
+    let mut app = pg_app(&schema.url_via(&proxy.addr.to_string()), None).await;
+    app.spawn_worker(Worker::builder().handler("sleep", handlers::sleep))
+        .await;
+    let mut events = topology::subscribe_exclusive(
+        &app.channel,
+        app.topology().events_exchange(),
+        "#",
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let id = app
+        .submit_ok(&json!({"type": "sleep", "payload": {"ms": 200}}))
+        .await;
+
+    proxy.cut();
+    let started = Instant::now();
+    while app.get("/readyz").await.status() != 503 {
+        assert!(started.elapsed() < DEADLINE, "/readyz never said 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.submit(&json!({"type": "sleep", "payload": {"ms": 1}}))
+            .await
+            .status(),
+        503
+    );
+    // The worker finishes while the store is down; its outcome has to wait in RabbitMQ.
+    let finished = async {
+        while let Some(Ok(delivery)) = events.next().await {
+            let event: JobEvent = message::decode(&delivery.data).unwrap();
+            if event.id.to_string() == id && event.status == JobStatus::Succeeded {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, finished).await.unwrap();
+
+    proxy.restore();
+    app.wait_for_status(&id, "succeeded").await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.stop().await;
+    schema.drop_schema().await;
+}
+
+/// Idempotency-key rules at the store: reserve, in progress, mismatch, replay, release.
+async fn key_rules(store: &dyn JobStore) {
+    let (a, b) = (JobId::new(), JobId::new());
+    assert_eq!(
+        store.reserve_key("k", "h1", a).await.unwrap(),
+        Reservation::Reserved
+    );
+    assert_eq!(
+        store.reserve_key("k", "h1", b).await.unwrap(),
+        Reservation::InProgress
+    );
+    assert_eq!(
+        store.reserve_key("k", "h2", b).await.unwrap(),
+        Reservation::Mismatch
+    );
+    store.settle_key("k", true).await.unwrap();
+    assert_eq!(
+        store.reserve_key("k", "h1", b).await.unwrap(),
+        Reservation::Replay(a)
+    );
+    assert_eq!(
+        store.reserve_key("gone", "h", a).await.unwrap(),
+        Reservation::Reserved
+    );
+    store.settle_key("gone", false).await.unwrap();
+    assert_eq!(
+        store.reserve_key("gone", "h", b).await.unwrap(),
+        Reservation::Reserved
+    );
+}
+
+/// Retention at the store: only terminal jobs finished before the cutoff go.
+async fn purge_rules(store: &dyn JobStore) {
+    let (old, recent, unfinished) = (new_job(), new_job(), new_job());
+    for job in [&old, &recent, &unfinished] {
+        store.insert(job.clone()).await.unwrap();
+    }
+    let long_ago = Utc::now() - chrono::Duration::days(10);
+    store
+        .apply_event(&event(old.id, JobStatus::Succeeded, 1, long_ago))
+        .await
+        .unwrap();
+    store
+        .apply_event(&event(recent.id, JobStatus::Succeeded, 1, Utc::now()))
+        .await
+        .unwrap();
+    let cutoff = Utc::now() - chrono::Duration::days(7);
+    assert_eq!(store.purge(cutoff, cutoff).await.unwrap(), 1);
+    assert!(store.get(old.id).await.unwrap().is_none());
+    assert!(store.get(recent.id).await.unwrap().is_some());
+    assert!(store.get(unfinished.id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn both_stores_keep_the_idempotency_and_retention_rules() {
+    let schema = TestSchema::create().await;
+    let postgres = PostgresStore::connect(&schema.url()).await.unwrap();
+    for store in [&MemoryStore::new() as &dyn JobStore, &postgres] {
+        key_rules(store).await;
+        purge_rules(store).await;
+    }
+    schema.drop_schema().await;
+}
+
+/// Same key and body → the same job and one message; another body → 422; a bad key → 400.
+async fn idempotent_submits(app: &mut TestApp) {
+    app.declare_idle_queue("held").await;
+    let submit = |key: &'static str, body: Value| {
+        app.client
+            .post(format!("{}/v1/jobs", app.address))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let body = json!({"type": "held", "payload": {"order": 42}});
+    let first = submit("order-42", body.clone()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = submit("order-42", body).await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    let queue = app.topology().job_queue(&"held".parse().unwrap());
+    let probe = app.connection.create_channel().await.unwrap();
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let state = probe
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        state.message_count(),
+        1,
+        "a replay published a second message"
+    );
+
+    let other = submit(
+        "order-42",
+        json!({"type": "held", "payload": {"order": 43}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 422);
+    let bad = submit("has space", json!({"type": "held"})).await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+/// Walks every page while new jobs arrive: each job that existed is seen exactly once.
+async fn pagination(app: &mut TestApp) {
+    app.declare_idle_queue("paged").await;
+    let mut existing = Vec::new();
+    for _ in 0..25 {
+        existing.push(app.submit_ok(&json!({"type": "paged"})).await);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?type=paged&limit=10&cursor={c}"),
+            None => "/v1/jobs?type=paged&limit=10".to_owned(),
+        };
+        let page: Value = app.get(&path).await.json().await.unwrap();
+        seen.extend(
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned()),
+        );
+        app.submit_ok(&json!({"type": "paged"})).await; // a newcomer must not disturb the walk
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    existing.reverse();
+    assert_eq!(seen, existing, "newest first, each exactly once");
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "status=done",
+        "cursor=nope",
+        "type=Bad%20Type",
+    ] {
+        assert_eq!(
+            app.get(&format!("/v1/jobs?{bad}")).await.status(),
+            400,
+            "{bad}"
+        );
+    }
+    let queued: Value = app
+        .get("/v1/jobs?status=queued&type=paged&limit=500")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queued["jobs"].as_array().unwrap().len(), 25 + 3);
+}
+
+#[tokio::test]
+async fn idempotency_and_pagination_in_memory() {
+    let mut app = spawn_app_with(|_| {}).await;
+    idempotent_submits(&mut app).await;
+    pagination(&mut app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_and_pagination_in_postgres() {
+    let schema = TestSchema::create().await;
+    let mut app = pg_app(&schema.url(), None).await;
+    idempotent_submits(&mut app).await;
+    pagination(&mut app).await;
+    app.stop().await;
+    schema.drop_schema().await;
+}
