@@ -302,11 +302,12 @@ impl JobStore for PostgresStore {
                 },
             })
             .collect();
-        for (version_before, job) in jobs.values() {
-            if job.version != *version_before {
-                write(&tx, job).await?;
-            }
-        }
+        // Written concurrently: tokio-postgres pipelines them on the one connection.
+        let writes = jobs
+            .values()
+            .filter(|(version_before, job)| job.version != *version_before)
+            .map(|(_, job)| write(&tx, job));
+        futures_util::future::try_join_all(writes).await?;
         tx.commit().await?;
         Ok(applied)
     }
