@@ -4,7 +4,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warren_shared::{Topology, amqp};
+use warren_shared::{Topology, amqp, readiness::ReadyFlag};
 
 use crate::{
     config::GatewayConfig,
@@ -85,6 +85,7 @@ impl Application {
                 max_timeout_ms: config.max_timeout_ms,
             }),
             watchers: Arc::new(Watchers::default()),
+            notifier: ReadyFlag::default(),
             max_wait: config.max_wait(),
             user_timeout: config.user_timeout(),
         };
@@ -133,6 +134,7 @@ impl Application {
                 topology,
                 state.store.clone(),
                 state.watchers.clone(),
+                state.notifier.clone(),
                 stop_consumer.clone(),
             )),
             tokio::spawn(retention::run(

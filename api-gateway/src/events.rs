@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use warren_shared::{
     JobEvent, Topology,
     amqp::{self, BrokerError, Pool},
-    message, topology,
+    message,
+    readiness::ReadyFlag,
+    topology,
 };
 
 use crate::{
@@ -174,10 +176,11 @@ pub async fn run_notifier(
     topology: Topology,
     store: Arc<dyn JobStore>,
     watchers: Arc<Watchers>,
+    ready: ReadyFlag,
     stop: CancellationToken,
 ) {
     amqp::reconnecting("notifier", &stop, || {
-        notifier_session(&pool, &topology, store.as_ref(), &watchers, &stop)
+        notifier_session(&pool, &topology, store.as_ref(), &watchers, &ready, &stop)
     })
     .await;
 }
@@ -187,6 +190,7 @@ async fn notifier_session(
     topology: &Topology,
     store: &dyn JobStore,
     watchers: &Watchers,
+    ready: &ReadyFlag,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
     let connection = pool
@@ -204,6 +208,7 @@ async fn notifier_session(
     let mut consumer =
         topology::subscribe_exclusive(&channel, topology.events_exchange(), "#", arguments).await?;
     tracing::info!(queue = %consumer.queue(), "notifier started");
+    let _ready = ready.up();
     loop {
         let delivery = tokio::select! {
             () = stop.cancelled() => return Ok(()),

@@ -8,6 +8,7 @@
 //! - [`topology`]: exchange and queue names from `WARREN_NAMESPACE`, and their declaration.
 //! - [`config`]: environment/flag configuration both binaries use.
 //! - [`amqp`]: connection pool, confirm channels, the confirmed publish.
+//! - [`readiness`]: the flag behind `/readyz`.
 //! - [`telemetry`]: log subscriber setup.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
 
@@ -15,6 +16,7 @@ pub mod amqp;
 pub mod config;
 pub mod job;
 pub mod message;
+pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

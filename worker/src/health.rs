@@ -2,48 +2,18 @@
 //! `/readyz` (connected to RabbitMQ and consuming every queue it should). A worker that is
 //! alive but not consuming, the classic failure after a broker hiccup, is not ready.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
-
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// Whether the worker is consuming all its queues right now.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    /// Marks the worker consuming until the returned guard drops.
-    pub(crate) fn consuming(&self) -> ConsumingGuard {
-        self.0.store(true, Ordering::SeqCst);
-        ConsumingGuard(self.clone())
-    }
-
-    fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Clears readiness when a consuming session ends, however it ends.
-#[derive(Debug)]
-pub(crate) struct ConsumingGuard(Readiness);
-
-impl Drop for ConsumingGuard {
-    fn drop(&mut self) {
-        (self.0).0.store(false, Ordering::SeqCst);
-    }
-}
+use warren_shared::readiness::ReadyFlag;
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, Json<Value>) {
-    if readiness.is_ready() {
+async fn readyz(State(readiness): State<ReadyFlag>) -> (StatusCode, Json<Value>) {
+    if readiness.is_up() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
         let body = json!({"status": "unavailable", "reason": "not consuming its job queues (broker unreachable or reconnecting)"});
@@ -52,7 +22,7 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, Json<Value>)
 }
 
 /// Serves the probes on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(listener: TcpListener, readiness: Readiness, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, readiness: ReadyFlag, stop: CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

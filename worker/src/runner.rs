@@ -24,13 +24,14 @@ use tracing::Instrument;
 use warren_shared::{
     JobError, JobMessage, JobStatus, JobType, Topology,
     amqp::{self, BrokerError, Pool},
-    message, topology,
+    message,
+    readiness::ReadyFlag,
+    topology,
 };
 
 use crate::{
     cancel::{self, Cancels},
     handler::{Handler, JobContext, Registry},
-    health::Readiness,
     report::{Change, Reporter},
     settle::{Outcome, dead_letter, previous_deliveries, settle},
 };
@@ -54,7 +55,7 @@ pub(crate) struct Shared {
     pub(crate) concurrency: u16,
     pub(crate) cancels: Cancels,
     /// Whether a session is consuming every job queue.
-    pub(crate) readiness: Readiness,
+    pub(crate) readiness: ReadyFlag,
     /// The current session's consume channel, closed gracefully at shutdown.
     pub(crate) consume_channel: std::sync::Mutex<Option<Channel>>,
 }
@@ -196,7 +197,7 @@ async fn session(
     let types: Vec<&str> = shared.handlers.keys().map(JobType::as_str).collect();
     tracing::info!(types = %types.join(","), concurrency = shared.concurrency, "consuming");
     let mut deliveries = stream::select_all(consumers);
-    let _ready = shared.readiness.consuming();
+    let _ready = shared.readiness.up();
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,

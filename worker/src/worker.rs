@@ -4,13 +4,13 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warren_shared::{JobType, Topology, amqp, job::InvalidJobType};
+use warren_shared::{JobType, Topology, amqp, job::InvalidJobType, readiness::ReadyFlag};
 
 use crate::{
     cancel::Cancels,
     config::WorkerConfig,
     handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
-    health::{self, Readiness},
+    health,
     runner::{self, InFlight, Shared},
 };
 
@@ -106,7 +106,7 @@ impl WorkerBuilder {
             identity: identity.into(),
             concurrency: config.concurrency,
             cancels: Cancels::default(),
-            readiness: Readiness::default(),
+            readiness: ReadyFlag::default(),
             consume_channel: std::sync::Mutex::default(),
         };
         Ok(Worker {

@@ -10,10 +10,12 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when RabbitMQ and the store are usable, 503 (saying which is not)
+/// `GET /readyz`: 200 when RabbitMQ and the store are usable and the notifier consumes this
+/// gateway's event queue (so waiting requests can be woken); 503, saying which is not,
 /// otherwise.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (broker, store) = tokio::join!(state.publisher.is_ready(), state.store.ping());
+    let (publisher, store) = tokio::join!(state.publisher.is_ready(), state.store.ping());
+    let broker = publisher && state.notifier.is_up();
     let store = store.is_ok();
     let status = if broker && store {
         StatusCode::OK

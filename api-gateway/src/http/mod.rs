@@ -25,6 +25,7 @@ use axum::{
     routing::{get, post},
 };
 use tracing::Instrument;
+use warren_shared::readiness::ReadyFlag;
 
 use crate::{publisher::Publisher, store::JobStore, watch::Watchers};
 use jobs::SubmitLimits;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub limits: Arc<SubmitLimits>,
     /// Requests waiting on jobs.
     pub watchers: Arc<Watchers>,
+    /// Up while the notifier consumes this gateway's event queue (waiters can be woken).
+    pub notifier: ReadyFlag,
     /// The longest a request may wait for a job.
     pub max_wait: Duration,
     /// How long `GET /users/{id}` waits for a worker.

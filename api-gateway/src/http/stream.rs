@@ -31,6 +31,9 @@ use crate::{
 
 /// How often an idle stream sends a comment, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a stream waits for a wake-up before it re-reads the store anyway: a wake-up can be
+/// missed while the notifier reconnects, and a stream has no deadline to fall back on.
+const RESYNC: Duration = Duration::from_secs(15);
 
 /// The stream's progress between two events.
 struct Cursor {
@@ -86,9 +89,11 @@ async fn next_event(cursor: Option<Cursor>) -> Option<(Result<Event, Infallible>
     loop {
         let job = match cursor.pending.take() {
             Some(job) => job,
-            None => match cursor.subscription.next().await {
-                Snapshot::Job(job) => Job::clone(&job),
-                Snapshot::Lagged => load(&cursor.state, cursor.subscription.id()).await.ok()?,
+            None => match tokio::time::timeout(RESYNC, cursor.subscription.next()).await {
+                Ok(Snapshot::Job(job)) => Job::clone(&job),
+                Ok(Snapshot::Lagged) | Err(_) => {
+                    load(&cursor.state, cursor.subscription.id()).await.ok()?
+                }
             },
         };
         if cursor.last_sent.is_some_and(|sent| job.version <= sent) {

@@ -116,8 +116,23 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
-/// Starts a gateway after letting the test adjust its configuration.
+/// Starts a gateway after letting the test adjust its configuration, and waits until it is
+/// ready (connected, notifier consuming), so no event a test publishes can go unnoticed.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+    let app = spawn_unready_app_with(adjust).await;
+    let started = Instant::now();
+    while app.get("/readyz").await.status() != 200 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the gateway never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app
+}
+
+/// Starts a gateway without waiting for it to be ready (for tests of an unreachable broker).
+pub async fn spawn_unready_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp {
     if std::env::var_os("WARREN_TEST_LOG").is_some() {
         warren_shared::telemetry::init(warren_shared::config::LogFormat::Pretty);
     }

@@ -3,7 +3,7 @@
 use serde_json::json;
 use warren_worker::{Worker, handlers};
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{spawn_app, spawn_app_with, spawn_unready_app_with};
 
 #[tokio::test]
 async fn an_echo_job_succeeds_with_its_payload_as_result() {
@@ -130,7 +130,7 @@ async fn the_report_handler_reports_progress_and_builds_a_csv() {
 
 #[tokio::test]
 async fn without_a_broker_submit_answers_503_and_readiness_fails() {
-    let app = spawn_app_with(|config| {
+    let app = spawn_unready_app_with(|config| {
         config.broker.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".parse().unwrap();
         config.publish_timeout_ms = 2_000;
     })
