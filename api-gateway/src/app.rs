@@ -10,6 +10,7 @@ use crate::{
     config::GatewayConfig,
     events,
     http::{self, AppState, jobs::SubmitLimits},
+    metrics::GatewayMetrics,
     publisher::Publisher,
     retention,
     store::{JobStore, MemoryStore, PostgresStore, StoreError},
@@ -76,7 +77,13 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let topology = Topology::from_config(&config.broker);
         let pool = amqp::connection_pool(&config.broker, "warren-gateway", AMQP_POOL_SIZE)?;
-        let publisher = Publisher::new(pool.clone(), topology.clone(), config.publish_timeout());
+        let metrics = Arc::new(GatewayMetrics::default());
+        let publisher = Publisher::new(
+            pool.clone(),
+            topology.clone(),
+            config.publish_timeout(),
+            metrics.publish_confirm.clone(),
+        );
         let state = AppState {
             store,
             publisher: Arc::new(publisher),
@@ -86,6 +93,7 @@ impl Application {
             }),
             watchers: Arc::new(Watchers::default()),
             notifier: ReadyFlag::default(),
+            metrics,
             max_wait: config.max_wait(),
             user_timeout: config.user_timeout(),
         };
@@ -127,6 +135,7 @@ impl Application {
                 pool.clone(),
                 topology.clone(),
                 state.store.clone(),
+                state.metrics.clone(),
                 stop_consumer.clone(),
             )),
             tokio::spawn(events::run_notifier(
@@ -134,6 +143,7 @@ impl Application {
                 topology,
                 state.store.clone(),
                 state.watchers.clone(),
+                state.metrics.clone(),
                 state.notifier.clone(),
                 stop_consumer.clone(),
             )),

@@ -32,6 +32,7 @@ use warren_shared::{
 };
 
 use crate::{
+    metrics::GatewayMetrics,
     store::{Applied, JobStore, StoreError},
     watch::Watchers,
 };
@@ -64,10 +65,11 @@ pub async fn run(
     pool: Pool,
     topology: Topology,
     store: Arc<dyn JobStore>,
+    metrics: Arc<GatewayMetrics>,
     stop: CancellationToken,
 ) {
     amqp::reconnecting("events consumer", &stop, || {
-        session(&pool, &topology, store.as_ref(), &stop)
+        session(&pool, &topology, store.as_ref(), &metrics, &stop)
     })
     .await;
 }
@@ -77,6 +79,7 @@ async fn session(
     pool: &Pool,
     topology: &Topology,
     store: &dyn JobStore,
+    metrics: &GatewayMetrics,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
     let connection = pool
@@ -117,7 +120,7 @@ async fn session(
                 None => break,
             }
         }
-        handle_batch(store, batch).await?;
+        handle_batch(store, metrics, batch).await?;
     }
     // Unacked events go back to the queue for another gateway (or our next start).
     let _closed = channel.close(200, "gateway shutting down".into()).await;
@@ -127,7 +130,11 @@ async fn session(
 /// Applies a batch of deliveries in one store call, then acks them all at once. Malformed
 /// events are rejected (dead-lettered) one by one first. If the store fails, nothing is acked
 /// and the session ends, so the events are delivered again.
-async fn handle_batch(store: &dyn JobStore, batch: Vec<Delivery>) -> Result<(), SessionError> {
+async fn handle_batch(
+    store: &dyn JobStore,
+    metrics: &GatewayMetrics,
+    batch: Vec<Delivery>,
+) -> Result<(), SessionError> {
     let mut events = Vec::with_capacity(batch.len());
     let mut last_valid = None;
     for delivery in &batch {
@@ -147,6 +154,7 @@ async fn handle_batch(store: &dyn JobStore, batch: Vec<Delivery>) -> Result<(), 
         let outcomes = store.apply_events(&events).await?;
         for (event, outcome) in events.iter().zip(&outcomes) {
             log_outcome(event, outcome);
+            metrics.event_applied(outcome);
         }
     }
     if let Some(last) = last_valid {
@@ -176,11 +184,20 @@ pub async fn run_notifier(
     topology: Topology,
     store: Arc<dyn JobStore>,
     watchers: Arc<Watchers>,
+    metrics: Arc<GatewayMetrics>,
     ready: ReadyFlag,
     stop: CancellationToken,
 ) {
     amqp::reconnecting("notifier", &stop, || {
-        notifier_session(&pool, &topology, store.as_ref(), &watchers, &ready, &stop)
+        notifier_session(
+            &pool,
+            &topology,
+            store.as_ref(),
+            &watchers,
+            &metrics,
+            &ready,
+            &stop,
+        )
     })
     .await;
 }
@@ -190,6 +207,7 @@ async fn notifier_session(
     topology: &Topology,
     store: &dyn JobStore,
     watchers: &Watchers,
+    metrics: &GatewayMetrics,
     ready: &ReadyFlag,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -215,7 +233,7 @@ async fn notifier_session(
             next = consumer.next() => next,
         };
         match delivery {
-            Some(Ok(delivery)) => notify(store, watchers, &delivery.data).await,
+            Some(Ok(delivery)) => notify(store, watchers, metrics, &delivery.data).await,
             Some(Err(error)) => return Err(error.into()),
             None => return Err(SessionError::ConsumerEnded),
         }
@@ -223,14 +241,18 @@ async fn notifier_session(
 }
 
 /// Wakes the waiters of the event's job, if any, with the job's state after the event.
-async fn notify(store: &dyn JobStore, watchers: &Watchers, body: &[u8]) {
+async fn notify(store: &dyn JobStore, watchers: &Watchers, metrics: &GatewayMetrics, body: &[u8]) {
     let Ok(event) = message::decode::<JobEvent>(body) else {
         return; // The store consumer dead-letters it and logs why.
     };
     if !watchers.is_watched(event.id) {
         return;
     }
-    let snapshot = match store.apply_event(&event).await {
+    let applied = store.apply_event(&event).await;
+    if let Ok(applied) = &applied {
+        metrics.event_applied(applied);
+    }
+    let snapshot = match applied {
         Ok(Applied::Updated(job)) => Ok(Some(*job)),
         Ok(Applied::Ignored(_) | Applied::UnknownJob) => store.get(event.id).await,
         Err(error) => Err(error),

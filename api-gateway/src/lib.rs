@@ -7,6 +7,7 @@
 //! - [`config`]: environment and flags.
 //! - [`app`]: startup ([`Application::build`]), serving and graceful shutdown.
 //! - [`http`]: the router, handlers and problem+json errors.
+//! - [`metrics`]: the Prometheus series.
 //! - [`publisher`]: the confirmed publish of job messages.
 //! - [`events`]: the consumers that apply worker events to the store and wake waiters.
 //! - [`retention`]: the background task that deletes old finished jobs and idempotency keys.
@@ -18,6 +19,7 @@ pub mod app;
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod metrics;
 pub mod publisher;
 pub mod retention;
 pub mod store;

@@ -9,7 +9,9 @@ use warren_shared::amqp::Pool;
 use warren_shared::{
     ControlMessage, JobEvent, JobMessage, Topology,
     amqp::{self, BrokerError, Outgoing, PublishError},
-    message, topology,
+    message,
+    metrics::Histogram,
+    topology,
 };
 
 /// Publishes jobs to `<ns>.jobs` with confirms.
@@ -18,6 +20,8 @@ pub struct Publisher {
     pool: Pool,
     topology: Topology,
     timeout: Duration,
+    /// Publish → confirm latency.
+    confirm_latency: Histogram,
     /// The shared confirm channel; `None` until first use or after it died.
     channel: Mutex<Option<Channel>>,
 }
@@ -25,11 +29,17 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher on `pool` that gives each publish `timeout` to be confirmed.
     #[must_use]
-    pub fn new(pool: Pool, topology: Topology, timeout: Duration) -> Self {
+    pub fn new(
+        pool: Pool,
+        topology: Topology,
+        timeout: Duration,
+        confirm_latency: Histogram,
+    ) -> Self {
         Self {
             pool,
             topology,
             timeout,
+            confirm_latency,
             channel: Mutex::new(None),
         }
     }
@@ -96,7 +106,13 @@ impl Publisher {
     async fn publish(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
         let publish = async {
             let channel = self.channel().await?;
-            amqp::publish_confirmed(&channel, outgoing, self.timeout).await
+            let started = std::time::Instant::now();
+            let confirmed = amqp::publish_confirmed(&channel, outgoing, self.timeout).await;
+            if confirmed.is_ok() {
+                self.confirm_latency
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            confirmed
         };
         tokio::time::timeout(self.timeout, publish)
             .await

@@ -8,6 +8,7 @@
 //! - [`topology`]: exchange and queue names from `WARREN_NAMESPACE`, and their declaration.
 //! - [`config`]: environment/flag configuration both binaries use.
 //! - [`amqp`]: connection pool, confirm channels, the confirmed publish.
+//! - [`metrics`]: Prometheus label sets, buckets and rendering.
 //! - [`readiness`]: the flag behind `/readyz`.
 //! - [`telemetry`]: log subscriber setup.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
@@ -16,6 +17,7 @@ pub mod amqp;
 pub mod config;
 pub mod job;
 pub mod message;
+pub mod metrics;
 pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,19 +1,30 @@
 //! The worker's probes on `WARREN_METRICS_ADDR`: `/healthz` (the process answers) and
 //! `/readyz` (connected to RabbitMQ and consuming every queue it should). A worker that is
-//! alive but not consuming, the classic failure after a broker hiccup, is not ready.
+//! alive but not consuming, the classic failure after a broker hiccup, is not ready. The same
+//! port serves `/metrics` (see [`crate::metrics`]).
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warren_shared::readiness::ReadyFlag;
+use warren_shared::metrics::CONTENT_TYPE;
+
+use crate::runner::Shared;
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(readiness): State<ReadyFlag>) -> (StatusCode, Json<Value>) {
-    if readiness.is_up() {
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
+    if shared.readiness.is_up() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
         let body = json!({"status": "unavailable", "reason": "not consuming its job queues (broker unreachable or reconnecting)"});
@@ -21,12 +32,20 @@ async fn readyz(State(readiness): State<ReadyFlag>) -> (StatusCode, Json<Value>)
     }
 }
 
-/// Serves the probes on `listener` until `stop` is cancelled.
-pub(crate) async fn serve(listener: TcpListener, readiness: ReadyFlag, stop: CancellationToken) {
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        shared.metrics.render(),
+    )
+}
+
+/// Serves the probes and metrics on `listener` until `stop` is cancelled.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(readiness);
+        .route("/metrics", get(metrics))
+        .with_state(shared);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;

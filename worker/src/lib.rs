@@ -28,7 +28,7 @@
 //!   letter) and acking or returning the delivery.
 //! - `cancel`: cancel requests from `<ns>.control` and the jobs they stop.
 //! - `report`: publishing a job's events with per-attempt sequence numbers.
-//! - `health`: `/healthz` and `/readyz` on `WARREN_METRICS_ADDR`.
+//! - `health`, `metrics`: `/healthz`, `/readyz` and `/metrics` on `WARREN_METRICS_ADDR`.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
 
 mod cancel;
@@ -36,6 +36,7 @@ pub mod config;
 pub mod handler;
 pub mod handlers;
 mod health;
+mod metrics;
 mod report;
 mod runner;
 mod settle;

@@ -32,6 +32,7 @@ use warren_shared::{
 use crate::{
     cancel::{self, Cancels},
     handler::{Handler, JobContext, Registry},
+    metrics::WorkerMetrics,
     report::{Change, Reporter},
     settle::{Outcome, dead_letter, previous_deliveries, settle},
 };
@@ -56,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) cancels: Cancels,
     /// Whether a session is consuming every job queue.
     pub(crate) readiness: ReadyFlag,
+    /// The Prometheus series.
+    pub(crate) metrics: WorkerMetrics,
     /// The current session's consume channel, closed gracefully at shutdown.
     pub(crate) consume_channel: std::sync::Mutex<Option<Channel>>,
 }
@@ -298,6 +301,9 @@ async fn run_job(
         tracing::warn!(%error, "running event not published; running the job anyway");
     }
     tracing::info!("job started");
+    let _in_flight = shared
+        .metrics
+        .attempt_started(job.job_type.as_str(), job.created_at);
     let started = Instant::now();
     let timeout = Duration::from_millis(job.timeout_ms);
     let context = JobContext {
@@ -310,8 +316,9 @@ async fn run_job(
         cancel,
     };
     let outcome = execute(handler, context, timeout).await;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    settle(shared, &reporter, &delivery, outcome, elapsed_ms).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    shared.metrics.attempt_ran(job.job_type.as_str(), elapsed);
+    settle(shared, &reporter, &delivery, outcome, elapsed * 1000.0).await;
 }
 
 /// Runs the handler on its own task, so a panic is caught as a failed attempt; stops it at

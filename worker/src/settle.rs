@@ -65,6 +65,7 @@ pub(crate) async fn settle(
             (JobStatus::Cancelled, reporter.publish(change).await)
         }
         Outcome::Failed { error, retryable } if retryable && job.attempt < job.max_attempts => {
+            shared.metrics.retried(job.job_type.as_str());
             tracing::warn!(error_kind = %error.kind, error = %error.message, "attempt failed; retrying");
             (
                 JobStatus::Retrying,
@@ -81,6 +82,11 @@ pub(crate) async fn settle(
     };
     match published {
         Ok(()) => {
+            if status.is_terminal() {
+                shared
+                    .metrics
+                    .finished(job.job_type.as_str(), status.as_str());
+            }
             if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // The channel died after the outcome was confirmed: the job will be handed out
                 // again, and the store ignores the second outcome.
@@ -149,6 +155,12 @@ async fn give_up(
     );
     let headers = history_headers(delivery, job.attempt, &error);
     publish_dead(shared, reporter.channel(), delivery, &reason, headers).await?;
+    let kind = if error.kind == "poison" {
+        "poison"
+    } else {
+        "failed"
+    };
+    shared.metrics.dead_lettered(kind);
     reporter
         .publish(Change::with_error(JobStatus::Failed, error))
         .await
@@ -241,6 +253,7 @@ pub(crate) async fn dead_letter(
     tracing::error!(reason, queue = %delivery.routing_key, "unreadable job message; dead-lettering it");
     match publish_dead(shared, channel, &delivery, reason, FieldTable::default()).await {
         Ok(()) => {
+            shared.metrics.dead_lettered("unreadable");
             if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
                 tracing::warn!(%error, "dead letter stored but ack failed");
             }

@@ -11,6 +11,7 @@ use crate::{
     config::WorkerConfig,
     handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
     health,
+    metrics::WorkerMetrics,
     runner::{self, InFlight, Shared},
 };
 
@@ -107,6 +108,7 @@ impl WorkerBuilder {
             concurrency: config.concurrency,
             cancels: Cancels::default(),
             readiness: ReadyFlag::default(),
+            metrics: WorkerMetrics::default(),
             consume_channel: std::sync::Mutex::default(),
         };
         Ok(Worker {
@@ -163,11 +165,7 @@ impl Worker {
             .map_err(|source| RunError::Bind { addr, source })?;
         tracing::info!(addr = ?listener.local_addr().ok(), "health endpoint listening");
         let stop = CancellationToken::new();
-        let probes = tokio::spawn(health::serve(
-            listener,
-            self.shared.readiness.clone(),
-            stop.clone(),
-        ));
+        let probes = tokio::spawn(health::serve(listener, self.shared.clone(), stop.clone()));
         let signal = {
             let stop = stop.clone();
             tokio::spawn(async move {

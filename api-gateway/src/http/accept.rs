@@ -135,6 +135,7 @@ pub async fn accept(state: &AppState, job: Job) -> Result<Job, ApiError> {
 pub async fn publish(state: &AppState, job: Job) -> Result<Job, ApiError> {
     let Err(error) = state.publisher.publish_job(&job.message()).await else {
         tracing::info!(attempt = job.attempt, "job published");
+        state.metrics.job_submitted(&job);
         return Ok(job);
     };
     let (kind, refusal) = match &error {

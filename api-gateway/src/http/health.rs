@@ -1,4 +1,4 @@
-//! Liveness and readiness probes.
+//! Liveness and readiness probes, and the metrics endpoint.
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use serde_json::json;
@@ -28,4 +28,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "store": if store { "ok" } else { "unavailable" },
     });
     (status, Json(body))
+}
+
+/// `GET /metrics`: the Prometheus series.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            warren_shared::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.render(),
+    )
 }

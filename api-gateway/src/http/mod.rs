@@ -19,7 +19,7 @@ use std::{
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     middleware::{self, Next},
     response::Response,
     routing::{get, post},
@@ -27,7 +27,12 @@ use axum::{
 use tracing::Instrument;
 use warren_shared::readiness::ReadyFlag;
 
-use crate::{publisher::Publisher, store::JobStore, watch::Watchers};
+use crate::{
+    metrics::{GatewayMetrics, HttpLabels, RouteLabels},
+    publisher::Publisher,
+    store::JobStore,
+    watch::Watchers,
+};
 use jobs::SubmitLimits;
 use problem::ApiError;
 
@@ -42,6 +47,8 @@ pub struct AppState {
     pub limits: Arc<SubmitLimits>,
     /// Requests waiting on jobs.
     pub watchers: Arc<Watchers>,
+    /// The Prometheus series.
+    pub metrics: Arc<GatewayMetrics>,
     /// Up while the notifier consumes this gateway's event queue (waiters can be woken).
     pub notifier: ReadyFlag,
     /// The longest a request may wait for a job.
@@ -64,9 +71,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/users/{id}", get(article::get_user))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn(trace_request))
+        .layer(middleware::from_fn_with_state(state.clone(), trace_request))
         .with_state(state)
 }
 
@@ -74,18 +82,34 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
 }
 
-/// One span per request with method and route; one log line when it finishes.
-async fn trace_request(request: Request, next: Next) -> Response {
+/// One span per request with method and route; one log line and the HTTP metrics when it
+/// finishes.
+async fn trace_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let span = tracing::info_span!("http", method = %request.method(), route = %route);
+    let method = request.method().to_string();
+    let span = tracing::info_span!("http", method = %method, route = %route);
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed_ms = elapsed * 1000.0;
     span.in_scope(|| tracing::info!(status, elapsed_ms, "request finished"));
+    let metrics = &state.metrics;
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method,
+            status,
+        })
+        .inc();
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(elapsed);
     response
 }

@@ -195,3 +195,49 @@ async fn a_full_job_queue_refuses_submits_with_503() {
     }
     app.stop().await;
 }
+
+/// The value of one series (name with labels, as exposed) in a metrics text, 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_expose_the_named_series_and_they_move_when_a_job_runs() {
+    let mut app = spawn_app().await;
+    app.spawn_worker(Worker::builder().handler("echo", handlers::echo))
+        .await;
+    let before = app.get("/metrics").await.text().await.unwrap();
+    let id = app.submit_ok(&json!({"type": "echo"})).await;
+    app.wait_for_status(&id, "succeeded").await;
+
+    let response = app.get("/metrics").await;
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("openmetrics-text")
+    );
+    let after = response.text().await.unwrap();
+    for (series, moved_by) in [
+        (r#"warren_jobs_submitted_total{job_type="echo"}"#, 1.0),
+        (
+            r#"warren_jobs_finished_total{job_type="echo",status="succeeded"}"#,
+            1.0,
+        ),
+        ("warren_publish_confirm_seconds_count", 1.0),
+        (
+            r#"warren_http_requests_total{route="/v1/jobs",method="POST",status="202"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            metric(&after, series) - metric(&before, series),
+            moved_by,
+            "{series} in\n{after}"
+        );
+    }
+    assert!(after.contains("# TYPE warren_http_request_duration_seconds histogram"));
+    app.stop().await;
+}

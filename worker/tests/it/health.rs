@@ -77,3 +77,48 @@ async fn a_consuming_worker_is_ready() {
     assert!(worker.exit_within(DEADLINE).await.success());
     broker.cleanup().await;
 }
+
+/// The body of `GET path` on the probe port.
+async fn body(port: u16, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[tokio::test]
+async fn the_worker_metrics_move_when_a_job_runs() {
+    let mut broker = Broker::new().await;
+    let echo = broker.uses("echo");
+    let mut events = broker.tap_events().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = WorkerProcess::spawn(
+        &broker,
+        &[
+            ("WARREN_METRICS_ADDR", &addr),
+            ("WARREN_WORKER_TYPES", "echo"),
+        ],
+    );
+    broker.wait_for_consumer(&echo).await;
+    let job = Broker::job(&echo, serde_json::json!(1), 1_000);
+    broker.publish_job(&job).await;
+    events
+        .next(job.id, warren_shared::JobStatus::Succeeded)
+        .await;
+
+    let text = body(port, "/metrics").await;
+    for series in [
+        r#"warren_worker_jobs_finished_total{job_type="echo",status="succeeded"} 1"#,
+        r#"warren_worker_job_run_seconds_count{job_type="echo"} 1"#,
+        r#"warren_worker_job_queue_wait_seconds_count{job_type="echo"} 1"#,
+        "warren_worker_jobs_in_flight 0",
+    ] {
+        assert!(text.contains(series), "{series} missing from\n{text}");
+    }
+    worker.terminate();
+    assert!(worker.exit_within(DEADLINE).await.success());
+    broker.cleanup().await;
+}

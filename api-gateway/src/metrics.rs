@@ -1,0 +1,148 @@
+//! The gateway's Prometheus series, served on `GET /metrics`:
+//!
+//! - `warren_jobs_submitted_total{job_type}`: jobs accepted (stored and confirmed);
+//! - `warren_jobs_finished_total{job_type,status}`: jobs that reached a terminal status in this
+//!   gateway's store writes;
+//! - `warren_events_applied_total{outcome}`: worker events applied or ignored (and why);
+//! - `warren_publish_confirm_seconds`: publish → broker confirm latency;
+//! - `warren_http_requests_total{route,method,status}` and
+//!   `warren_http_request_duration_seconds{route}`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use warren_shared::metrics::{
+    Counter, Family, Histogram, JobLabels, OutcomeLabels, Registry, duration_family,
+    duration_histogram, render,
+};
+
+use crate::store::{Applied, Job};
+
+/// An HTTP request's labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The matched route template, e.g. `/v1/jobs/{id}`.
+    pub route: String,
+    /// The method.
+    pub method: String,
+    /// The response status code.
+    pub status: u16,
+}
+
+/// A route's label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The matched route template.
+    pub route: String,
+}
+
+/// What applying an event did.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `applied`, `unknown_job` or the reason it was ignored.
+    pub outcome: String,
+}
+
+/// Every series the gateway exports.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    /// Jobs accepted.
+    pub submitted: Family<JobLabels, Counter>,
+    /// Jobs that became terminal here.
+    pub finished: Family<OutcomeLabels, Counter>,
+    /// Events by outcome.
+    pub events: Family<EventLabels, Counter>,
+    /// Publish → confirm latency.
+    pub publish_confirm: Histogram,
+    /// Requests by route, method and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Request duration by route.
+    pub http_duration: Family<RouteLabels, Histogram>,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("warren");
+        let metrics = Self {
+            submitted: Family::default(),
+            finished: Family::default(),
+            events: Family::default(),
+            publish_confirm: duration_histogram(),
+            http_requests: Family::default(),
+            http_duration: duration_family(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "jobs_submitted",
+            "Jobs accepted (stored and confirmed by RabbitMQ)",
+            metrics.submitted.clone(),
+        );
+        registry.register(
+            "jobs_finished",
+            "Jobs that reached a terminal status",
+            metrics.finished.clone(),
+        );
+        registry.register(
+            "events_applied",
+            "Worker events applied to the store, or ignored and why",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "publish_confirm_seconds",
+            "Time from publish to the broker's confirm",
+            metrics.publish_confirm.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request duration by route",
+            metrics.http_duration.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl GatewayMetrics {
+    /// The series in Prometheus' text format.
+    #[must_use]
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+
+    /// Counts an accepted job.
+    pub fn job_submitted(&self, job: &Job) {
+        let labels = JobLabels {
+            job_type: job.job_type.to_string(),
+        };
+        self.submitted.get_or_create(&labels).inc();
+    }
+
+    /// Counts what applying an event did, and a job that became terminal.
+    pub fn event_applied(&self, applied: &Applied) {
+        let outcome = match applied {
+            Applied::Updated(job) => {
+                if job.status.is_terminal() {
+                    let labels = OutcomeLabels {
+                        job_type: job.job_type.to_string(),
+                        status: job.status.to_string(),
+                    };
+                    self.finished.get_or_create(&labels).inc();
+                }
+                "applied"
+            }
+            Applied::Ignored(reason) => reason.as_str(),
+            Applied::UnknownJob => "unknown_job",
+        };
+        self.events
+            .get_or_create(&EventLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,146 @@
+//! The worker's Prometheus series, served on `WARREN_METRICS_ADDR` at `/metrics`:
+//!
+//! - `warren_worker_jobs_finished_total{job_type,status}`: outcomes this worker published
+//!   (`succeeded`, `failed`, `cancelled`);
+//! - `warren_worker_job_retries_total{job_type}`: failed attempts sent for another try;
+//! - `warren_worker_dead_letters_total{reason}`: messages moved to `<ns>.dead`
+//!   (`failed`, `poison`, `unreadable`);
+//! - `warren_worker_job_queue_wait_seconds{job_type}`: from acceptance to the attempt's start;
+//! - `warren_worker_job_run_seconds{job_type}`: how long attempts ran;
+//! - `warren_worker_jobs_in_flight`: attempts running now.
+
+use chrono::{DateTime, Utc};
+use warren_shared::metrics::{
+    Counter, Family, Gauge, Histogram, JobLabels, OutcomeLabels, ReasonLabels, Registry,
+    duration_family, render,
+};
+
+/// Every series a worker exports.
+#[derive(Debug)]
+pub(crate) struct WorkerMetrics {
+    registry: Registry,
+    finished: Family<OutcomeLabels, Counter>,
+    retries: Family<JobLabels, Counter>,
+    dead_letters: Family<ReasonLabels, Counter>,
+    queue_wait: Family<JobLabels, Histogram>,
+    run_time: Family<JobLabels, Histogram>,
+    in_flight: Gauge,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("warren_worker");
+        let metrics = Self {
+            registry: Registry::default(),
+            finished: Family::default(),
+            retries: Family::default(),
+            dead_letters: Family::default(),
+            queue_wait: duration_family(),
+            run_time: duration_family(),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "jobs_finished",
+            "Outcomes published by this worker",
+            metrics.finished.clone(),
+        );
+        registry.register(
+            "job_retries",
+            "Failed attempts sent for another try",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages moved to the dead-letter queue",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "job_queue_wait_seconds",
+            "Time from acceptance to an attempt's start",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "job_run_seconds",
+            "How long attempts ran",
+            metrics.run_time.clone(),
+        );
+        registry.register(
+            "jobs_in_flight",
+            "Attempts running now",
+            metrics.in_flight.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+fn job(job_type: &str) -> JobLabels {
+    JobLabels {
+        job_type: job_type.to_owned(),
+    }
+}
+
+impl WorkerMetrics {
+    /// The series in Prometheus' text format.
+    pub(crate) fn render(&self) -> String {
+        render(&self.registry)
+    }
+
+    /// An attempt starts: counts it in flight until the guard drops, and records its wait.
+    pub(crate) fn attempt_started(
+        &self,
+        job_type: &str,
+        accepted_at: DateTime<Utc>,
+    ) -> InFlightGuard<'_> {
+        let waited = (Utc::now() - accepted_at)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0);
+        #[allow(clippy::cast_precision_loss)]
+        self.queue_wait
+            .get_or_create(&job(job_type))
+            .observe(waited as f64 / 1e6);
+        self.in_flight.inc();
+        InFlightGuard(&self.in_flight)
+    }
+
+    /// An attempt ran for `seconds`.
+    pub(crate) fn attempt_ran(&self, job_type: &str, seconds: f64) {
+        self.run_time.get_or_create(&job(job_type)).observe(seconds);
+    }
+
+    /// An outcome was published.
+    pub(crate) fn finished(&self, job_type: &str, status: &str) {
+        let labels = OutcomeLabels {
+            job_type: job_type.to_owned(),
+            status: status.to_owned(),
+        };
+        self.finished.get_or_create(&labels).inc();
+    }
+
+    /// A failed attempt was sent for another try.
+    pub(crate) fn retried(&self, job_type: &str) {
+        self.retries.get_or_create(&job(job_type)).inc();
+    }
+
+    /// A message went to the dead-letter queue.
+    pub(crate) fn dead_lettered(&self, reason: &str) {
+        self.dead_letters
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Counts an attempt in flight while alive.
+#[derive(Debug)]
+pub(crate) struct InFlightGuard<'a>(&'a Gauge);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
