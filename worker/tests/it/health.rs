@@ -109,14 +109,21 @@ async fn the_worker_metrics_move_when_a_job_runs() {
         .next(job.id, warren_shared::JobStatus::Succeeded)
         .await;
 
-    let text = body(port, "/metrics").await;
-    for series in [
+    // The outcome event goes out before the counters move: poll until they have.
+    let expected = [
         r#"warren_worker_jobs_finished_total{job_type="echo",status="succeeded"} 1"#,
         r#"warren_worker_job_run_seconds_count{job_type="echo"} 1"#,
         r#"warren_worker_job_queue_wait_seconds_count{job_type="echo"} 1"#,
         "warren_worker_jobs_in_flight 0",
-    ] {
-        assert!(text.contains(series), "{series} missing from\n{text}");
+    ];
+    let started = Instant::now();
+    loop {
+        let text = body(port, "/metrics").await;
+        if expected.iter().all(|series| text.contains(series)) {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "series missing from\n{text}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     worker.terminate();
     assert!(worker.exit_within(DEADLINE).await.success());
