@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use lapin::{Channel, types::FieldTable};
+use lapin::{
+    Channel,
+    types::{AMQPValue, FieldTable},
+};
 use tokio::sync::Mutex;
 use warren_shared::amqp::Pool;
 use warren_shared::{
@@ -12,6 +15,7 @@ use warren_shared::{
     message,
     metrics::Histogram,
     topology,
+    trace::TRACEPARENT,
 };
 
 /// Publishes jobs to `<ns>.jobs` with confirms.
@@ -57,17 +61,27 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// Publishes one job message: persistent, mandatory, confirmed within the timeout.
+    /// Publishes one job message (with its `traceparent`): persistent, mandatory, confirmed
+    /// within the timeout.
     /// The whole call, including reconnecting, is bounded by the timeout.
-    pub async fn publish_job(&self, job: &JobMessage) -> Result<(), PublishError> {
+    pub async fn publish_job(
+        &self,
+        job: &JobMessage,
+        traceparent: &str,
+    ) -> Result<(), PublishError> {
         let body = message::encode(job);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            TRACEPARENT.into(),
+            AMQPValue::LongString(traceparent.into()),
+        );
         let outgoing = Outgoing {
             exchange: &self.topology.jobs_exchange(),
             routing_key: job.job_type.as_str(),
             body: &body,
             message_id: &job.id.to_string(),
             kind: job.job_type.as_str(),
-            headers: FieldTable::default(),
+            headers,
             mandatory: true,
         };
         self.publish(outgoing).await

@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus label sets, buckets and rendering.
 //! - [`readiness`]: the flag behind `/readyz`.
 //! - [`telemetry`]: log subscriber setup.
+//! - [`trace`]: W3C `traceparent` propagation.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
 
 pub mod amqp;
@@ -22,6 +23,7 @@ pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 
 pub use job::{JobError, JobId, JobStatus, JobType, Progress};
 pub use message::{ControlAction, ControlMessage, JobEvent, JobMessage, V1};

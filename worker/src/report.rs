@@ -7,12 +7,16 @@ use std::sync::{
 };
 
 use chrono::{DateTime, Utc};
-use lapin::{Channel, types::FieldTable};
+use lapin::{
+    Channel,
+    types::{AMQPValue, FieldTable},
+};
 use serde_json::Value;
 use warren_shared::{
     JobError, JobEvent, JobMessage, JobStatus, Progress, Topology, V1,
     amqp::{self, Outgoing, PublishError},
     message,
+    trace::{TRACEPARENT, TraceContext},
 };
 
 use crate::runner::PUBLISH_TIMEOUT;
@@ -60,6 +64,7 @@ struct ReporterInner {
     exchange: String,
     job: JobMessage,
     worker: Arc<str>,
+    trace: TraceContext,
     seq: AtomicU64,
 }
 
@@ -69,6 +74,7 @@ impl Reporter {
         topology: &Topology,
         job: JobMessage,
         worker: Arc<str>,
+        trace: TraceContext,
     ) -> Self {
         Self {
             inner: Arc::new(ReporterInner {
@@ -76,6 +82,7 @@ impl Reporter {
                 exchange: topology.events_exchange(),
                 job,
                 worker,
+                trace,
                 seq: AtomicU64::new(0),
             }),
         }
@@ -84,6 +91,17 @@ impl Reporter {
     /// The job whose events this reporter publishes.
     pub(crate) fn job(&self) -> &JobMessage {
         &self.inner.job
+    }
+
+    /// The `traceparent` headers for what this attempt publishes (events, the retried job).
+    pub(crate) fn trace_headers(&self) -> FieldTable {
+        let mut headers = FieldTable::default();
+        let value = self.inner.trace.child().header();
+        headers.insert(
+            TRACEPARENT.into(),
+            AMQPValue::LongString(value.as_str().into()),
+        );
+        headers
     }
 
     /// The confirm channel the events go out on (also used for retries and dead letters).
@@ -116,7 +134,7 @@ impl Reporter {
             body: &body,
             message_id: &id,
             kind: event.job_type.as_str(),
-            headers: FieldTable::default(),
+            headers: self.trace_headers(),
             mandatory: false,
         };
         amqp::publish_confirmed(&inner.channel, outgoing, PUBLISH_TIMEOUT).await

@@ -27,6 +27,7 @@ use warren_shared::{
     message,
     readiness::ReadyFlag,
     topology,
+    trace::{TRACEPARENT, TraceContext},
 };
 
 use crate::{
@@ -34,7 +35,7 @@ use crate::{
     handler::{Handler, JobContext, Registry},
     metrics::WorkerMetrics,
     report::{Change, Reporter},
-    settle::{Outcome, dead_letter, previous_deliveries, settle},
+    settle::{Outcome, dead_letter, header_text, previous_deliveries, settle},
 };
 
 /// How long a cancelled handler may take to stop on its own before it is dropped.
@@ -254,11 +255,16 @@ async fn process(shared: &Shared, channel: Channel, delivery: Delivery) {
         );
         return dead_letter(shared, &channel, delivery, &reason).await;
     };
+    // Continue the trace the gateway started for the request (or start one).
+    let trace = header_text(&delivery, TRACEPARENT)
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::new_root);
     let span = tracing::info_span!(
         "job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempt,
-        redelivered = delivery.redelivered
+        redelivered = delivery.redelivered, trace_id = %trace.trace_id()
     );
-    run_job(shared, channel, delivery, job, &handler)
+    run_job(shared, channel, delivery, job, &handler, &trace)
         .instrument(span)
         .await;
 }
@@ -269,12 +275,14 @@ async fn run_job(
     delivery: Delivery,
     job: JobMessage,
     handler: &Handler,
+    trace: &TraceContext,
 ) {
     let reporter = Reporter::new(
         channel,
         &shared.topology,
         job.clone(),
         shared.identity.clone(),
+        trace.child(),
     );
     let cancel = CancellationToken::new();
     let _running = shared.cancels.track(job.id, cancel.clone());

@@ -117,6 +117,9 @@ async fn retry(
         ..job.clone()
     };
     let mut headers = history_headers(delivery, job.attempt, &error);
+    for (name, value) in &reporter.trace_headers() {
+        headers.insert(name.clone(), value.clone());
+    }
     headers.insert(
         RETRY_DELAY_HEADER.into(),
         AMQPValue::LongString(Topology::retry_label(delay).as_str().into()),

@@ -8,7 +8,7 @@
 //! is still being accepted answers `409`.
 
 use axum::http::HeaderMap;
-use warren_shared::{JobError, amqp::PublishError};
+use warren_shared::{JobError, amqp::PublishError, trace::TraceContext};
 
 use super::{AppState, problem::ApiError};
 use crate::store::{Job, Reservation, StoreError};
@@ -78,9 +78,10 @@ pub async fn accept_idempotent(
     state: &AppState,
     job: Job,
     idempotency: Option<&Idempotency>,
+    trace: &TraceContext,
 ) -> Result<Accepted, ApiError> {
     let Some(Idempotency { key, request_hash }) = idempotency else {
-        return accept(state, job).await.map(Accepted::New);
+        return accept(state, job, trace).await.map(Accepted::New);
     };
     let reservation = state.store.reserve_key(key, request_hash, job.id).await;
     match reservation.map_err(|e| unavailable(&e))? {
@@ -104,7 +105,7 @@ pub async fn accept_idempotent(
         }
         Reservation::Mismatch => return Err(ApiError::IdempotencyMismatch),
     }
-    let accepted = accept(state, job).await;
+    let accepted = accept(state, job, trace).await;
     if let Err(error) = state.store.settle_key(key, accepted.is_ok()).await {
         tracing::error!(%error, "cannot settle the idempotency key");
     }
@@ -121,19 +122,24 @@ async fn release(state: &AppState, key: &str) {
 ///
 /// `Ok` means the guarantee behind a `202`: the record is stored and RabbitMQ has confirmed
 /// the persistent, routed message.
-pub async fn accept(state: &AppState, job: Job) -> Result<Job, ApiError> {
+pub async fn accept(state: &AppState, job: Job, trace: &TraceContext) -> Result<Job, ApiError> {
     state
         .store
         .insert(job.clone())
         .await
         .map_err(|e| unavailable(&e))?;
-    publish(state, job).await
+    publish(state, job, trace).await
 }
 
-/// Publishes the job's current attempt; on failure marks the record failed (so it does not
+/// Publishes the job's current attempt (carrying the request's trace); on failure marks the record failed (so it does not
 /// stay `queued`) and says what to tell the client.
-pub async fn publish(state: &AppState, job: Job) -> Result<Job, ApiError> {
-    let Err(error) = state.publisher.publish_job(&job.message()).await else {
+pub async fn publish(state: &AppState, job: Job, trace: &TraceContext) -> Result<Job, ApiError> {
+    let traceparent = trace.child().header();
+    let Err(error) = state
+        .publisher
+        .publish_job(&job.message(), &traceparent)
+        .await
+    else {
         tracing::info!(attempt = job.attempt, "job published");
         state.metrics.job_submitted(&job);
         return Ok(job);

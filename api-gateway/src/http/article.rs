@@ -9,13 +9,13 @@
 
 use axum::{
     Json,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{Extension, Path, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use warren_shared::{JobId, JobStatus};
+use warren_shared::{JobId, JobStatus, trace::TraceContext};
 
 use super::{
     AppState, accept,
@@ -43,6 +43,7 @@ pub struct ReportRequest {
 /// `POST /generate-report`: queue a report.
 pub async fn generate_report(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceContext>,
     body: Result<Json<ReportRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
@@ -57,7 +58,7 @@ pub async fn generate_report(
     }
     let job = SubmitRequest::new(REPORT_TYPE, json!({"period": request.period}))
         .into_job(&state.limits)?;
-    let job = accept::accept(&state, job).await?;
+    let job = accept::accept(&state, job, &trace).await?;
     let location = format!("/report-status/{}", job.id);
     let body = json!({"status": "processing", "jobId": job.id});
     Ok((
@@ -141,6 +142,7 @@ pub async fn report_csv(
 /// `GET /users/{id}`: a synchronous answer from a `user.get` worker.
 pub async fn get_user(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceContext>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let mut request = SubmitRequest::new(USER_TYPE, json!({"id": user_id}));
@@ -148,7 +150,7 @@ pub async fn get_user(
     request.timeout_ms = u64::try_from(state.user_timeout.as_millis()).ok();
     let job = request.into_job(&state.limits)?;
     let subscription = state.watchers.subscribe(job.id);
-    let job = match accept::accept(&state, job).await {
+    let job = match accept::accept(&state, job, &trace).await {
         Err(ApiError::UnknownJobType(_)) => {
             return Err(ApiError::Unavailable("no worker handles user lookups"));
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::{
     Json,
     extract::{
-        Path, Query, State,
+        Extension, Path, Query, State,
         rejection::{JsonRejection, QueryRejection},
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Span;
-use warren_shared::{ControlAction, ControlMessage, JobEvent, JobId, JobStatus, JobType, V1};
+use warren_shared::{
+    ControlAction, ControlMessage, JobEvent, JobId, JobStatus, JobType, V1, trace::TraceContext,
+};
 
 use super::{
     AppState,
@@ -152,6 +154,7 @@ impl SubmitRequest {
 #[tracing::instrument(name = "submit", skip_all, fields(job_id, job_type))]
 pub async fn submit(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceContext>,
     headers: HeaderMap,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -169,7 +172,8 @@ pub async fn submit(
         .filter(|wait| !wait.is_zero());
     // Subscribe before publishing, so not even the fastest outcome is missed.
     let subscription = wait.map(|_| state.watchers.subscribe(job.id));
-    let (job, replayed) = match accept_idempotent(&state, job, idempotency.as_ref()).await? {
+    let (job, replayed) = match accept_idempotent(&state, job, idempotency.as_ref(), &trace).await?
+    {
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
     };
@@ -319,6 +323,7 @@ pub async fn cancel(
 #[tracing::instrument(name = "redrive", skip_all, fields(job_id = %raw_id))]
 pub async fn retry(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceContext>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw_id)?;
@@ -327,7 +332,7 @@ pub async fn retry(
         ApiError::Unavailable("the job store is unavailable")
     })?;
     match redriven {
-        Redriven::Now(job) => Ok(accepted(publish(&state, *job).await?, false)),
+        Redriven::Now(job) => Ok(accepted(publish(&state, *job, &trace).await?, false)),
         Redriven::NotFailed(job) => Err(ApiError::Conflict(format!(
             "job {id} is {}; only failed jobs can be retried",
             job.status

@@ -25,7 +25,10 @@ use axum::{
     routing::{get, post},
 };
 use tracing::Instrument;
-use warren_shared::readiness::ReadyFlag;
+use warren_shared::{
+    readiness::ReadyFlag,
+    trace::{TRACEPARENT, TraceContext},
+};
 
 use crate::{
     metrics::{GatewayMetrics, HttpLabels, RouteLabels},
@@ -82,16 +85,29 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
 }
 
-/// One span per request with method and route; one log line and the HTTP metrics when it
+/// One span per request with method, route and `trace_id` (the client's `traceparent`, or a
+/// new trace, handed to handlers as an extension); one log line and the HTTP metrics when it
 /// finishes.
-async fn trace_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn trace_request(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let trace = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::new_root);
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = request.method().to_string();
-    let span = tracing::info_span!("http", method = %method, route = %route);
+    let span =
+        tracing::info_span!("http", method = %method, route = %route, trace_id = %trace.trace_id());
+    request.extensions_mut().insert(trace);
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();

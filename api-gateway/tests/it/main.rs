@@ -18,4 +18,5 @@ mod proxy;
 mod retry;
 mod stream;
 mod sync;
+mod trace;
 mod validation;
