@@ -93,6 +93,7 @@ impl Application {
             }),
             watchers: Arc::new(Watchers::default()),
             notifier: ReadyFlag::default(),
+            openapi: Arc::default(),
             metrics,
             max_wait: config.max_wait(),
             user_timeout: config.user_timeout(),

@@ -128,7 +128,7 @@ impl fmt::Display for JobType {
 ///
 /// `queued` → `running` → `succeeded` | `failed`, with `retrying` between attempts and
 /// `cancelled` from any non-terminal state. Terminal statuses are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Accepted and published; no worker has started it yet.
@@ -213,7 +213,7 @@ impl FromStr for JobStatus {
 }
 
 /// A handler's report of how far it has got.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     /// 0 to 100.
     pub percent: u8,
@@ -223,7 +223,7 @@ pub struct Progress {
 }
 
 /// Why a job failed: a machine-readable kind and a human message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     /// A short stable identifier such as `handler_error`, `panic`, `unroutable`.
     pub kind: String,

@@ -20,6 +20,7 @@ use warren_shared::{JobId, JobStatus, trace::TraceContext};
 use super::{
     AppState, accept,
     jobs::{self, SubmitRequest, load, parse_id},
+    openapi::Problem,
     problem::ApiError,
 };
 use crate::store::Job;
@@ -32,7 +33,7 @@ const USER_TYPE: &str = "user.get";
 const PERIODS: [&str; 3] = ["daily", "weekly", "monthly"];
 
 /// The body of `POST /generate-report`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportRequest {
     /// `daily`, `weekly` or `monthly`.
@@ -41,6 +42,10 @@ pub struct ReportRequest {
 }
 
 /// `POST /generate-report`: queue a report.
+#[utoipa::path(post, path = "/generate-report", tag = "article",
+    description = "Queues the article's report: `{\"status\": \"processing\", \"jobId\"}`.",
+    request_body = ReportRequest,
+    responses((status = 202, description = "`{\"status\": \"processing\", \"jobId\": \"...\"}`"), (status = 422, description = "Unknown report type", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn generate_report(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
@@ -81,6 +86,10 @@ async fn load_report(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
 }
 
 /// `GET /report-status/{jobId}`.
+#[utoipa::path(get, path = "/report-status/{id}", tag = "article",
+    description = "`processing`, then `completed` with the CSV's `url`, or `failed` with the `error`.",
+    params(("id" = String, Path, description = "The job id (a UUID)")),
+    responses((status = 200, description = "The report's status"), (status = 404, description = "Unknown report", body = Problem, content_type = "application/problem+json")))]
 pub async fn report_status(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -108,6 +117,10 @@ pub async fn report_status(
 }
 
 /// `GET /reports/{jobId}.csv`.
+#[utoipa::path(get, path = "/reports/{file}", tag = "article",
+    description = "The CSV the worker built, at `/reports/<jobId>.csv`.",
+    params(("file" = String, Path, description = "`<jobId>.csv`")),
+    responses((status = 200, description = "The report", content_type = "text/csv"), (status = 404, description = "Unknown or failed report", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not ready yet", body = Problem, content_type = "application/problem+json")))]
 pub async fn report_csv(
     State(state): State<AppState>,
     Path(file): Path<String>,
@@ -140,6 +153,10 @@ pub async fn report_csv(
 }
 
 /// `GET /users/{id}`: a synchronous answer from a `user.get` worker.
+#[utoipa::path(get, path = "/users/{id}", tag = "article",
+    description = "A user, looked up synchronously by a `user.get` worker.",
+    params(("id" = String, Path, description = "The user id")),
+    responses((status = 200, description = "The user"), (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"), (status = 502, description = "The lookup failed", body = Problem, content_type = "application/problem+json"), (status = 503, description = "No worker handles lookups", body = Problem, content_type = "application/problem+json"), (status = 504, description = "No worker answered in time", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_user(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,

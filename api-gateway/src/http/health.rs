@@ -6,6 +6,7 @@ use serde_json::json;
 use super::AppState;
 
 /// `GET /healthz`: 200 while the process can answer at all.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -13,6 +14,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// `GET /readyz`: 200 when RabbitMQ and the store are usable and the notifier consumes this
 /// gateway's event queue (so waiting requests can be woken); 503, saying which is not,
 /// otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "RabbitMQ and the store are usable"), (status = 503, description = "Something is not; the body says what")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (publisher, store) = tokio::join!(state.publisher.is_ready(), state.store.ping());
     let broker = publisher && state.notifier.is_up();
@@ -31,6 +33,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: the Prometheus series.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

@@ -29,6 +29,7 @@ use warren_shared::{
 use super::{
     AppState,
     accept::{Accepted, Idempotency, accept_idempotent, publish},
+    openapi::Problem,
     prefer::{PREFERENCE_APPLIED, Prefer},
     problem::ApiError,
 };
@@ -55,7 +56,7 @@ pub struct SubmitLimits {
 
 /// The body of `POST /v1/jobs`. Only `type` is required; unknown fields are refused so a typo
 /// does not silently fall back to a default.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The job type, `[a-z0-9][a-z0-9._-]{0,99}`.
@@ -151,6 +152,22 @@ impl SubmitRequest {
 
 /// `POST /v1/jobs`: accept a job. `202` with the queued job once RabbitMQ confirmed it; with
 /// `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    description = "Accepts a job: `202` once it is stored and RabbitMQ has confirmed it. With `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).",
+    request_body = SubmitRequest,
+    params(
+        ("Prefer" = Option<String>, Header, description = "`wait=N` to wait up to N seconds for the outcome; `respond-async` to answer at once"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key and body give the same job; kept at least 24 h"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context to continue"),
+    ),
+    responses(
+        (status = 202, description = "Accepted; poll `Location`", body = Job),
+        (status = 200, description = "Finished within `Prefer: wait`", body = Job),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The Idempotency-Key's first request is still being accepted", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, unknown job type, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "RabbitMQ or the store is unavailable, or the queue is full", body = Problem, content_type = "application/problem+json"),
+    ))]
 #[tracing::instrument(name = "submit", skip_all, fields(job_id, job_type))]
 pub async fn submit(
     State(state): State<AppState>,
@@ -278,6 +295,10 @@ pub struct GetQuery {
 
 /// `GET /v1/jobs/{id}`: the job's current record; with `?wait=N`, once it is terminal or N
 /// seconds (capped) have passed.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    description = "The job. With `?wait=N`, answers once it is terminal or after N seconds (capped).",
+    params(("id" = String, Path, description = "The job id (a UUID)"), ("wait" = Option<u64>, Query, description = "Seconds to wait for a terminal status")),
+    responses((status = 200, body = Job), (status = 400, description = "Malformed id or wait", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -302,6 +323,10 @@ pub async fn get(
 }
 
 /// `POST /v1/jobs/{id}/cancel`: `202` with the cancelled job; `409` if it already finished.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    description = "Cancels the job: a queued job is never run, a running one is told to stop.",
+    params(("id" = String, Path, description = "The job id (a UUID)")),
+    responses((status = 202, description = "Cancelled", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(name = "cancel", skip_all, fields(job_id = %raw_id))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -320,6 +345,10 @@ pub async fn cancel(
 
 /// `POST /v1/jobs/{id}/retry`: re-drives a `failed` job as a new attempt series; `202` with
 /// the queued job, `409` if the job is not `failed`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    description = "Re-drives a failed job as a new attempt series (same id, fresh attempt budget).",
+    params(("id" = String, Path, description = "The job id (a UUID)")),
+    responses((status = 202, description = "Queued again", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not failed", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(name = "redrive", skip_all, fields(job_id = %raw_id))]
 pub async fn retry(
     State(state): State<AppState>,

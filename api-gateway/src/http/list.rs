@@ -8,17 +8,25 @@ use axum::{
     Json,
     extract::{Query, State, rejection::QueryRejection},
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use warren_shared::{JobId, JobStatus, JobType};
 
-use super::{AppState, problem::ApiError};
-use crate::store::ListQuery;
+use super::{AppState, openapi::Problem, problem::ApiError};
+use crate::store::{Job, ListQuery};
 
 /// Jobs per page when the client does not say.
 pub const DEFAULT_LIMIT: usize = 50;
 /// Most jobs per page.
 pub const MAX_LIMIT: usize = 500;
+
+/// One page of jobs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub next_cursor: Option<String>,
+}
 
 /// The raw query parameters (validated below, so each refusal can say what is wrong).
 #[derive(Debug, Deserialize)]
@@ -72,10 +80,19 @@ impl ListParams {
 }
 
 /// `GET /v1/jobs`.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    description = "Jobs newest first, one page at a time; pass `next_cursor` back as `cursor` until it is null.",
+    params(
+        ("status" = Option<String>, Query, description = "Only jobs with this status"),
+        ("type" = Option<String>, Query, description = "Only jobs of this type"),
+        ("limit" = Option<u32>, Query, description = "Jobs per page, 1 to 500 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, body = JobPage), (status = 400, description = "A bad parameter", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadParameter(e.body_text()))?;
     let query = params.into_query()?;
     let jobs = state.store.list(&query).await.map_err(|error| {
@@ -85,5 +102,5 @@ pub async fn list(
     let next_cursor = (jobs.len() == query.limit)
         .then(|| jobs.last().map(|job| job.id.to_string()))
         .flatten();
-    Ok(Json(json!({"jobs": jobs, "next_cursor": next_cursor})))
+    Ok(Json(JobPage { jobs, next_cursor }))
 }

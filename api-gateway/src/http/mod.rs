@@ -8,12 +8,13 @@ pub mod article;
 pub mod health;
 pub mod jobs;
 pub mod list;
+pub mod openapi;
 pub mod prefer;
 pub mod problem;
 pub mod stream;
 
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -22,9 +23,10 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
 };
 use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use warren_shared::{
     readiness::ReadyFlag,
     trace::{TRACEPARENT, TraceContext},
@@ -52,6 +54,8 @@ pub struct AppState {
     pub watchers: Arc<Watchers>,
     /// The Prometheus series.
     pub metrics: Arc<GatewayMetrics>,
+    /// The OpenAPI document, rendered once when the router is built.
+    pub openapi: Arc<OnceLock<String>>,
     /// Up while the notifier consumes this gateway's event queue (waiters can be woken).
     pub notifier: ReadyFlag,
     /// The longest a request may wait for a job.
@@ -60,21 +64,30 @@ pub struct AppState {
     pub user_timeout: Duration,
 }
 
-/// The gateway's routes over `state`, with a body limit of `max_body_bytes`.
+/// The gateway's routes over `state`, with a body limit of `max_body_bytes`. Each handler is
+/// registered with its OpenAPI description, so `/openapi.json` lists exactly these routes.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/jobs", post(jobs::submit).get(list::list))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry))
-        .route("/v1/jobs/{id}/events", get(stream::events))
-        .route("/generate-report", post(article::generate_report))
-        .route("/report-status/{id}", get(article::report_status))
-        .route("/reports/{file}", get(article::report_csv))
-        .route("/users/{id}", get(article::get_user))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let (routes, api) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(jobs::submit, list::list))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(stream::events))
+        .routes(routes!(article::generate_report))
+        .routes(routes!(article::report_status))
+        .routes(routes!(article::report_csv))
+        .routes(routes!(article::get_user))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::spec))
+        .routes(routes!(openapi::docs))
+        .split_for_parts();
+    if let Ok(document) = api.to_pretty_json() {
+        // Set once per state; a second router over the same state serves the first document.
+        let _ = state.openapi.set(document);
+    }
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), trace_request))

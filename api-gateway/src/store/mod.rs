@@ -20,12 +20,14 @@ pub use transition::Ignored;
 
 /// A job's record: the resource `GET /v1/jobs/{id}` answers, plus what the store needs to
 /// apply events and re-publish the job.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Job {
     /// The job's id (UUIDv7).
+    #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
     /// The job's type.
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "report.generate")]
     pub job_type: JobType,
     /// Where the job is in its lifecycle.
     pub status: JobStatus,

@@ -12,6 +12,7 @@ mod cancel;
 mod helpers;
 mod jobs;
 mod lifecycle;
+mod openapi;
 mod outage;
 mod postgres;
 mod proxy;

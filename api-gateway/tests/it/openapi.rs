@@ -1,0 +1,110 @@
+//! `/openapi.json` is a valid OpenAPI 3 document that lists every route; `/docs` renders it.
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+/// Every route of the contract, as (method, OpenAPI path).
+const ROUTES: [(&str, &str); 15] = [
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("get", "/v1/jobs/{id}/events"),
+    ("post", "/v1/jobs/{id}/cancel"),
+    ("post", "/v1/jobs/{id}/retry"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/docs"),
+    ("post", "/generate-report"),
+    ("get", "/report-status/{id}"),
+    ("get", "/reports/{file}"),
+    ("get", "/users/{id}"),
+];
+
+/// Every `$ref` anywhere in `value`.
+fn refs(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get("$ref") {
+                found.push(target.clone());
+            }
+            map.values().for_each(|v| refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_lists_every_route() {
+    let app = spawn_app().await;
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let spec: Value = response.json().await.unwrap();
+
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        spec["openapi"]
+    );
+    assert!(spec["info"]["title"].is_string() && spec["info"]["version"].is_string());
+    for (method, path) in ROUTES {
+        let operation = &spec["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not described");
+        let responses = operation["responses"].as_object().unwrap();
+        assert!(!responses.is_empty(), "{method} {path} has no responses");
+    }
+    let operations: usize = spec["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        operations,
+        ROUTES.len(),
+        "the document describes routes the contract does not name"
+    );
+
+    let mut targets = Vec::new();
+    refs(&spec, &mut targets);
+    assert!(!targets.is_empty());
+    for target in targets {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("odd $ref {target}"));
+        assert!(
+            spec["components"]["schemas"][name].is_object(),
+            "{target} does not resolve"
+        );
+    }
+    let job = &spec["components"]["schemas"]["Job"]["properties"];
+    for field in [
+        "id",
+        "type",
+        "status",
+        "attempt",
+        "max_attempts",
+        "progress",
+        "result",
+        "error",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(job[field].is_object(), "Job.{field} missing");
+    }
+
+    let docs = app.get("/docs").await;
+    assert!(
+        docs.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(docs.text().await.unwrap().contains("/openapi.json"));
+    app.stop().await;
+}
