@@ -76,6 +76,7 @@ pub(crate) async fn run(
     let setup = connection.create_channel().await?;
     declare(&setup, &jobs).await?;
     declare(&setup, &results).await?;
+    drop(setup);
 
     // The consumer: result with confirm, then ack.
     let worker = connection.create_channel().await?;
@@ -158,12 +159,20 @@ pub(crate) async fn run(
         latencies.push(started.elapsed());
     }
 
+    // Close the consumers' connection before deleting their queues: deleting a queue under a
+    // live consumer makes the broker cancel it mid-flight.
     consumer.abort();
-    for queue in [jobs, results] {
-        setup
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await?;
-    }
     let _ = connection.close(200, "bench done".into()).await;
+    let cleanup = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = cleanup.create_channel().await?;
+    for queue in [jobs, results] {
+        let deleted = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        if let Err(error) = deleted {
+            eprintln!("could not delete {queue}: {error}");
+        }
+    }
+    let _ = cleanup.close(200, "bench done".into()).await;
     Ok((throughput, latencies))
 }
