@@ -46,6 +46,9 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// this, is the broker's own backstop.)
 const POISON_DELIVERIES: u64 = 5;
 
+/// Attempts that finish within this are not announced as `running`.
+const QUICK_ATTEMPT: Duration = Duration::from_millis(50);
+
 /// How long a publish (event or dead letter) may wait for its confirm.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -305,9 +308,6 @@ async fn run_job(
         };
         return settle(shared, &reporter, &delivery, outcome, 0.0).await;
     }
-    if let Err(error) = reporter.publish(Change::to(JobStatus::Running)).await {
-        tracing::warn!(%error, "running event not published; running the job anyway");
-    }
     tracing::info!("job started");
     let _in_flight = shared
         .metrics
@@ -323,10 +323,33 @@ async fn run_job(
         reporter: reporter.clone(),
         cancel,
     };
-    let outcome = execute(handler, context, timeout).await;
+    let outcome =
+        announce_running_unless_quick(&reporter, execute(handler, context, timeout)).await;
     let elapsed = started.elapsed().as_secs_f64();
     shared.metrics.attempt_ran(job.job_type.as_str(), elapsed);
     settle(shared, &reporter, &delivery, outcome, elapsed * 1000.0).await;
+}
+
+/// Runs `attempt`, announcing `running` only once it has taken [`QUICK_ATTEMPT`]: an attempt
+/// that ends sooner goes straight from `queued` to its outcome (no client could have seen it
+/// running), which spares the broker one confirmed publish and two deliveries per quick job.
+/// A handler that reports progress announces `running` itself.
+async fn announce_running_unless_quick(
+    reporter: &Reporter,
+    attempt: impl Future<Output = Outcome>,
+) -> Outcome {
+    let mut attempt = std::pin::pin!(attempt);
+    tokio::select! {
+        outcome = &mut attempt => return outcome,
+        () = tokio::time::sleep(QUICK_ATTEMPT) => {}
+    }
+    let announce = async {
+        if let Err(error) = reporter.publish(Change::to(JobStatus::Running)).await {
+            tracing::warn!(%error, "running event not published; the job goes on");
+        }
+    };
+    let ((), outcome) = tokio::join!(announce, attempt);
+    outcome
 }
 
 /// Runs the handler on its own task, so a panic is caught as a failed attempt; stops it at

@@ -69,7 +69,9 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     job.next_attempt_at = event
         .next_attempt_at
         .filter(|_| event.status == JobStatus::Retrying);
-    if event.status == JobStatus::Running && job.started_at.is_none() {
+    // A quick attempt is not announced as running: its outcome is also its start.
+    let started = event.status == JobStatus::Running || event.status.is_terminal();
+    if started && job.started_at.is_none() {
         job.started_at = Some(event.at);
     }
     if event.status.is_terminal() {

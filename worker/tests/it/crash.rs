@@ -112,3 +112,28 @@ async fn a_job_queue_deleted_under_a_worker_is_declared_again_and_consumed() {
     running.await.unwrap().unwrap();
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn only_attempts_that_take_a_while_are_announced_as_running() {
+    let mut broker = Broker::new().await;
+    let sleep = broker.uses("sleep");
+    let mut events = broker.tap_events().await;
+    let worker = WorkerProcess::spawn(&broker, &SLEEP_ONLY);
+    broker.wait_for_consumer(&sleep).await;
+
+    let quick = Broker::job(&sleep, json!({"ms": 0}), 10_000);
+    let slow = Broker::job(&sleep, json!({"ms": 300}), 10_000);
+    broker.publish_job(&quick).await;
+    let done = events.next_any(quick.id).await;
+    assert_eq!(
+        done.status,
+        JobStatus::Succeeded,
+        "a quick attempt went straight to its outcome"
+    );
+    broker.publish_job(&slow).await;
+    assert_eq!(events.next_any(slow.id).await.status, JobStatus::Running);
+    assert_eq!(events.next_any(slow.id).await.status, JobStatus::Succeeded);
+    worker.terminate();
+    assert!(worker.exit_within(DEADLINE).await.success());
+    broker.cleanup().await;
+}

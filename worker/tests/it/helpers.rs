@@ -197,6 +197,27 @@ pub struct EventTap {
 }
 
 impl EventTap {
+    /// The next event of job `id`, whatever its status; fails at the deadline.
+    pub async fn next_any(&mut self, id: JobId) -> JobEvent {
+        let wait = async {
+            loop {
+                let delivery = self.consumer.next().await.unwrap().unwrap();
+                delivery
+                    .acker
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .unwrap();
+                let event: JobEvent = message::decode(&delivery.data).unwrap();
+                if event.id == id {
+                    return event;
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no event for job {id} in time"))
+    }
+
     /// The next event of job `id` with `status`, skipping others; fails at the deadline.
     pub async fn next(&mut self, id: JobId, status: JobStatus) -> JobEvent {
         let wait = async {
