@@ -23,7 +23,7 @@ use super::{
     openapi::Problem,
     problem::ApiError,
 };
-use crate::store::Job;
+use crate::store::{Job, RawJson};
 
 /// The job type behind the report routes.
 const REPORT_TYPE: &str = "report.generate";
@@ -133,12 +133,12 @@ pub async fn report_csv(
     let job = load_report(&state, raw_id).await?;
     match job.status {
         JobStatus::Succeeded => {
-            let csv = job
+            let result = job
                 .result
                 .as_ref()
-                .and_then(|r| r["csv"].as_str())
-                .unwrap_or_default()
-                .to_owned();
+                .map(RawJson::to_value)
+                .unwrap_or_default();
+            let csv = result["csv"].as_str().unwrap_or_default().to_owned();
             Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response())
         }
         JobStatus::Failed | JobStatus::Cancelled => Err(ApiError::NotFound(format!(
@@ -179,7 +179,7 @@ pub async fn get_user(
 
 async fn answer_user(state: &AppState, job: Job, user_id: &str) -> Result<Json<Value>, ApiError> {
     match (job.status, job.error.as_ref().map(|e| e.kind.as_str())) {
-        (JobStatus::Succeeded, _) => Ok(Json(job.result.unwrap_or(Value::Null))),
+        (JobStatus::Succeeded, _) => Ok(Json(job.result.map_or(Value::Null, |r| r.to_value()))),
         (JobStatus::Failed, Some("not_found")) => {
             Err(ApiError::NotFound(format!("no user has id {user_id:?}")))
         }

@@ -34,7 +34,7 @@ use super::{
     problem::ApiError,
 };
 use crate::{
-    store::{Cancelled, Job, Redriven},
+    store::{Cancelled, Job, RawJson, Redriven},
     watch::{Snapshot, Subscription},
 };
 
@@ -138,9 +138,11 @@ impl SubmitRequest {
             next_attempt_at: None,
             started_at: None,
             finished_at: None,
-            payload: self
-                .payload
-                .unwrap_or_else(|| Value::Object(Default::default())),
+            payload: RawJson::from_value(
+                &self
+                    .payload
+                    .unwrap_or_else(|| Value::Object(Default::default())),
+            ),
             timeout_ms,
             callback_url: self.callback_url,
             seq: 0,

@@ -11,7 +11,7 @@ pub mod transition;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use warren_shared::{JobError, JobEvent, JobId, JobMessage, JobStatus, JobType, Progress, V1};
 
 pub use memory::MemoryStore;
@@ -38,7 +38,8 @@ pub struct Job {
     /// The handler's latest progress report.
     pub progress: Option<Progress>,
     /// The handler's result once `succeeded`.
-    pub result: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<RawJson>,
     /// Why the job failed, once `failed` (or the last attempt's error while `retrying`).
     pub error: Option<JobError>,
     /// When the gateway accepted the job.
@@ -53,7 +54,7 @@ pub struct Job {
     pub finished_at: Option<DateTime<Utc>>,
     /// The handler's input (kept to re-publish the job; not part of the resource).
     #[serde(skip)]
-    pub payload: Value,
+    pub payload: RawJson,
     /// Per-attempt time limit in milliseconds (not part of the resource).
     #[serde(skip)]
     pub timeout_ms: u64,
@@ -81,12 +82,45 @@ impl Job {
             v: V1,
             id: self.id,
             job_type: self.job_type.clone(),
-            payload: self.payload.clone(),
+            payload: self.payload.to_value(),
             attempt: self.attempt,
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             created_at: self.created_at,
         }
+    }
+}
+
+/// A JSON value kept as its compact text. A parsed `Value` object costs a B-tree node
+/// (hundreds of bytes) even for `{"i": 1}`; a store holding many jobs keeps payloads and
+/// results as text and parses them only when something reads inside them.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// The compact text of `value`.
+    #[must_use]
+    pub fn from_value(value: &Value) -> Self {
+        // Serialising a `Value` cannot fail.
+        Self(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+    }
+
+    /// The value, parsed.
+    #[must_use]
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
     }
 }
 

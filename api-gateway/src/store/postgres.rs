@@ -24,7 +24,8 @@ use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobType};
 
 use super::{
-    Applied, Cancelled, Job, JobStore, ListQuery, Redriven, Reservation, StoreError, transition,
+    Applied, Cancelled, Job, JobStore, ListQuery, RawJson, Redriven, Reservation, StoreError,
+    transition,
 };
 
 /// The schema's versions, applied in order.
@@ -178,9 +179,12 @@ fn from_row(row: &Row) -> Result<Job, StoreError> {
         max_attempts: unsigned("max_attempts")?,
         attempt_budget: unsigned("attempt_budget")?,
         progress: parse_json(row.get("progress"))?,
-        result: row.get("result"),
+        result: row
+            .get::<_, Option<Value>>("result")
+            .as_ref()
+            .map(RawJson::from_value),
         error: parse_json::<JobError>(row.get("error"))?,
-        payload: row.get("payload"),
+        payload: RawJson::from_value(&row.get::<_, Value>("payload")),
         timeout_ms: long("timeout_ms")?,
         callback_url: row.get("callback_url"),
         seq: long("seq")?,
@@ -207,7 +211,7 @@ async fn write(client: &impl GenericClient, job: &Job) -> Result<(), StoreError>
                 &small(job.attempt),
                 &small(job.max_attempts),
                 &json(job.progress.as_ref()),
-                &job.result,
+                &job.result.as_ref().map(RawJson::to_value),
                 &json(job.error.as_ref()),
                 &int(job.seq),
                 &int(job.version),
@@ -240,9 +244,9 @@ impl JobStore for PostgresStore {
                     &small(job.max_attempts),
                     &small(job.attempt_budget),
                     &json(job.progress.as_ref()),
-                    &job.result,
+                    &job.result.as_ref().map(RawJson::to_value),
                     &json(job.error.as_ref()),
-                    &job.payload,
+                    &job.payload.to_value(),
                     &int(job.timeout_ms),
                     &job.callback_url,
                     &int(job.seq),

@@ -12,7 +12,7 @@
 use chrono::Utc;
 use warren_shared::{JobError, JobEvent, JobStatus};
 
-use super::Job;
+use super::{Job, RawJson};
 
 /// Why an event was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +60,8 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     if event.progress.is_some() {
         job.progress.clone_from(&event.progress);
     }
-    if event.result.is_some() {
-        job.result.clone_from(&event.result);
+    if let Some(result) = &event.result {
+        job.result = Some(RawJson::from_value(result));
     }
     if event.error.is_some() {
         job.error.clone_from(&event.error);
@@ -178,7 +178,7 @@ mod tests {
             next_attempt_at: None,
             started_at: None,
             finished_at: None,
-            payload: json!({}),
+            payload: RawJson::from_value(&json!({})),
             timeout_ms: 1000,
             callback_url: None,
             seq: 0,
@@ -218,7 +218,7 @@ mod tests {
         assert!(job.started_at.is_some() && job.finished_at.is_none());
         step(&mut job, JobStatus::Succeeded, 1, 2).unwrap();
         assert_eq!(job.status, JobStatus::Succeeded);
-        assert_eq!(job.result, Some(json!({"seq": 2})));
+        assert_eq!(job.result.map(|r| r.to_value()), Some(json!({"seq": 2})));
         assert!(job.finished_at.is_some());
     }
 
