@@ -411,7 +411,7 @@ fn cancelled_event(job: &Job) -> JobEvent {
         seq: job.seq + 1,
         progress: None,
         result: None,
-        error: job.error.clone(),
+        error: job.error.as_deref().cloned(),
         next_attempt_at: None,
         worker: "gateway".to_owned(),
         at: job.updated_at,

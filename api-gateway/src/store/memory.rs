@@ -24,7 +24,9 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    jobs: BTreeMap<JobId, Job>,
+    /// Boxed: a `Job` is a few hundred bytes, and B-tree nodes are rarely full, so keeping
+    /// records inline would pay for every empty slot too.
+    jobs: BTreeMap<JobId, Box<Job>>,
     keys: HashMap<String, Key>,
 }
 
@@ -51,7 +53,7 @@ impl MemoryStore {
 
     /// Runs `change` on the record with `id`, if there is one.
     fn with_job<T>(&self, id: JobId, change: impl FnOnce(&mut Job) -> T) -> Option<T> {
-        self.inner().jobs.get_mut(&id).map(change)
+        self.inner().jobs.get_mut(&id).map(|job| change(job))
     }
 }
 
@@ -62,12 +64,12 @@ impl JobStore for MemoryStore {
         if inner.jobs.contains_key(&job.id) {
             return Err(StoreError::Duplicate(job.id));
         }
-        inner.jobs.insert(job.id, job);
+        inner.jobs.insert(job.id, Box::new(job));
         Ok(())
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        Ok(self.inner().jobs.get(&id).cloned())
+        Ok(self.inner().jobs.get(&id).map(|job| Job::clone(job)))
     }
 
     async fn apply_event(&self, event: &JobEvent) -> Result<Applied, StoreError> {
@@ -116,7 +118,7 @@ impl JobStore for MemoryStore {
             .filter(|job| query.status.is_none_or(|status| job.status == status))
             .filter(|job| query.job_type.as_ref().is_none_or(|t| &job.job_type == t))
             .take(query.limit)
-            .cloned()
+            .map(|job| Job::clone(job))
             .collect())
     }
 

@@ -35,13 +35,13 @@ pub struct Job {
     pub attempt: u32,
     /// Attempts allowed in all.
     pub max_attempts: u32,
-    /// The handler's latest progress report.
-    pub progress: Option<Progress>,
+    /// The handler's latest progress report (boxed: most records have none).
+    pub progress: Option<Box<Progress>>,
     /// The handler's result once `succeeded`.
     #[schema(value_type = Option<Object>)]
     pub result: Option<RawJson>,
     /// Why the job failed, once `failed` (or the last attempt's error while `retrying`).
-    pub error: Option<JobError>,
+    pub error: Option<Box<JobError>>,
     /// When the gateway accepted the job.
     pub created_at: DateTime<Utc>,
     /// When the record last changed.

@@ -178,12 +178,12 @@ fn from_row(row: &Row) -> Result<Job, StoreError> {
         attempt: unsigned("attempt")?,
         max_attempts: unsigned("max_attempts")?,
         attempt_budget: unsigned("attempt_budget")?,
-        progress: parse_json(row.get("progress"))?,
+        progress: parse_json(row.get("progress"))?.map(Box::new),
         result: row
             .get::<_, Option<Value>>("result")
             .as_ref()
             .map(RawJson::from_value),
-        error: parse_json::<JobError>(row.get("error"))?,
+        error: parse_json::<JobError>(row.get("error"))?.map(Box::new),
         payload: RawJson::from_value(&row.get::<_, Value>("payload")),
         timeout_ms: long("timeout_ms")?,
         callback_url: row.get("callback_url"),

@@ -57,14 +57,14 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     } else {
         job.seq
     };
-    if event.progress.is_some() {
-        job.progress.clone_from(&event.progress);
+    if let Some(progress) = &event.progress {
+        job.progress = Some(Box::new(progress.clone()));
     }
     if let Some(result) = &event.result {
         job.result = Some(RawJson::from_value(result));
     }
-    if event.error.is_some() {
-        job.error.clone_from(&event.error);
+    if let Some(error) = &event.error {
+        job.error = Some(Box::new(error.clone()));
     }
     job.next_attempt_at = event
         .next_attempt_at
@@ -146,7 +146,7 @@ fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
     }
     let now = Utc::now();
     job.status = status;
-    job.error = error;
+    job.error = error.map(Box::new);
     job.next_attempt_at = None;
     job.finished_at = Some(now);
     job.updated_at = now;
