@@ -60,6 +60,17 @@ impl From<lapin::Error> for SessionError {
     }
 }
 
+/// A channel on a pooled connection, with the core topology declared.
+async fn open_channel(pool: &Pool, topology: &Topology) -> Result<lapin::Channel, SessionError> {
+    let connection = pool
+        .get()
+        .await
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let channel = connection.create_channel().await?;
+    topology::declare_core(&channel, topology).await?;
+    Ok(channel)
+}
+
 /// Consumes events until `stop` is cancelled, reconnecting with backoff.
 pub async fn run(
     pool: Pool,
@@ -82,13 +93,7 @@ async fn session(
     metrics: &GatewayMetrics,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let connection = pool
-        .get()
-        .await
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-    let channel = connection.create_channel().await?;
-    drop(connection);
-    topology::declare_core(&channel, topology).await?;
+    let channel = open_channel(pool, topology).await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await?;
@@ -211,13 +216,7 @@ async fn notifier_session(
     ready: &ReadyFlag,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let connection = pool
-        .get()
-        .await
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
-    let channel = connection.create_channel().await?;
-    drop(connection);
-    topology::declare_core(&channel, topology).await?;
+    let channel = open_channel(pool, topology).await?;
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-max-length".into(),

@@ -199,27 +199,17 @@ pub struct EventTap {
 impl EventTap {
     /// The next event of job `id`, whatever its status; fails at the deadline.
     pub async fn next_any(&mut self, id: JobId) -> JobEvent {
-        let wait = async {
-            loop {
-                let delivery = self.consumer.next().await.unwrap().unwrap();
-                delivery
-                    .acker
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .unwrap();
-                let event: JobEvent = message::decode(&delivery.data).unwrap();
-                if event.id == id {
-                    return event;
-                }
-            }
-        };
-        tokio::time::timeout(DEADLINE, wait)
+        self.next_where(&format!("event for job {id}"), |event| event.id == id)
             .await
-            .unwrap_or_else(|_| panic!("no event for job {id} in time"))
     }
 
     /// The next event of job `id` with `status`, skipping others; fails at the deadline.
     pub async fn next(&mut self, id: JobId, status: JobStatus) -> JobEvent {
+        self.next_where(|event| event.id == id && event.status == status)
+            .await
+    }
+
+    async fn next_where(&mut self, what: &str, wanted: impl Fn(&JobEvent) -> bool) -> JobEvent {
         let wait = async {
             loop {
                 let delivery = self.consumer.next().await.unwrap().unwrap();
@@ -229,14 +219,14 @@ impl EventTap {
                     .await
                     .unwrap();
                 let event: JobEvent = message::decode(&delivery.data).unwrap();
-                if event.id == id && event.status == status {
+                if wanted(&event) {
                     return event;
                 }
             }
         };
         tokio::time::timeout(DEADLINE, wait)
             .await
-            .unwrap_or_else(|_| panic!("no {status} event for job {id} in time"))
+            .unwrap_or_else(|_| panic!("no {what} in time"))
     }
 }
 
