@@ -205,7 +205,8 @@ impl EventTap {
 
     /// The next event of job `id` with `status`, skipping others; fails at the deadline.
     pub async fn next(&mut self, id: JobId, status: JobStatus) -> JobEvent {
-        self.next_where(|event| event.id == id && event.status == status)
+        let what = format!("{status} event for job {id}");
+        self.next_where(&what, |event| event.id == id && event.status == status)
             .await
     }
 
