@@ -46,9 +46,6 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// this, is the broker's own backstop.)
 const POISON_DELIVERIES: u64 = 5;
 
-/// Attempts that finish within this are not announced as `running`.
-const QUICK_ATTEMPT: Duration = Duration::from_millis(50);
-
 /// How long a publish (event or dead letter) may wait for its confirm.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) handlers: Registry,
     pub(crate) identity: Arc<str>,
     pub(crate) concurrency: u16,
+    /// Attempts that finish within this are not announced as `running` (zero: all are).
+    pub(crate) announce_running_after: Duration,
     pub(crate) cancels: Cancels,
     /// Whether a session is consuming every job queue.
     pub(crate) readiness: ReadyFlag,
@@ -324,24 +323,26 @@ async fn run_job(
         cancel,
     };
     let outcome =
-        announce_running_unless_quick(&reporter, execute(handler, context, timeout)).await;
+        announce_running_unless_quick(shared, &reporter, execute(handler, context, timeout)).await;
     let elapsed = started.elapsed().as_secs_f64();
     shared.metrics.attempt_ran(job.job_type.as_str(), elapsed);
     settle(shared, &reporter, &delivery, outcome, elapsed * 1000.0).await;
 }
 
-/// Runs `attempt`, announcing `running` only once it has taken [`QUICK_ATTEMPT`]: an attempt
+/// Runs `attempt`, announcing `running` only once it has taken `WARREN_ANNOUNCE_RUNNING_AFTER_MS`
+/// (default 50 ms; 0 announces every attempt at its start): an attempt
 /// that ends sooner goes straight from `queued` to its outcome (no client could have seen it
 /// running), which spares the broker one confirmed publish and two deliveries per quick job.
 /// A handler that reports progress announces `running` itself.
 async fn announce_running_unless_quick(
+    shared: &Shared,
     reporter: &Reporter,
     attempt: impl Future<Output = Outcome>,
 ) -> Outcome {
     let mut attempt = std::pin::pin!(attempt);
     tokio::select! {
         outcome = &mut attempt => return outcome,
-        () = tokio::time::sleep(QUICK_ATTEMPT) => {}
+        () = tokio::time::sleep(shared.announce_running_after) => {}
     }
     let announce = async {
         if let Err(error) = reporter.publish(Change::to(JobStatus::Running)).await {

@@ -106,6 +106,7 @@ impl WorkerBuilder {
             handlers,
             identity: identity.into(),
             concurrency: config.concurrency,
+            announce_running_after: Duration::from_millis(config.announce_running_after_ms),
             cancels: Cancels::default(),
             readiness: ReadyFlag::default(),
             metrics: WorkerMetrics::default(),

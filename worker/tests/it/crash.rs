@@ -137,3 +137,25 @@ async fn only_attempts_that_take_a_while_are_announced_as_running() {
     assert!(worker.exit_within(DEADLINE).await.success());
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_announce_running_after_zero_every_attempt_is_announced() {
+    let mut broker = Broker::new().await;
+    let sleep = broker.uses("sleep");
+    let mut events = broker.tap_events().await;
+    let worker = WorkerProcess::spawn(
+        &broker,
+        &[
+            ("WARREN_WORKER_TYPES", "sleep"),
+            ("WARREN_ANNOUNCE_RUNNING_AFTER_MS", "0"),
+        ],
+    );
+    broker.wait_for_consumer(&sleep).await;
+    let quick = Broker::job(&sleep, json!({"ms": 0}), 10_000);
+    broker.publish_job(&quick).await;
+    assert_eq!(events.next_any(quick.id).await.status, JobStatus::Running);
+    assert_eq!(events.next_any(quick.id).await.status, JobStatus::Succeeded);
+    worker.terminate();
+    assert!(worker.exit_within(DEADLINE).await.success());
+    broker.cleanup().await;
+}
