@@ -33,6 +33,9 @@ start_worker() {
 cleanup() {
     kill -TERM "$GATEWAY" "${WORKER_PIDS[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
+    # Remove this run's queues (best effort; exchanges are cheap and left alone).
+    rabbitmqctl list_queues -q name 2>/dev/null | grep "^$WARREN_NAMESPACE\." |
+        while read -r queue; do rabbitmqctl delete_queue "$queue" >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT
 for _ in $(seq "$WORKERS"); do start_worker; done
