@@ -1,38 +1,50 @@
 # Warren's images: one build stage compiles both binaries, two small runtime stages run them.
 #   docker build --target gateway -t warren-gateway .
 #   docker build --target worker  -t warren-worker  .
+#
+# The dependency layer follows cargo-chef's recipe technique without the tool: a `recipe`
+# stage copies the whole context and keeps only the manifests, the lockfile and an empty stub
+# for every target root it finds (lib.rs, main.rs, bins, examples, tests, benches, build.rs).
+# The build stage copies that recipe and compiles the dependencies; Docker reuses that layer
+# for as long as the recipe's bytes are the same, i.e. until a manifest or Cargo.lock changes.
+# Nothing here names a workspace member or a source folder, so adding a crate needs no change.
+# (cargo-chef itself would cost ~2 minutes of compiling per fresh cache on a 2-core builder,
+# and BuildKit cache mounts are not available to Compose v1's classic builder.)
 
-# --- build -----------------------------------------------------------------------------
+# --- recipe: manifests, lockfile and stub targets ----------------------------------------
+FROM rust:1.88-bookworm AS recipe
+WORKDIR /src
+COPY . .
+RUN set -eu; mkdir /recipe; \
+    find . -name target -prune -o \( -name Cargo.toml -o -name Cargo.lock -o -name clippy.toml \) -print \
+    | while read -r manifest; do mkdir -p "/recipe/$(dirname "$manifest")" && cp "$manifest" "/recipe/$manifest"; done; \
+    find . -name target -prune -o -type f \( -path '*/src/lib.rs' -o -path '*/src/main.rs' \
+        -o -path '*/src/bin/*.rs' -o -path '*/examples/*.rs' -o -path '*/tests/*.rs' \
+        -o -path '*/benches/*.rs' -o -name build.rs \) -print \
+    | while read -r root; do \
+        mkdir -p "/recipe/$(dirname "$root")"; \
+        case "$root" in */lib.rs) : > "/recipe/$root" ;; *) echo 'fn main() {}' > "/recipe/$root" ;; esac; \
+    done
+
+# --- build -------------------------------------------------------------------------------
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
-
-# Dependencies first, against placeholder sources, so this layer is reused until a
-# Cargo.toml or Cargo.lock changes.
-COPY Cargo.toml Cargo.lock clippy.toml ./
-COPY shared/Cargo.toml shared/Cargo.toml
-COPY api-gateway/Cargo.toml api-gateway/Cargo.toml
-COPY worker/Cargo.toml worker/Cargo.toml
-RUN for crate in shared api-gateway worker; do \
-        mkdir -p $crate/src && echo '' > $crate/src/lib.rs && echo 'fn main() {}' > $crate/src/main.rs; \
-    done \
-    && mkdir -p api-gateway/src/store/migrations && touch api-gateway/src/store/migrations/0001_jobs.sql \
-    && cargo build --release --locked --bin api-gateway --bin worker \
-    && rm -rf shared/src api-gateway/src worker/src
-
-# Then the sources; touch them so cargo rebuilds the workspace crates.
-COPY shared/src shared/src
-COPY api-gateway/src api-gateway/src
-COPY worker/src worker/src
-RUN touch shared/src/lib.rs api-gateway/src/lib.rs api-gateway/src/main.rs worker/src/lib.rs worker/src/main.rs \
+COPY --from=recipe /recipe ./
+# Stubs compile in a moment; what this layer keeps is the compiled dependencies.
+RUN cargo build --release --locked --bin api-gateway --bin worker
+COPY . .
+# COPY keeps the context's modification times, which may be older than the stub build:
+# touch every source so cargo rebuilds the workspace's own crates.
+RUN find . -name target -prune -o -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --bin api-gateway --bin worker
 
-# --- runtime base ----------------------------------------------------------------------
+# --- runtime base ------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 RUN useradd --system --uid 10001 --no-create-home warren
 USER warren
 ENV WARREN_LOG_FORMAT=json
 
-# --- gateway ---------------------------------------------------------------------------
+# --- gateway -----------------------------------------------------------------------------
 FROM runtime AS gateway
 COPY --from=build /src/target/release/api-gateway /usr/local/bin/api-gateway
 EXPOSE 8080
@@ -41,7 +53,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ' 200 ' <&3"]
 ENTRYPOINT ["/usr/local/bin/api-gateway"]
 
-# --- worker ----------------------------------------------------------------------------
+# --- worker ------------------------------------------------------------------------------
 FROM runtime AS worker
 COPY --from=build /src/target/release/worker /usr/local/bin/worker
 EXPOSE 9090
