@@ -35,10 +35,10 @@ async fn prepare(store: &PostgresStore, events: usize) -> Vec<JobEvent> {
     };
     let mut out = Vec::with_capacity(events);
     for _ in 0..events / 2 {
-        let job = SubmitRequest::new("echo", json!({}))
+        let job = SubmitRequest::new("echo", &json!({}))
             .into_job(&limits)
             .unwrap();
-        store.insert(job.clone()).await.unwrap();
+        store.insert(job.clone(), None).await.unwrap();
         for (seq, status) in [(1, JobStatus::Running), (2, JobStatus::Succeeded)] {
             out.push(JobEvent {
                 v: V1,

@@ -10,6 +10,7 @@ use crate::{
     config::GatewayConfig,
     events,
     http::{self, AppState, jobs::SubmitLimits},
+    jobs::{self, JobService},
     metrics::GatewayMetrics,
     publisher::Publisher,
     retention,
@@ -58,7 +59,7 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let store: Arc<dyn JobStore> = match &config.database_url {
-            Some(url) => Arc::new(PostgresStore::connect(url).await?),
+            Some(url) => Arc::new(PostgresStore::connect_with(url, config.store_options()).await?),
             None => {
                 tracing::warn!(
                     "WARREN_DATABASE_URL is not set: jobs are kept in memory and lost on restart"
@@ -84,15 +85,21 @@ impl Application {
             config.publish_timeout(),
             metrics.publish_confirm.clone(),
         );
-        let state = AppState {
+        let publisher = Arc::new(publisher);
+        let jobs = JobService::new(
             store,
-            publisher: Arc::new(publisher),
+            publisher.clone(),
+            Arc::new(Watchers::default()),
+            metrics.clone(),
+        );
+        let state = AppState {
+            jobs,
+            publisher,
             limits: Arc::new(SubmitLimits {
                 default_timeout_ms: config.default_timeout_ms,
                 max_timeout_ms: config.max_timeout_ms,
             }),
-            watchers: Arc::new(Watchers::default()),
-            notifier: ReadyFlag::default(),
+            change_feed: ReadyFlag::default(),
             openapi: Arc::default(),
             metrics,
             max_wait: config.max_wait(),
@@ -109,7 +116,7 @@ impl Application {
 
     /// The registry of requests waiting on jobs (tests check that it empties).
     pub fn watchers(&self) -> Arc<Watchers> {
-        self.state.watchers.clone()
+        self.state.jobs.watchers().clone()
     }
 
     /// The port the gateway listens on.
@@ -131,25 +138,30 @@ impl Application {
             topology,
         } = self;
         let stop_consumer = CancellationToken::new();
+        let store = state.jobs.store().clone();
+        let watchers = state.jobs.watchers().clone();
         let consumers = [
             tokio::spawn(events::run(
                 pool.clone(),
-                topology.clone(),
-                state.store.clone(),
+                topology,
+                store.clone(),
+                watchers.clone(),
                 state.metrics.clone(),
                 stop_consumer.clone(),
             )),
-            tokio::spawn(events::run_notifier(
-                pool.clone(),
-                topology,
-                state.store.clone(),
-                state.watchers.clone(),
-                state.metrics.clone(),
-                state.notifier.clone(),
+            tokio::spawn(jobs::wake::run(
+                store.clone(),
+                watchers,
+                state.change_feed.clone(),
+                stop_consumer.clone(),
+            )),
+            tokio::spawn(jobs::relay::run(
+                state.jobs.clone(),
+                config.outbox_grace(),
                 stop_consumer.clone(),
             )),
             tokio::spawn(retention::run(
-                state.store.clone(),
+                store,
                 config.retention,
                 stop_consumer.clone(),
             )),
@@ -180,7 +192,7 @@ impl Application {
         stop_consumer.cancel();
         for consumer in consumers {
             if let Err(error) = consumer.await {
-                tracing::error!(%error, "events consumer task failed");
+                tracing::error!(%error, "a background task of the gateway failed");
             }
         }
         pool.close();

@@ -30,6 +30,27 @@ pub struct GatewayConfig {
     )]
     pub database_url: Option<String>,
 
+    /// Connections each gateway keeps to PostgreSQL.
+    #[arg(
+        long = "database-pool-size",
+        env = "WARREN_DATABASE_POOL_SIZE",
+        value_name = "WARREN_DATABASE_POOL_SIZE",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..=1000)
+    )]
+    pub database_pool_size: u16,
+
+    /// How long a stored job may wait for RabbitMQ's confirm before the outbox relay (in any
+    /// gateway) publishes it: the job of a request that died between storing and publishing.
+    #[arg(
+        long = "outbox-grace-ms",
+        env = "WARREN_OUTBOX_GRACE_MS",
+        value_name = "WARREN_OUTBOX_GRACE_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
+    pub outbox_grace_ms: u64,
+
     /// How long finished jobs are kept before the retention task deletes them (e.g. `7d`).
     #[arg(
         long = "retention",
@@ -130,6 +151,20 @@ impl GatewayConfig {
         let mut config = Self::parse_from(["api-gateway"]);
         config.broker = broker;
         config
+    }
+
+    /// How long a stored job may wait for its confirm before the relay publishes it.
+    #[must_use]
+    pub fn outbox_grace(&self) -> Duration {
+        Duration::from_millis(self.outbox_grace_ms)
+    }
+
+    /// The PostgreSQL store's settings.
+    #[must_use]
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            pool_size: usize::from(self.database_pool_size),
+        }
     }
 
     /// The publish confirm deadline.

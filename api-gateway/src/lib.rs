@@ -9,7 +9,10 @@
 //! - [`http`]: the router, handlers and problem+json errors.
 //! - [`metrics`]: the Prometheus series.
 //! - [`publisher`]: the confirmed publish of job messages.
-//! - [`events`]: the consumers that apply worker events to the store and wake waiters.
+//! - [`events`]: the consumer that applies worker events to the store and wakes waiters.
+//! - [`fault`]: fault-injection points for crash tests (debug builds only).
+//! - [`jobs`]: the job service (accept with the outbox, idempotency, cancel, re-drive,
+//!   waiting), the outbox relay and the store's change feed.
 //! - [`retention`]: the background task that deletes old finished jobs and idempotency keys.
 //! - [`store`]: the [`store::JobStore`] trait, lifecycle rules, the in-memory and PostgreSQL
 //!   stores.
@@ -18,7 +21,9 @@
 pub mod app;
 pub mod config;
 pub mod events;
+pub mod fault;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod publisher;
 pub mod retention;

@@ -53,6 +53,8 @@ pub struct GatewayMetrics {
     pub events: Family<EventLabels, Counter>,
     /// Publish → confirm latency.
     pub publish_confirm: Histogram,
+    /// Jobs the outbox relay published because their first publish was never confirmed.
+    pub relayed: Counter,
     /// Requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Request duration by route.
@@ -67,6 +69,7 @@ impl Default for GatewayMetrics {
             finished: Family::default(),
             events: Family::default(),
             publish_confirm: duration_histogram(),
+            relayed: Counter::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
             registry: Registry::default(),
@@ -90,6 +93,11 @@ impl Default for GatewayMetrics {
             "publish_confirm_seconds",
             "Time from publish to the broker's confirm",
             metrics.publish_confirm.clone(),
+        );
+        registry.register(
+            "jobs_relayed",
+            "Jobs the outbox relay published because their first publish was never confirmed (a gateway died or a request was dropped mid-submit)",
+            metrics.relayed.clone(),
         );
         registry.register(
             "http_requests",
@@ -121,6 +129,11 @@ impl GatewayMetrics {
             job_type: job.job_type.to_string(),
         };
         self.submitted.get_or_create(&labels).inc();
+    }
+
+    /// Counts a job the outbox relay published.
+    pub fn job_relayed(&self) {
+        self.relayed.inc();
     }
 
     /// Counts what applying an event did, and a job that became terminal.

@@ -7,10 +7,11 @@ use lapin::{
     Channel,
     types::{AMQPValue, FieldTable},
 };
+use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 use warren_shared::amqp::Pool;
 use warren_shared::{
-    ControlMessage, JobEvent, JobMessage, Topology,
+    ControlMessage, JobMessage, Topology,
     amqp::{self, BrokerError, Outgoing, PublishError},
     message,
     metrics::Histogram,
@@ -66,7 +67,7 @@ impl Publisher {
     /// The whole call, including reconnecting, is bounded by the timeout.
     pub async fn publish_job(
         &self,
-        job: &JobMessage,
+        job: &JobMessage<&RawValue>,
         traceparent: &str,
     ) -> Result<(), PublishError> {
         let body = message::encode(job);
@@ -96,21 +97,6 @@ impl Publisher {
             body: &body,
             message_id: &control.id.to_string(),
             kind: "control",
-            headers: FieldTable::default(),
-            mandatory: false,
-        };
-        self.publish(outgoing).await
-    }
-
-    /// Publishes a job event (the gateway speaks for a job only to announce a cancel).
-    pub async fn publish_event(&self, event: &JobEvent) -> Result<(), PublishError> {
-        let body = message::encode(event);
-        let outgoing = Outgoing {
-            exchange: &self.topology.events_exchange(),
-            routing_key: &event.routing_key(),
-            body: &body,
-            message_id: &event.id.to_string(),
-            kind: event.job_type.as_str(),
             headers: FieldTable::default(),
             mandatory: false,
         };

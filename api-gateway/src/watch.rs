@@ -1,7 +1,9 @@
 //! Waking requests that wait on a job: synchronous submits, long polls and event streams.
 //!
-//! A request subscribes to a job id; the notifier (see [`crate::events`]) publishes each new
-//! snapshot of a watched job to its subscribers. Subscriptions are removed when the last
+//! A request subscribes to a job id, then reads the store; whatever changes the job after
+//! that (this gateway's events consumer, cancel or re-drive, or the store's change feed for
+//! other gateways' changes, see [`crate::jobs::wake`]) hands the new snapshot to its
+//! subscribers. Subscribing before reading means no change can fall between the two. Subscriptions are removed when the last
 //! subscriber drops its [`Subscription`], so a client that goes away leaves nothing behind.
 
 use std::{
@@ -54,6 +56,18 @@ impl Watchers {
             // An error only means every subscriber has just gone.
             let _ = sender.send(Arc::new(job));
         }
+    }
+
+    /// The ids of every watched job.
+    pub fn watched_ids(&self) -> Vec<JobId> {
+        self.senders().keys().copied().collect()
+    }
+
+    /// How many waiters job `id` has (for tests).
+    pub fn subscribers(&self, id: JobId) -> usize {
+        self.senders()
+            .get(&id)
+            .map_or(0, broadcast::Sender::receiver_count)
     }
 
     /// How many jobs are watched (for tests and metrics).

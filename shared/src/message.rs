@@ -32,8 +32,11 @@ impl<'de> Deserialize<'de> for V1 {
 }
 
 /// A job to run, as published to the jobs exchange.
+///
+/// Generic over the payload so the gateway can publish a payload it keeps as raw JSON text
+/// (`JobMessage<&RawValue>`) without parsing it; workers read the default, a parsed `Value`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobMessage {
+pub struct JobMessage<P = Value> {
     /// Schema version.
     pub v: V1,
     /// The job's id; also the AMQP `message_id`.
@@ -43,7 +46,7 @@ pub struct JobMessage {
     pub job_type: JobType,
     /// The handler's input, as the client sent it.
     #[serde(default)]
-    pub payload: Value,
+    pub payload: P,
     /// Which attempt this message is, from 1.
     pub attempt: u32,
     /// How many attempts the job may use in all.

@@ -18,12 +18,15 @@ use serde_json::{Value, json};
 use warren_shared::{JobId, JobStatus, trace::TraceContext};
 
 use super::{
-    AppState, accept,
-    jobs::{self, SubmitRequest, load, parse_id},
+    AppState,
+    jobs::{SubmitRequest, load, parse_id},
     openapi::Problem,
     problem::ApiError,
 };
-use crate::store::{Job, RawJson};
+use crate::{
+    jobs::{Accepted, JobsError},
+    store::{Job, RawJson},
+};
 
 /// The job type behind the report routes.
 const REPORT_TYPE: &str = "report.generate";
@@ -61,9 +64,10 @@ pub async fn generate_report(
             ),
         });
     }
-    let job = SubmitRequest::new(REPORT_TYPE, json!({"period": request.period}))
+    let job = SubmitRequest::new(REPORT_TYPE, &json!({"period": request.period}))
         .into_job(&state.limits)?;
-    let job = accept::accept(&state, job, &trace).await?;
+    let (Accepted::New(job) | Accepted::Replayed(job)) =
+        state.jobs.submit(job, None, &trace).await?;
     let location = format!("/report-status/{}", job.id);
     let body = json!({"status": "processing", "jobId": job.id});
     Ok((
@@ -162,18 +166,22 @@ pub async fn get_user(
     Extension(trace): Extension<TraceContext>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut request = SubmitRequest::new(USER_TYPE, json!({"id": user_id}));
+    let mut request = SubmitRequest::new(USER_TYPE, &json!({"id": user_id}));
     request.max_attempts = Some(1);
     request.timeout_ms = u64::try_from(state.user_timeout.as_millis()).ok();
     let job = request.into_job(&state.limits)?;
-    let subscription = state.watchers.subscribe(job.id);
-    let job = match accept::accept(&state, job, &trace).await {
-        Err(ApiError::UnknownJobType(_)) => {
+    let subscription = state.jobs.watchers().subscribe(job.id);
+    let job = match state.jobs.submit(job, None, &trace).await {
+        Err(JobsError::UnknownJobType(_)) => {
             return Err(ApiError::Unavailable("no worker handles user lookups"));
         }
-        accepted => accepted?,
+        Ok(Accepted::New(job) | Accepted::Replayed(job)) => job,
+        Err(error) => return Err(error.into()),
     };
-    let job = jobs::wait_until_terminal(&state, subscription, job.id, state.user_timeout).await?;
+    let job = state
+        .jobs
+        .wait_until_terminal(subscription, job.id, state.user_timeout)
+        .await?;
     answer_user(&state, job, &user_id).await
 }
 
@@ -202,7 +210,7 @@ async fn answer_user(state: &AppState, job: Job, user_id: &str) -> Result<Json<V
 
 /// Cancels a lookup nobody waits for any more, so a worker that turns up later skips it.
 async fn give_up(state: &AppState, id: JobId) {
-    if let Err(error) = jobs::cancel_job(state, id).await {
+    if let Err(error) = state.jobs.cancel(id).await {
         tracing::warn!(%error, job_id = %id, "cannot cancel an unanswered user lookup");
     }
 }

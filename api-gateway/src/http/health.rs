@@ -11,14 +11,12 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when RabbitMQ and the store are usable and the notifier consumes this
-/// gateway's event queue (so waiting requests can be woken); 503, saying which is not,
-/// otherwise.
+/// `GET /readyz`: 200 when RabbitMQ and the store are usable and the store's change feed is
+/// followed (so waiting requests can be woken); 503, saying which is not, otherwise.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "RabbitMQ and the store are usable"), (status = 503, description = "Something is not; the body says what")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (publisher, store) = tokio::join!(state.publisher.is_ready(), state.store.ping());
-    let broker = publisher && state.notifier.is_up();
-    let store = store.is_ok();
+    let (broker, store) = tokio::join!(state.publisher.is_ready(), state.jobs.store().ping());
+    let store = store.is_ok() && state.change_feed.is_up();
     let status = if broker && store {
         StatusCode::OK
     } else {

@@ -1,10 +1,6 @@
-//! `POST /v1/jobs`, `GET /v1/jobs/{id}` and `POST /v1/jobs/{id}/cancel`, and the waiting they
-//! share with the other routes.
-//!
-//! Accepting a job is: validate → store the record as `queued` → publish (persistent,
-//! mandatory, confirmed) → `202`. The record exists before the message so a worker's first
-//! event always finds it; a publish that is not confirmed marks the record failed, so no job
-//! stays `queued` for a message the broker never took.
+//! `POST /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs/{id}/cancel` and
+//! `POST /v1/jobs/{id}/retry`: parsing and answering. The rules (accept, idempotency, cancel,
+//! re-drive, waiting) are the job service's, in [`crate::jobs`].
 
 use std::time::Duration;
 
@@ -19,23 +15,19 @@ use axum::{
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use tokio::time::Instant;
+use serde_json::{Value, value::RawValue};
 use tracing::Span;
-use warren_shared::{
-    ControlAction, ControlMessage, JobEvent, JobId, JobStatus, JobType, V1, trace::TraceContext,
-};
+use warren_shared::{JobId, JobStatus, JobType, trace::TraceContext};
 
 use super::{
     AppState,
-    accept::{Accepted, Idempotency, accept_idempotent, publish},
     openapi::Problem,
     prefer::{PREFERENCE_APPLIED, Prefer},
     problem::ApiError,
 };
 use crate::{
-    store::{Cancelled, Job, RawJson, Redriven},
-    watch::{Snapshot, Subscription},
+    jobs::{Accepted, idempotency},
+    store::{Job, KeyClaim, RawJson},
 };
 
 /// Attempts a job gets when the request does not say.
@@ -62,9 +54,11 @@ pub struct SubmitRequest {
     /// The job type, `[a-z0-9][a-z0-9._-]{0,99}`.
     #[serde(rename = "type")]
     pub job_type: String,
-    /// The handler's input.
+    /// The handler's input (kept as the client's JSON text, unparsed, all the way to the
+    /// job message).
     #[serde(default)]
-    pub payload: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<Box<RawValue>>,
     /// Attempts allowed, 1 to 100 (default 3).
     #[serde(default)]
     pub max_attempts: Option<u32>,
@@ -79,10 +73,10 @@ pub struct SubmitRequest {
 impl SubmitRequest {
     /// A request for a job of `job_type` with `payload` and default settings.
     #[must_use]
-    pub fn new(job_type: &str, payload: Value) -> Self {
+    pub fn new(job_type: &str, payload: &Value) -> Self {
         Self {
             job_type: job_type.to_owned(),
-            payload: Some(payload),
+            payload: serde_json::value::to_raw_value(payload).ok(),
             max_attempts: None,
             timeout_ms: None,
             callback_url: None,
@@ -138,17 +132,31 @@ impl SubmitRequest {
             next_attempt_at: None,
             started_at: None,
             finished_at: None,
-            payload: RawJson::from_value(
-                &self
-                    .payload
-                    .unwrap_or_else(|| Value::Object(Default::default())),
+            payload: self.payload.map_or_else(
+                || RawJson::from_value(&Value::Object(Default::default())),
+                RawJson::from_raw,
             ),
             timeout_ms,
             callback_url: self.callback_url,
             seq: 0,
             attempt_budget: max_attempts,
             version: 0,
+            unconfirmed_since: Some(now),
         })
+    }
+
+    /// The request as JSON with sorted keys and no spacing, so equal requests read equally
+    /// (what an `Idempotency-Key` is checked against).
+    fn canonical(&self) -> String {
+        let payload: Option<Value> = self
+            .payload
+            .as_deref()
+            .and_then(|raw| serde_json::from_str(raw.get()).ok());
+        let canonical = serde_json::json!({
+            "type": self.job_type, "payload": payload, "max_attempts": self.max_attempts,
+            "timeout_ms": self.timeout_ms, "callback_url": self.callback_url,
+        });
+        canonical.to_string()
     }
 }
 
@@ -165,7 +173,7 @@ impl SubmitRequest {
     responses(
         (status = 202, description = "Accepted; poll `Location`", body = Job),
         (status = 200, description = "Finished within `Prefer: wait`", body = Job),
-        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The Idempotency-Key's first request is still being accepted", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Conflicts with stored data", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field, unknown job type, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "RabbitMQ or the store is unavailable, or the queue is full", body = Problem, content_type = "application/problem+json"),
@@ -178,8 +186,7 @@ pub async fn submit(
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
-    let canonical = serde_json::to_string(&request).unwrap_or_default();
-    let idempotency = Idempotency::from_headers(&headers, &canonical)?;
+    let key = key_claim(&headers, &request)?;
     let job = request.into_job(&state.limits)?;
     Span::current()
         .record("job_id", tracing::field::display(job.id))
@@ -189,16 +196,16 @@ pub async fn submit(
         .wait_secs
         .map(|secs| Duration::from_secs(secs).min(state.max_wait))
         .filter(|wait| !wait.is_zero());
+    let watchers = state.jobs.watchers();
     // Subscribe before publishing, so not even the fastest outcome is missed.
-    let subscription = wait.map(|_| state.watchers.subscribe(job.id));
-    let (job, replayed) = match accept_idempotent(&state, job, idempotency.as_ref(), &trace).await?
-    {
+    let subscription = wait.map(|_| watchers.subscribe(job.id));
+    let (job, replayed) = match state.jobs.submit(job, key, &trace).await? {
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
     };
     let subscription = match subscription {
         // A replay waits on the earlier job, not on the id this request would have had.
-        Some(_) if replayed => Some(state.watchers.subscribe(job.id)),
+        Some(_) if replayed => Some(watchers.subscribe(job.id)),
         other => other,
     };
     let (Some(wait), Some(subscription)) = (wait, subscription) else {
@@ -207,13 +214,28 @@ pub async fn submit(
             replayed,
         ));
     };
-    let job = wait_until_terminal(&state, subscription, job.id, wait).await?;
+    let job = state
+        .jobs
+        .wait_until_terminal(subscription, job.id, wait)
+        .await?;
     if !job.status.is_terminal() {
         return Ok(with_replay_mark(accepted(job, true), replayed));
     }
     let applied = format!("wait={}", wait.as_secs());
     let response = (StatusCode::OK, [(PREFERENCE_APPLIED, applied)], Json(job)).into_response();
     Ok(with_replay_mark(response, replayed))
+}
+
+/// The request's `Idempotency-Key` claim, if it sent one (hashing the request only then).
+fn key_claim(headers: &HeaderMap, request: &SubmitRequest) -> Result<Option<KeyClaim>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = |e: idempotency::BadKey| ApiError::BadParameter(e.to_string());
+    let key = value.to_str().map_err(|_| bad(idempotency::BadKey))?;
+    idempotency::claim(key, &request.canonical())
+        .map(Some)
+        .map_err(bad)
 }
 
 /// Marks the answer to a replayed idempotent request.
@@ -247,45 +269,15 @@ fn accepted(job: Job, responded_async: bool) -> Response {
     response
 }
 
-/// Waits until job `id` is terminal or `wait` has passed, woken by `subscription` (taken
-/// before the job could change); returns the job's latest state either way.
-pub async fn wait_until_terminal(
-    state: &AppState,
-    mut subscription: Subscription,
-    id: JobId,
-    wait: Duration,
-) -> Result<Job, ApiError> {
-    let deadline = Instant::now() + wait;
-    let mut job = load(state, id).await?;
-    while !job.status.is_terminal() {
-        match tokio::time::timeout_at(deadline, subscription.next()).await {
-            Ok(Snapshot::Job(snapshot)) if snapshot.version > job.version => {
-                job = Job::clone(&snapshot);
-            }
-            Ok(Snapshot::Job(_)) => {}
-            Ok(Snapshot::Lagged) => job = load(state, id).await?,
-            Err(_deadline) => return load(state, id).await,
-        }
-    }
-    Ok(job)
-}
-
 /// Parses a job id from a path segment.
 pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::MalformedId(raw.to_owned()))
 }
 
-/// Reads a job, mapping absence to 404 and store failure to 503.
+/// Reads a job, mapping absence to 404 and store failure to what it means.
 pub async fn load(state: &AppState, id: JobId) -> Result<Job, ApiError> {
-    match state.store.get(id).await {
-        Ok(Some(job)) => Ok(job),
-        Ok(None) => Err(ApiError::JobNotFound(id)),
-        Err(error) => {
-            tracing::error!(%error, job_id = %id, "cannot read the job store");
-            Err(ApiError::Unavailable("the job store is unavailable"))
-        }
-    }
+    Ok(state.jobs.get(id).await?)
 }
 
 /// The query of `GET /v1/jobs/{id}`.
@@ -318,10 +310,13 @@ pub async fn get(
     if wait.is_zero() {
         return load(&state, id).await.map(Json);
     }
-    let subscription = state.watchers.subscribe(id);
-    wait_until_terminal(&state, subscription, id, wait)
-        .await
-        .map(Json)
+    let subscription = state.jobs.watchers().subscribe(id);
+    Ok(Json(
+        state
+            .jobs
+            .wait_until_terminal(subscription, id, wait)
+            .await?,
+    ))
 }
 
 /// `POST /v1/jobs/{id}/cancel`: `202` with the cancelled job; `409` if it already finished.
@@ -335,14 +330,7 @@ pub async fn cancel(
     Path(raw_id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let id = parse_id(&raw_id)?;
-    match cancel_job(&state, id).await? {
-        Cancelled::Now(job) => Ok((StatusCode::ACCEPTED, Json(*job))),
-        Cancelled::AlreadyTerminal(job) => Err(ApiError::Conflict(format!(
-            "job {id} has already finished ({}); there is nothing to cancel",
-            job.status
-        ))),
-        Cancelled::UnknownJob => Err(ApiError::JobNotFound(id)),
-    }
+    Ok((StatusCode::ACCEPTED, Json(state.jobs.cancel(id).await?)))
 }
 
 /// `POST /v1/jobs/{id}/retry`: re-drives a `failed` job as a new attempt series; `202` with
@@ -358,62 +346,5 @@ pub async fn retry(
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw_id)?;
-    let redriven = state.store.redrive(id).await.map_err(|error| {
-        tracing::error!(%error, "cannot re-drive in the job store");
-        ApiError::Unavailable("the job store is unavailable")
-    })?;
-    match redriven {
-        Redriven::Now(job) => Ok(accepted(publish(&state, *job, &trace).await?, false)),
-        Redriven::NotFailed(job) => Err(ApiError::Conflict(format!(
-            "job {id} is {}; only failed jobs can be retried",
-            job.status
-        ))),
-        Redriven::UnknownJob => Err(ApiError::JobNotFound(id)),
-    }
-}
-
-/// Marks a job cancelled in the store (final at once, whatever happens next), then tells the
-/// workers (so a queued job is skipped and a running one stopped) and every gateway's waiters.
-pub async fn cancel_job(state: &AppState, id: JobId) -> Result<Cancelled, ApiError> {
-    let outcome = state.store.cancel(id).await.map_err(|error| {
-        tracing::error!(%error, "cannot cancel in the job store");
-        ApiError::Unavailable("the job store is unavailable")
-    })?;
-    if let Cancelled::Now(job) = &outcome {
-        tracing::info!("job cancelled");
-        let control = ControlMessage {
-            v: V1,
-            action: ControlAction::Cancel,
-            id,
-        };
-        if let Err(error) = state.publisher.publish_control(&control).await {
-            // The status is final already; a worker that runs the job anyway has its outcome
-            // ignored.
-            tracing::warn!(%error, "cancel not broadcast to workers");
-        }
-        if let Err(error) = state.publisher.publish_event(&cancelled_event(job)).await {
-            tracing::warn!(%error, "cancel not announced to other gateways' waiters");
-        }
-        state.watchers.publish(Job::clone(job));
-    }
-    Ok(outcome)
-}
-
-/// The `cancelled` event the gateway publishes on behalf of the job, so every gateway's
-/// waiters wake. Terminal events apply whatever their `seq`, and only once.
-fn cancelled_event(job: &Job) -> JobEvent {
-    JobEvent {
-        v: V1,
-        id: job.id,
-        job_type: job.job_type.clone(),
-        status: JobStatus::Cancelled,
-        attempt: job.attempt,
-        seq: job.seq + 1,
-        progress: None,
-        result: None,
-        error: job.error.as_deref().cloned(),
-        next_attempt_at: None,
-        worker: "gateway".to_owned(),
-        at: job.updated_at,
-    }
+    Ok(accepted(state.jobs.redrive(id, &trace).await?, false))
 }

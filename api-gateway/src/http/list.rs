@@ -95,7 +95,7 @@ pub async fn list(
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadParameter(e.body_text()))?;
     let query = params.into_query()?;
-    let jobs = state.store.list(&query).await.map_err(|error| {
+    let jobs = state.jobs.store().list(&query).await.map_err(|error| {
         tracing::error!(%error, "cannot list jobs");
         ApiError::Unavailable("the job store is unavailable")
     })?;

@@ -3,7 +3,6 @@
 //! [`router`] builds the whole app from an [`AppState`] without a socket, so handlers can be
 //! driven in tests with `tower::ServiceExt::oneshot`.
 
-pub mod accept;
 pub mod article;
 pub mod health;
 pub mod jobs;
@@ -33,10 +32,9 @@ use warren_shared::{
 };
 
 use crate::{
+    jobs::JobService,
     metrics::{GatewayMetrics, HttpLabels, RouteLabels},
     publisher::Publisher,
-    store::JobStore,
-    watch::Watchers,
 };
 use jobs::SubmitLimits;
 use problem::ApiError;
@@ -44,20 +42,18 @@ use problem::ApiError;
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// Job records.
-    pub store: Arc<dyn JobStore>,
-    /// Publishes job messages with confirms.
+    /// Accepts, cancels, re-drives and waits on jobs (and reaches the store and waiters).
+    pub jobs: JobService,
+    /// Publishes job messages with confirms (its readiness backs `/readyz`).
     pub publisher: Arc<Publisher>,
     /// Limits applied to submitted jobs.
     pub limits: Arc<SubmitLimits>,
-    /// Requests waiting on jobs.
-    pub watchers: Arc<Watchers>,
     /// The Prometheus series.
     pub metrics: Arc<GatewayMetrics>,
     /// The OpenAPI document, rendered once when the router is built.
     pub openapi: Arc<OnceLock<String>>,
-    /// Up while the notifier consumes this gateway's event queue (waiters can be woken).
-    pub notifier: ReadyFlag,
+    /// Up while the store's change feed is followed (waiters can be woken).
+    pub change_feed: ReadyFlag,
     /// The longest a request may wait for a job.
     pub max_wait: Duration,
     /// How long `GET /users/{id}` waits for a worker.

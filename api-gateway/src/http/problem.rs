@@ -12,6 +12,8 @@ use axum::{
 use serde_json::json;
 use warren_shared::{JobId, JobType};
 
+use crate::{jobs::JobsError, store::StoreError};
+
 /// Everything the HTTP API can refuse a request for.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -75,6 +77,9 @@ pub enum ApiError {
     /// A dependency (broker or store) is unavailable; the client should retry later.
     #[error("{0}; try again in a few seconds")]
     Unavailable(&'static str),
+    /// A bug on our side (the cause is logged); retrying will not help.
+    #[error("the gateway failed to handle this request; the cause is in its log")]
+    Internal,
 }
 
 impl ApiError {
@@ -95,6 +100,7 @@ impl ApiError {
             | Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::JobNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -116,6 +122,7 @@ impl ApiError {
             Self::JobNotFound(_) => "job-not-found",
             Self::RouteNotFound(_) => "route-not-found",
             Self::Unavailable(_) => "unavailable",
+            Self::Internal => "internal",
         }
     }
 }
@@ -156,6 +163,61 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
             other => Self::MalformedJson(other.body_text()),
+        }
+    }
+}
+
+/// The error and its causes, one after another, for the log.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A store failure as the client sees it; logged here, once, with its causes.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let cause = chain(&error);
+        match error {
+            StoreError::Unavailable(_) => {
+                tracing::error!(error = %cause, "job store unavailable");
+                Self::Unavailable("the job store is unavailable")
+            }
+            StoreError::Duplicate(id) => {
+                tracing::warn!(error = %cause, "duplicate job id");
+                Self::Conflict(format!("a job with id {id} already exists"))
+            }
+            StoreError::Conflict(_) => {
+                tracing::warn!(error = %cause, "store constraint refused a change");
+                Self::Conflict("the request conflicts with stored data".into())
+            }
+            StoreError::Corrupt(_) | StoreError::Query(_) => {
+                tracing::error!(error = %cause, "job store failed: a bug or a schema mismatch");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<JobsError> for ApiError {
+    fn from(error: JobsError) -> Self {
+        match error {
+            JobsError::NotFound(id) => Self::JobNotFound(id),
+            error @ (JobsError::AlreadyFinished { .. } | JobsError::NotFailed { .. }) => {
+                Self::Conflict(error.to_string())
+            }
+            JobsError::KeyReused => Self::IdempotencyMismatch,
+            JobsError::UnknownJobType(job_type) => Self::UnknownJobType(job_type),
+            JobsError::NotConfirmed(_) => Self::Unavailable("RabbitMQ did not confirm the job"),
+            JobsError::Store(error) => error.into(),
         }
     }
 }

@@ -73,7 +73,7 @@ pub async fn events(
                 })?,
         ),
     };
-    let subscription = state.watchers.subscribe(id);
+    let subscription = state.jobs.watchers().subscribe(id);
     let job = load(&state, id).await?;
     if job.status.is_terminal() && last_seen.is_some_and(|seen| seen >= job.version) {
         return Ok(StatusCode::NO_CONTENT.into_response());

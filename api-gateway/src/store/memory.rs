@@ -1,8 +1,11 @@
 //! The in-memory store: the default when no database is configured. Records live as long as
-//! the process; a restart forgets them (use the PostgreSQL store for durability).
+//! the process; a restart forgets them (use the PostgreSQL store for durability). It keeps
+//! the same rules as the PostgreSQL store, under one lock: a record and its idempotency key
+//! are stored together, and records whose publish was never confirmed (a request dropped
+//! half-way) are found by the relay through the `unconfirmed` index.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     ops::Bound,
     sync::{Mutex, MutexGuard, PoisonError},
 };
@@ -12,7 +15,8 @@ use chrono::{DateTime, Utc};
 use warren_shared::{JobError, JobEvent, JobId};
 
 use super::{
-    Applied, Cancelled, Job, JobStore, ListQuery, Redriven, Reservation, StoreError, transition,
+    Applied, Cancelled, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven, StoreError,
+    transition,
 };
 
 /// Records in a map ordered by id, i.e. by creation time (ids are UUIDv7), and idempotency
@@ -28,14 +32,29 @@ struct Inner {
     /// records inline would pay for every empty slot too.
     jobs: BTreeMap<JobId, Box<Job>>,
     keys: HashMap<String, Key>,
+    /// Ids of records whose `unconfirmed_since` is set, so the relay need not scan them all.
+    unconfirmed: HashSet<JobId>,
 }
 
 #[derive(Debug)]
 struct Key {
     request_hash: String,
     job: JobId,
-    accepted: bool,
     created_at: DateTime<Utc>,
+}
+
+impl Inner {
+    /// Runs `change` on the record with `id`, if there is one, keeping the outbox index true.
+    fn with_job<T>(&mut self, id: JobId, change: impl FnOnce(&mut Job) -> T) -> Option<T> {
+        let job = self.jobs.get_mut(&id)?;
+        let outcome = change(job);
+        if job.unconfirmed_since.is_some() {
+            self.unconfirmed.insert(id);
+        } else {
+            self.unconfirmed.remove(&id);
+        }
+        Some(outcome)
+    }
 }
 
 impl MemoryStore {
@@ -50,43 +69,118 @@ impl MemoryStore {
         // a whole-field assignment), so a poisoned lock is safe to keep using.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Runs `change` on the record with `id`, if there is one.
-    fn with_job<T>(&self, id: JobId, change: impl FnOnce(&mut Job) -> T) -> Option<T> {
-        self.inner().jobs.get_mut(&id).map(|job| change(job))
-    }
 }
 
 #[async_trait]
 impl JobStore for MemoryStore {
-    async fn insert(&self, job: Job) -> Result<(), StoreError> {
+    async fn insert(&self, job: Job, claim: Option<KeyClaim>) -> Result<Inserted, StoreError> {
         let mut inner = self.inner();
         if inner.jobs.contains_key(&job.id) {
             return Err(StoreError::Duplicate(job.id));
         }
+        if let Some(claim) = claim {
+            if let Some(existing) = inner.keys.get(&claim.key) {
+                return Ok(if existing.request_hash == claim.request_hash {
+                    Inserted::Replay(existing.job)
+                } else {
+                    Inserted::KeyMismatch
+                });
+            }
+            let key = Key {
+                request_hash: claim.request_hash,
+                job: job.id,
+                created_at: Utc::now(),
+            };
+            inner.keys.insert(claim.key, key);
+        }
+        if job.unconfirmed_since.is_some() {
+            inner.unconfirmed.insert(job.id);
+        }
         inner.jobs.insert(job.id, Box::new(job));
-        Ok(())
+        Ok(Inserted::New)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         Ok(self.inner().jobs.get(&id).map(|job| Job::clone(job)))
     }
 
-    async fn apply_event(&self, event: &JobEvent) -> Result<Applied, StoreError> {
-        let applied = self.with_job(event.id, |job| match transition::apply(job, event) {
-            Ok(()) => Applied::Updated(Box::new(job.clone())),
-            Err(ignored) => Applied::Ignored(ignored),
-        });
-        Ok(applied.unwrap_or(Applied::UnknownJob))
+    async fn get_many(&self, ids: &[JobId]) -> Result<Vec<Job>, StoreError> {
+        let inner = self.inner();
+        Ok(ids
+            .iter()
+            .filter_map(|id| inner.jobs.get(id).map(|job| Job::clone(job)))
+            .collect())
     }
 
-    async fn fail_unpublished(&self, id: JobId, error: JobError) -> Result<(), StoreError> {
-        self.with_job(id, |job| transition::fail(job, error));
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<Applied>, StoreError> {
+        let mut inner = self.inner();
+        Ok(events
+            .iter()
+            .map(|event| {
+                let applied = inner.with_job(event.id, |job| match transition::apply(job, event) {
+                    Ok(()) => Applied::Updated(Box::new(job.clone())),
+                    Err(ignored) => Applied::Ignored(ignored),
+                });
+                applied.unwrap_or(Applied::UnknownJob)
+            })
+            .collect())
+    }
+
+    async fn confirm_published(&self, id: JobId) -> Result<(), StoreError> {
+        self.inner()
+            .with_job(id, |job| job.unconfirmed_since = None);
         Ok(())
     }
 
+    async fn fail_unpublished(
+        &self,
+        id: JobId,
+        error: JobError,
+        key: Option<&str>,
+    ) -> Result<Option<Job>, StoreError> {
+        let mut inner = self.inner();
+        if let Some(key) = key {
+            inner.keys.remove(key);
+        }
+        let failed = inner.with_job(id, |job| {
+            job.unconfirmed_since = None;
+            transition::fail(job, error).then(|| job.clone())
+        });
+        Ok(failed.flatten())
+    }
+
+    async fn claim_unpublished(
+        &self,
+        marked_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut inner = self.inner();
+        let due: Vec<JobId> = inner
+            .unconfirmed
+            .iter()
+            .filter(|id| {
+                inner.jobs.get(id).is_some_and(|job| {
+                    job.unconfirmed_since
+                        .is_some_and(|since| since < marked_before)
+                })
+            })
+            .take(limit)
+            .copied()
+            .collect();
+        Ok(due
+            .into_iter()
+            .filter_map(|id| {
+                inner.with_job(id, |job| {
+                    job.unconfirmed_since = Some(now);
+                    job.clone()
+                })
+            })
+            .collect())
+    }
+
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
-        let cancelled = self.with_job(id, |job| {
+        let cancelled = self.inner().with_job(id, |job| {
             if transition::cancel(job) {
                 Cancelled::Now(Box::new(job.clone()))
             } else {
@@ -97,7 +191,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError> {
-        let redriven = self.with_job(id, |job| {
+        let redriven = self.inner().with_job(id, |job| {
             if transition::redrive(job) {
                 Redriven::Now(Box::new(job.clone()))
             } else {
@@ -122,41 +216,8 @@ impl JobStore for MemoryStore {
             .collect())
     }
 
-    async fn reserve_key(
-        &self,
-        key: &str,
-        request_hash: &str,
-        id: JobId,
-    ) -> Result<Reservation, StoreError> {
-        let mut inner = self.inner();
-        if let Some(existing) = inner.keys.get(key) {
-            return Ok(if existing.request_hash != request_hash {
-                Reservation::Mismatch
-            } else if existing.accepted {
-                Reservation::Replay(existing.job)
-            } else {
-                Reservation::InProgress
-            });
-        }
-        let entry = Key {
-            request_hash: request_hash.to_owned(),
-            job: id,
-            accepted: false,
-            created_at: Utc::now(),
-        };
-        inner.keys.insert(key.to_owned(), entry);
-        Ok(Reservation::Reserved)
-    }
-
-    async fn settle_key(&self, key: &str, accepted: bool) -> Result<(), StoreError> {
-        let mut inner = self.inner();
-        if accepted {
-            if let Some(entry) = inner.keys.get_mut(key) {
-                entry.accepted = true;
-            }
-        } else {
-            inner.keys.remove(key);
-        }
+    async fn forget_key(&self, key: &str) -> Result<(), StoreError> {
+        self.inner().keys.remove(key);
         Ok(())
     }
 

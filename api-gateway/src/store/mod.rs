@@ -16,6 +16,7 @@ use warren_shared::{JobError, JobEvent, JobId, JobMessage, JobStatus, JobType, P
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
+pub use postgres::StoreOptions;
 pub use transition::Ignored;
 
 /// A job's record: the resource `GET /v1/jobs/{id}` answers, plus what the store needs to
@@ -72,17 +73,23 @@ pub struct Job {
     /// failure. The SSE event id, so a client resumes after the last change it saw.
     #[serde(skip)]
     pub version: u64,
+    /// The outbox mark: since when the current attempt's message has waited for RabbitMQ's
+    /// confirm (set when stored, and each time the relay claims it); `None` once confirmed or
+    /// once a worker reported on the job (not part of the resource).
+    #[serde(skip)]
+    pub unconfirmed_since: Option<DateTime<Utc>>,
 }
 
 impl Job {
-    /// The message that asks a worker to run this job's current attempt.
+    /// The message that asks a worker to run this job's current attempt (the payload goes
+    /// out as the stored text, unparsed).
     #[must_use]
-    pub fn message(&self) -> JobMessage {
+    pub fn message(&self) -> JobMessage<&RawValue> {
         JobMessage {
             v: V1,
             id: self.id,
             job_type: self.job_type.clone(),
-            payload: self.payload.to_value(),
+            payload: self.payload.as_raw(),
             attempt: self.attempt,
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
@@ -103,6 +110,18 @@ impl RawJson {
     pub fn from_value(value: &Value) -> Self {
         // Serialising a `Value` cannot fail.
         Self(serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+    }
+
+    /// Keeps JSON text that is already known to be valid (e.g. read back from the store).
+    #[must_use]
+    pub fn from_raw(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+
+    /// The JSON text.
+    #[must_use]
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
     }
 
     /// The value, parsed.
@@ -171,83 +190,129 @@ pub struct ListQuery {
     pub before: Option<JobId>,
 }
 
-/// What reserving an idempotency key found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reservation {
-    /// The key is new and now belongs to this request's job.
-    Reserved,
-    /// The same request was accepted before: this is its job.
-    Replay(JobId),
-    /// The same key is being used by a request still being accepted.
-    InProgress,
-    /// The key was used with another request body.
-    Mismatch,
+/// An `Idempotency-Key` and the digest of the request it came with, as the store keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// The client's key.
+    pub key: String,
+    /// SHA-256 of the canonical request, in hex: the same key with another body is refused.
+    pub request_hash: String,
 }
 
-/// The store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+/// What storing a new job found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// The record (and its key, if any) is stored, marked as not yet confirmed by RabbitMQ.
+    New,
+    /// The key was used before with the same request: this is that request's job.
+    Replay(JobId),
+    /// The key was used before with another request body; nothing was stored.
+    KeyMismatch,
+}
+
+/// A boxed error kept as the cause of a [`StoreError`] (shared, so a batch's failure can be
+/// handed to every request in it).
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
+/// The store could not do what was asked. Each variant says what the caller should do.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The backing store cannot be reached; try again later.
-    #[error("job store unavailable: {0}")]
-    Unavailable(String),
+    /// The store cannot be reached or refused for a passing reason (connection lost, pool
+    /// exhausted, database restarting, serialisation failure): try again later.
+    #[error("the job store is unavailable: {0}")]
+    Unavailable(#[source] Cause),
     /// A record with this id already exists.
     #[error("job {0} already exists")]
     Duplicate(JobId),
+    /// A constraint refused the change (the data conflicts with what is stored).
+    #[error("the job store refused a change that conflicts with stored data: {0}")]
+    Conflict(#[source] Cause),
     /// A stored record could not be read back (a bug, or a hand-edited row).
     #[error("a stored job record is corrupt: {0}")]
     Corrupt(String),
+    /// The store refused a statement for a reason retrying will not fix: a bug in a query, or
+    /// a schema that does not match this release.
+    #[error("the job store refused a query (a bug, or a schema from another release): {0}")]
+    Query(#[source] Cause),
 }
+
+impl StoreError {
+    /// An [`StoreError::Unavailable`] with a plain message as its cause.
+    #[must_use]
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let message: Box<dyn std::error::Error + Send + Sync> = message.into().into();
+        Self::Unavailable(Cause::from(message))
+    }
+}
+
+/// Ids of jobs that changed, from a store shared by several gateways (PostgreSQL
+/// `LISTEN/NOTIFY`), so each gateway wakes its own waiters. Ends when the feed's connection
+/// is lost; the caller opens a new one and re-reads whatever it waits on.
+pub type ChangeFeed = tokio::sync::mpsc::Receiver<Vec<JobId>>;
 
 /// Keeps job records. Implementations must be safe to share between request handlers and the
 /// events consumer, and must apply events with [`transition::apply`]'s rules even when several
 /// gateways apply events for the same job at once.
+///
+/// The outbox rule (crash-consistent accept): a new record is stored with `unconfirmed_since`
+/// set, in the same transaction as its idempotency key. Whoever publishes it clears the mark
+/// once RabbitMQ confirmed; the relay republishes records marked for longer than its grace.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
-    /// Stores a new record; called before the job is published.
-    async fn insert(&self, job: Job) -> Result<(), StoreError>;
+    /// Stores a new record and its idempotency key together (or finds the key's earlier job).
+    async fn insert(&self, job: Job, key: Option<KeyClaim>) -> Result<Inserted, StoreError>;
 
     /// The record with this id, if any.
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
 
-    /// Applies a worker event under the lifecycle rules.
-    async fn apply_event(&self, event: &JobEvent) -> Result<Applied, StoreError>;
+    /// The records with these ids that exist, in no particular order.
+    async fn get_many(&self, ids: &[JobId]) -> Result<Vec<Job>, StoreError>;
 
-    /// Marks a job that could not be published as failed (unless something already finished
-    /// it), so no record stays `queued` for a message the broker never took.
-    async fn fail_unpublished(&self, id: JobId, error: JobError) -> Result<(), StoreError>;
+    /// Applies a batch of events in order, atomically where the store can (one transaction).
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<Applied>, StoreError>;
+
+    /// Applies one worker event under the lifecycle rules.
+    async fn apply_event(&self, event: &JobEvent) -> Result<Applied, StoreError> {
+        let mut applied = self.apply_events(std::slice::from_ref(event)).await?;
+        Ok(applied.pop().unwrap_or(Applied::UnknownJob))
+    }
+
+    /// RabbitMQ confirmed the job's message: clears its outbox mark.
+    async fn confirm_published(&self, id: JobId) -> Result<(), StoreError>;
+
+    /// Marks a job that RabbitMQ refused as failed (unless something already finished it),
+    /// clears its outbox mark and forgets `key`, so the client may try again. Returns the
+    /// record if it changed.
+    async fn fail_unpublished(
+        &self,
+        id: JobId,
+        error: JobError,
+        key: Option<&str>,
+    ) -> Result<Option<Job>, StoreError>;
+
+    /// Claims up to `limit` records marked unconfirmed since before `marked_before`,
+    /// re-stamping their mark with `now` so no other gateway claims them for another grace
+    /// period; the relay publishes them.
+    async fn claim_unpublished(
+        &self,
+        marked_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
 
     /// Marks a job `cancelled` unless it has already finished.
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError>;
 
     /// Puts a `failed` job back to `queued` as a new attempt series (same id, next attempt
-    /// number, a fresh attempt budget). The one way out of a terminal status, and only on a
-    /// client's explicit request.
+    /// number, a fresh attempt budget), with an outbox mark. The one way out of a terminal
+    /// status, and only on a client's explicit request.
     async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError>;
-
-    /// Applies a batch of events in order, atomically where the store can (one transaction).
-    async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<Applied>, StoreError> {
-        let mut applied = Vec::with_capacity(events.len());
-        for event in events {
-            applied.push(self.apply_event(event).await?);
-        }
-        Ok(applied)
-    }
 
     /// One page of jobs, newest first.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
 
-    /// Claims `key` for the job `id` of a request whose body hashes to `request_hash`, or says
-    /// who has it.
-    async fn reserve_key(
-        &self,
-        key: &str,
-        request_hash: &str,
-        id: JobId,
-    ) -> Result<Reservation, StoreError>;
-
-    /// Settles a reserved key: kept for replays once its job was accepted, released (so the
-    /// client may try again) when it was not.
-    async fn settle_key(&self, key: &str, accepted: bool) -> Result<(), StoreError>;
+    /// Forgets an idempotency key (its job was purged while the key lived on).
+    async fn forget_key(&self, key: &str) -> Result<(), StoreError>;
 
     /// Deletes terminal jobs that finished before `jobs_before` and idempotency keys made
     /// before `keys_before`; returns how many jobs went.
@@ -259,4 +324,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Succeeds when the store is usable; backs `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// For a store shared by several gateways, a feed of the jobs that changed anywhere;
+    /// `None` for a store only this process uses (its own changes wake its waiters directly).
+    async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
+        Ok(None)
+    }
 }

@@ -78,6 +78,8 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
         job.finished_at = Some(event.at);
     }
     job.updated_at = event.at;
+    // A worker reported on the job, so its message was delivered: nothing left to relay.
+    job.unconfirmed_since = None;
     job.version += 1;
     Ok(())
 }
@@ -136,6 +138,8 @@ pub fn redrive(job: &mut Job) -> bool {
     job.next_attempt_at = None;
     job.finished_at = None;
     job.updated_at = Utc::now();
+    // The new attempt's message is not published yet: the outbox mark says so.
+    job.unconfirmed_since = Some(job.updated_at);
     job.version += 1;
     true
 }
@@ -150,6 +154,8 @@ fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
     job.next_attempt_at = None;
     job.finished_at = Some(now);
     job.updated_at = now;
+    // A finished job is never published again.
+    job.unconfirmed_since = None;
     job.version += 1;
     true
 }
@@ -184,6 +190,7 @@ mod tests {
             seq: 0,
             attempt_budget: 3,
             version: 0,
+            unconfirmed_since: None,
         }
     }
 

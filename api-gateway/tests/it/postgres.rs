@@ -13,7 +13,7 @@ use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use warren_gateway::{
     http::jobs::{SubmitLimits, SubmitRequest},
-    store::{Applied, Ignored, Job, JobStore, MemoryStore, PostgresStore, Reservation},
+    store::{Applied, Ignored, Inserted, Job, JobStore, KeyClaim, MemoryStore, PostgresStore},
 };
 use warren_shared::{JobEvent, JobId, JobStatus, V1, message, topology};
 use warren_worker::{Worker, handlers};
@@ -39,7 +39,7 @@ fn new_job() -> Job {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
     };
-    SubmitRequest::new("echo", json!({}))
+    SubmitRequest::new("echo", &json!({}))
         .into_job(&limits)
         .unwrap()
 }
@@ -133,7 +133,7 @@ async fn concurrent_conflicting_events_leave_exactly_one_outcome() {
     for _ in 0..20 {
         let job = new_job();
         ids.push(job.id);
-        store.insert(job.clone()).await.unwrap();
+        store.insert(job.clone(), None).await.unwrap();
         for (status, seq) in [(JobStatus::Succeeded, 2), (JobStatus::Failed, 3)] {
             let (store, event) = (store.clone(), event(job.id, status, seq, Utc::now()));
             tasks.push(tokio::spawn(async move {
@@ -172,7 +172,8 @@ async fn gateways_starting_together_migrate_once() {
         .query("SELECT version FROM warren_schema_migrations", &[])
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
+    let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    assert_eq!(versions, [1, 2], "each migration applied exactly once");
     schema.drop_schema().await;
 }
 
@@ -225,42 +226,40 @@ async fn a_store_outage_answers_503_and_events_wait_until_it_is_back() {
     schema.drop_schema().await;
 }
 
-/// Idempotency-key rules at the store: reserve, in progress, mismatch, replay, release.
+fn claim(key: &str, hash: &str) -> Option<KeyClaim> {
+    Some(KeyClaim {
+        key: key.to_owned(),
+        request_hash: hash.to_owned(),
+    })
+}
+
+/// Idempotency-key rules at the store: a key is stored with its job; the same key and hash
+/// replay that job, another hash is a mismatch, and neither stores a second record; a
+/// forgotten key is free again.
 async fn key_rules(store: &dyn JobStore) {
-    let (a, b) = (JobId::new(), JobId::new());
-    assert_eq!(
-        store.reserve_key("k", "h1", a).await.unwrap(),
-        Reservation::Reserved
+    let (a, b) = (new_job(), new_job());
+    let insert = |job: &Job, key, hash| store.insert(job.clone(), claim(key, hash));
+    assert_eq!(insert(&a, "k", "h1").await.unwrap(), Inserted::New);
+    assert_eq!(insert(&b, "k", "h1").await.unwrap(), Inserted::Replay(a.id));
+    assert_eq!(insert(&b, "k", "h2").await.unwrap(), Inserted::KeyMismatch);
+    assert!(
+        store.get(b.id).await.unwrap().is_none(),
+        "a replay stored a record"
     );
-    assert_eq!(
-        store.reserve_key("k", "h1", b).await.unwrap(),
-        Reservation::InProgress
+    let stored = store.get(a.id).await.unwrap().unwrap();
+    assert!(
+        stored.unconfirmed_since.is_some(),
+        "a new record carries the outbox mark"
     );
-    assert_eq!(
-        store.reserve_key("k", "h2", b).await.unwrap(),
-        Reservation::Mismatch
-    );
-    store.settle_key("k", true).await.unwrap();
-    assert_eq!(
-        store.reserve_key("k", "h1", b).await.unwrap(),
-        Reservation::Replay(a)
-    );
-    assert_eq!(
-        store.reserve_key("gone", "h", a).await.unwrap(),
-        Reservation::Reserved
-    );
-    store.settle_key("gone", false).await.unwrap();
-    assert_eq!(
-        store.reserve_key("gone", "h", b).await.unwrap(),
-        Reservation::Reserved
-    );
+    store.forget_key("k").await.unwrap();
+    assert_eq!(insert(&b, "k", "h1").await.unwrap(), Inserted::New);
 }
 
 /// Retention at the store: only terminal jobs finished before the cutoff go.
 async fn purge_rules(store: &dyn JobStore) {
     let (old, recent, unfinished) = (new_job(), new_job(), new_job());
     for job in [&old, &recent, &unfinished] {
-        store.insert(job.clone()).await.unwrap();
+        store.insert(job.clone(), None).await.unwrap();
     }
     let long_ago = Utc::now() - chrono::Duration::days(10);
     store

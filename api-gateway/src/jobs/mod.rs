@@ -1,0 +1,284 @@
+//! The job service: the rules behind every route that changes or waits on a job, apart from
+//! HTTP so they can be driven without a socket.
+//!
+//! - **Accept** ([`JobService::submit`]): the record, its idempotency key and its outbox mark
+//!   are stored together; the job is published persistent, mandatory and confirmed; the mark is
+//!   cleared. `Ok` means stored and confirmed: the `202` rule. A gateway that dies in between
+//!   leaves the mark, and some gateway's [`relay`] publishes the job later. A replayed key
+//!   whose job is still marked publishes it again itself, so a retry never waits on a
+//!   request that died.
+//! - **Cancel**, **re-drive** and **waiting** ([`JobService::wait_until_terminal`]).
+//! - Waiters are woken by whoever changes a job in this process, and by the store's change
+//!   feed ([`wake`]) for changes made by other gateways.
+
+pub mod idempotency;
+pub mod relay;
+pub mod wake;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use warren_shared::{
+    ControlAction, ControlMessage, JobError, JobId, JobStatus, JobType, V1, amqp::PublishError,
+    trace::TraceContext,
+};
+
+use crate::{
+    fault,
+    metrics::GatewayMetrics,
+    publisher::Publisher,
+    store::{Cancelled, Inserted, Job, JobStore, KeyClaim, Redriven, StoreError},
+    watch::{Snapshot, Subscription, Watchers},
+};
+
+/// Why the service refused or could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    /// No job has this id.
+    #[error("no job has id {0}")]
+    NotFound(JobId),
+    /// The job is already terminal, so it cannot be cancelled.
+    #[error("job {id} has already finished ({status}); there is nothing to cancel")]
+    AlreadyFinished {
+        /// The job.
+        id: JobId,
+        /// Its terminal status.
+        status: JobStatus,
+    },
+    /// Only failed jobs can be re-driven.
+    #[error("job {id} is {status}; only failed jobs can be retried")]
+    NotFailed {
+        /// The job.
+        id: JobId,
+        /// Its status.
+        status: JobStatus,
+    },
+    /// The `Idempotency-Key` was used with another request.
+    #[error("this Idempotency-Key was used with a different request body")]
+    KeyReused,
+    /// No queue is bound for the job type (RabbitMQ returned the message).
+    #[error("no worker handles job type {0}")]
+    UnknownJobType(JobType),
+    /// RabbitMQ did not confirm the message (nack, timeout, no connection).
+    #[error("RabbitMQ did not confirm the job: {0}")]
+    NotConfirmed(#[source] PublishError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What accepting found.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new job, stored and confirmed by RabbitMQ.
+    New(Job),
+    /// The job an earlier request with the same key and body created.
+    Replayed(Job),
+}
+
+/// Accepts, cancels, re-drives and waits on jobs.
+#[derive(Clone)]
+pub struct JobService {
+    store: Arc<dyn JobStore>,
+    publisher: Arc<Publisher>,
+    watchers: Arc<Watchers>,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl JobService {
+    /// A service over these parts.
+    #[must_use]
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        publisher: Arc<Publisher>,
+        watchers: Arc<Watchers>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
+        Self {
+            store,
+            publisher,
+            watchers,
+            metrics,
+        }
+    }
+
+    /// The job store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.store
+    }
+
+    /// The registry of waiters.
+    #[must_use]
+    pub fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
+    }
+
+    /// The job with `id`.
+    pub async fn get(&self, id: JobId) -> Result<Job, JobsError> {
+        self.store.get(id).await?.ok_or(JobsError::NotFound(id))
+    }
+
+    /// Accepts `job` (a new `queued` record with its outbox mark set), or finds the job an
+    /// earlier request with the same key and body made.
+    pub async fn submit(
+        &self,
+        job: Job,
+        key: Option<KeyClaim>,
+        trace: &TraceContext,
+    ) -> Result<Accepted, JobsError> {
+        let key_name = key.as_ref().map(|claim| claim.key.clone());
+        let mut forgot_stale_key = false;
+        loop {
+            match self.store.insert(job.clone(), key.clone()).await? {
+                Inserted::New => {
+                    fault::pause_point("after_store").await;
+                    let job = self.publish(job, key_name.as_deref(), trace).await?;
+                    return Ok(Accepted::New(job));
+                }
+                Inserted::KeyMismatch => return Err(JobsError::KeyReused),
+                Inserted::Replay(id) => {
+                    if let Some(earlier) = self.store.get(id).await? {
+                        let earlier = self.settle_replay(earlier, trace).await?;
+                        return Ok(Accepted::Replayed(earlier));
+                    }
+                    // Retention deleted the job while its key lived on: accept afresh, once.
+                    let key_name = key_name.as_deref().unwrap_or_default();
+                    if forgot_stale_key {
+                        return Err(StoreError::unavailable(
+                            "the idempotency key keeps naming a deleted job",
+                        )
+                        .into());
+                    }
+                    self.store.forget_key(key_name).await?;
+                    forgot_stale_key = true;
+                }
+            }
+        }
+    }
+
+    /// A replay's job, published again first if its publish was never confirmed (the first
+    /// request may have died between storing and publishing): the `202` rule holds for
+    /// replays too. A duplicate message is harmless: terminal is final.
+    async fn settle_replay(&self, job: Job, trace: &TraceContext) -> Result<Job, JobsError> {
+        if job.unconfirmed_since.is_none() || job.status != JobStatus::Queued {
+            return Ok(job);
+        }
+        tracing::info!(job_id = %job.id, "replayed job not confirmed yet; publishing it");
+        self.publish(job, None, trace).await
+    }
+
+    /// Publishes the job's current attempt and clears its outbox mark once RabbitMQ
+    /// confirmed. A refusal marks the record failed (and forgets `key`, so the client may try
+    /// again) and says why.
+    pub async fn publish(
+        &self,
+        job: Job,
+        key: Option<&str>,
+        trace: &TraceContext,
+    ) -> Result<Job, JobsError> {
+        let traceparent = trace.child().header();
+        let published = self
+            .publisher
+            .publish_job(&job.message(), &traceparent)
+            .await;
+        let error = match published {
+            Ok(()) => {
+                tracing::info!(job_id = %job.id, attempt = job.attempt, "job published");
+                self.metrics.job_submitted(&job);
+                if let Err(error) = self.store.confirm_published(job.id).await {
+                    // The relay will publish it once more: a duplicate, never a loss.
+                    tracing::warn!(%error, job_id = %job.id, "cannot clear the outbox mark");
+                }
+                return Ok(job);
+            }
+            Err(error) => error,
+        };
+        let kind = match &error {
+            PublishError::Unroutable { .. } => "unroutable",
+            _ => "publish_failed",
+        };
+        tracing::warn!(%error, job_id = %job.id, "job not accepted by RabbitMQ");
+        let reason = JobError::new(kind, error.to_string());
+        match self.store.fail_unpublished(job.id, reason, key).await {
+            Ok(Some(failed)) => self.watchers.publish(failed),
+            Ok(None) => {}
+            // The mark stays: the relay publishes the job later.
+            Err(store_error) => {
+                tracing::error!(%store_error, job_id = %job.id, "cannot mark the unpublished job failed");
+            }
+        }
+        Err(match error {
+            PublishError::Unroutable { .. } => JobsError::UnknownJobType(job.job_type),
+            other => JobsError::NotConfirmed(other),
+        })
+    }
+
+    /// Marks a job cancelled in the store (final at once, whatever happens next), then tells
+    /// the workers (a queued job is skipped, a running one stopped) and wakes this gateway's
+    /// waiters; other gateways hear it from the store's change feed.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, JobsError> {
+        let job = match self.store.cancel(id).await? {
+            Cancelled::Now(job) => *job,
+            Cancelled::AlreadyTerminal(job) => {
+                return Err(JobsError::AlreadyFinished {
+                    id,
+                    status: job.status,
+                });
+            }
+            Cancelled::UnknownJob => return Err(JobsError::NotFound(id)),
+        };
+        tracing::info!(job_id = %id, "job cancelled");
+        let control = ControlMessage {
+            v: V1,
+            action: ControlAction::Cancel,
+            id,
+        };
+        if let Err(error) = self.publisher.publish_control(&control).await {
+            // The status is final already; a worker that runs the job anyway has its outcome
+            // ignored.
+            tracing::warn!(%error, job_id = %id, "cancel not broadcast to workers");
+        }
+        self.watchers.publish(job.clone());
+        Ok(job)
+    }
+
+    /// Re-drives a `failed` job as a new attempt series and publishes it.
+    pub async fn redrive(&self, id: JobId, trace: &TraceContext) -> Result<Job, JobsError> {
+        let job = match self.store.redrive(id).await? {
+            Redriven::Now(job) => *job,
+            Redriven::NotFailed(job) => {
+                return Err(JobsError::NotFailed {
+                    id,
+                    status: job.status,
+                });
+            }
+            Redriven::UnknownJob => return Err(JobsError::NotFound(id)),
+        };
+        self.watchers.publish(job.clone());
+        self.publish(job, None, trace).await
+    }
+
+    /// Waits until job `id` is terminal or `wait` has passed, woken by `subscription` (taken
+    /// before the job could change); returns the job's latest state either way.
+    pub async fn wait_until_terminal(
+        &self,
+        mut subscription: Subscription,
+        id: JobId,
+        wait: Duration,
+    ) -> Result<Job, JobsError> {
+        let deadline = Instant::now() + wait;
+        let mut job = self.get(id).await?;
+        while !job.status.is_terminal() {
+            match tokio::time::timeout_at(deadline, subscription.next()).await {
+                Ok(Snapshot::Job(snapshot)) if snapshot.version > job.version => {
+                    job = Job::clone(&snapshot);
+                }
+                Ok(Snapshot::Job(_)) => {}
+                Ok(Snapshot::Lagged) => job = self.get(id).await?,
+                Err(_deadline) => return self.get(id).await,
+            }
+        }
+        Ok(job)
+    }
+}

@@ -1,0 +1,207 @@
+//! Group commit for new records: concurrent submits share one transaction.
+//!
+//! A submit hands its record (and idempotency key) to the committer task and awaits the
+//! outcome. The task takes whatever has queued up meanwhile (up to [`MAX_BATCH`]) and writes
+//! it with one multi-row insert per table, in one transaction; at most [`IN_FLIGHT`] batches
+//! commit at once, so under load batches grow instead of queueing more transactions. A batch
+//! that fails is rolled back whole and every submit in it gets the error.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{
+    super::{Inserted, Job, KeyClaim, StoreError},
+    rows::{self, Columns},
+};
+
+/// The most records one transaction takes.
+const MAX_BATCH: usize = 512;
+/// Batches committing at once.
+const IN_FLIGHT: usize = 4;
+
+/// Claims keys; returns the ones this batch now holds, with their job.
+const INSERT_KEYS: &str = "INSERT INTO warren_idempotency (key, request_hash, job_id, created_at)
+    SELECT k, h, j, now() FROM unnest($1::text[], $2::text[], $3::uuid[]) AS t(k, h, j)
+    ON CONFLICT (key) DO NOTHING RETURNING key, job_id";
+/// Keys that were already taken.
+const SELECT_KEYS: &str =
+    "SELECT key, request_hash, job_id FROM warren_idempotency WHERE key = ANY($1)";
+
+/// One submit waiting for its batch.
+struct Pending {
+    job: Job,
+    claim: Option<KeyClaim>,
+    reply: oneshot::Sender<Result<Inserted, StoreError>>,
+}
+
+/// The handle submits use; the task stops when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub(super) struct Committer {
+    sender: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Starts the committer task on `pool`.
+    pub(super) fn start(pool: Pool) -> Self {
+        let (sender, receiver) = mpsc::channel(MAX_BATCH * IN_FLIGHT);
+        tokio::spawn(run(pool, receiver));
+        Self { sender }
+    }
+
+    /// Stores `job` (and its key) in the next batch.
+    pub(super) async fn insert(
+        &self,
+        job: Job,
+        claim: Option<KeyClaim>,
+    ) -> Result<Inserted, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        let pending = Pending { job, claim, reply };
+        self.sender
+            .send(pending)
+            .await
+            .map_err(|_| StoreError::unavailable("the store's committer has stopped"))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::unavailable("the insert batch was dropped"))?
+    }
+}
+
+async fn run(pool: Pool, mut receiver: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = receiver.recv().await {
+        // Wait for a free slot before draining, so a busy database means bigger batches.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            commit(&pool, batch).await;
+        });
+    }
+}
+
+async fn commit(pool: &Pool, batch: Vec<Pending>) {
+    let started = Instant::now();
+    let (records, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|p| ((p.job, p.claim), p.reply))
+        .unzip();
+    match insert_batch(pool, &records).await {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A submit that gave up (client gone) no longer listens; its record stays
+                // marked and the relay publishes it.
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, records = records.len(), "insert batch rolled back");
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+    tracing::trace!(records = records.len(), elapsed = ?started.elapsed(), "insert batch");
+}
+
+/// Writes `records` in one transaction: keys first (a key already taken turns its record
+/// into a replay or a mismatch), then every record whose key is its own. The outer error
+/// means nothing was written; the inner ones are per record.
+pub(super) async fn insert_batch(
+    pool: &Pool,
+    records: &[(Job, Option<KeyClaim>)],
+) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut outcomes: Vec<Option<Result<Inserted, StoreError>>> = vec![None; records.len()];
+    let keyed: Vec<(usize, &KeyClaim, Uuid)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (job, claim))| claim.as_ref().map(|c| (i, c, job.id.as_uuid())))
+        .collect();
+    if !keyed.is_empty() {
+        let keys: Vec<&str> = keyed.iter().map(|(_, c, _)| c.key.as_str()).collect();
+        let hashes: Vec<&str> = keyed
+            .iter()
+            .map(|(_, c, _)| c.request_hash.as_str())
+            .collect();
+        let ids: Vec<Uuid> = keyed.iter().map(|(_, _, id)| *id).collect();
+        let statement = tx.prepare_cached(INSERT_KEYS).await?;
+        let won: HashMap<String, Uuid> = tx
+            .query(&statement, &[&keys, &hashes, &ids])
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let lost: Vec<_> = keyed
+            .iter()
+            .filter(|(_, claim, id)| won.get(&claim.key) != Some(id))
+            .collect();
+        if !lost.is_empty() {
+            let keys: Vec<&str> = lost.iter().map(|(_, c, _)| c.key.as_str()).collect();
+            let statement = tx.prepare_cached(SELECT_KEYS).await?;
+            let taken: HashMap<String, (String, Uuid)> = tx
+                .query(&statement, &[&keys])
+                .await?
+                .iter()
+                .map(|row| (row.get(0), (row.get(1), row.get(2))))
+                .collect();
+            for (i, claim, _) in lost {
+                outcomes[*i] = Some(match taken.get(&claim.key) {
+                    Some((hash, job)) if *hash == claim.request_hash => {
+                        Ok(Inserted::Replay((*job).into()))
+                    }
+                    Some(_) => Ok(Inserted::KeyMismatch),
+                    None => Err(StoreError::unavailable(
+                        "the idempotency key was released while being claimed",
+                    )),
+                });
+            }
+        }
+    }
+    let fresh: Vec<&Job> = records
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| outcome.is_none())
+        .map(|((job, _), _)| job)
+        .collect();
+    if !fresh.is_empty() {
+        let columns = Columns::of(fresh.iter().copied());
+        let statement = tx.prepare_cached(rows::INSERT).await?;
+        let inserted: HashSet<Uuid> = tx
+            .query(&statement, &columns.params())
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for ((job, _), outcome) in records.iter().zip(outcomes.iter_mut()) {
+            if outcome.is_none() {
+                *outcome = Some(if inserted.contains(&job.id.as_uuid()) {
+                    Ok(Inserted::New)
+                } else {
+                    Err(StoreError::Duplicate(job.id))
+                });
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or(Ok(Inserted::New)))
+        .collect())
+}

@@ -1,0 +1,71 @@
+//! What a PostgreSQL error means for the caller: try again later (the connection, the server
+//! or the pool is in trouble), a conflict with stored data (a constraint), or a bug (a query
+//! the server refuses whatever happens). The cause is kept as the error's source.
+
+use std::sync::Arc;
+
+use tokio_postgres::error::SqlState;
+
+use super::super::StoreError;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let transient = match error.code() {
+            // No SQLSTATE: the connection broke, timed out or was closed.
+            None => true,
+            Some(code) => is_transient(code),
+        };
+        let constraint = error
+            .code()
+            .is_some_and(|code| code.code().starts_with("23"));
+        let cause = Arc::new(error);
+        if transient {
+            Self::Unavailable(cause)
+        } else if constraint {
+            Self::Conflict(cause)
+        } else {
+            Self::Query(cause)
+        }
+    }
+}
+
+/// SQLSTATE classes that say "not now" rather than "never": connection exceptions (08),
+/// insufficient resources (53), operator intervention such as a shutdown (57), system errors
+/// (58), and transaction rollbacks such as serialisation failures and deadlocks (40).
+fn is_transient(code: &SqlState) -> bool {
+    matches!(&code.code()[..2], "08" | "40" | "53" | "57" | "58")
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => error.into(),
+            other => Self::Unavailable(Arc::new(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_resource_classes_are_transient_and_query_bugs_are_not() {
+        for code in [
+            SqlState::CONNECTION_FAILURE,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ] {
+            assert!(is_transient(&code), "{code:?}");
+        }
+        for code in [
+            SqlState::UNDEFINED_COLUMN,
+            SqlState::SYNTAX_ERROR,
+            SqlState::UNIQUE_VIOLATION,
+        ] {
+            assert!(!is_transient(&code), "{code:?}");
+        }
+    }
+}
