@@ -120,19 +120,30 @@ pub async fn spawn_app() -> TestApp {
 /// ready (connected, notifier consuming), so no event a test publishes can go unnoticed.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp {
     let app = spawn_unready_app_with(adjust).await;
-    let started = Instant::now();
-    while app.get("/readyz").await.status() != 200 {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the gateway never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_until_ready().await;
+    app
+}
+
+/// Starts a gateway on a store the test keeps a handle on, and waits until it is ready.
+pub async fn spawn_app_on(
+    store: Arc<dyn JobStore>,
+    adjust: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
+    let app = spawn_unready_app_on(Some(store), adjust).await;
+    app.wait_until_ready().await;
     app
 }
 
 /// Starts a gateway without waiting for it to be ready (for tests of an unreachable broker).
 pub async fn spawn_unready_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+    spawn_unready_app_on(None, adjust).await
+}
+
+/// Starts a gateway on `store` (or the one its configuration names) without waiting.
+async fn spawn_unready_app_on(
+    store: Option<Arc<dyn JobStore>>,
+    adjust: impl FnOnce(&mut GatewayConfig),
+) -> TestApp {
     if std::env::var_os("WARREN_TEST_LOG").is_some() {
         warren_shared::telemetry::init(warren_shared::config::LogFormat::Pretty);
     }
@@ -142,9 +153,10 @@ pub async fn spawn_unready_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> 
     adjust(&mut config);
     let broker = config.broker.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let store: Arc<dyn JobStore> = match &config.database_url {
-        Some(url) => Arc::new(PostgresStore::connect(url).await.unwrap()),
-        None => Arc::new(MemoryStore::new()),
+    let store: Arc<dyn JobStore> = match (store, &config.database_url) {
+        (Some(store), _) => store,
+        (None, Some(url)) => Arc::new(PostgresStore::connect(url).await.unwrap()),
+        (None, None) => Arc::new(MemoryStore::new()),
     };
     let app = Application::with_parts(config, listener, store).unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -178,6 +190,18 @@ pub async fn spawn_unready_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> 
 }
 
 impl TestApp {
+    /// Polls `/readyz` until it answers 200.
+    pub async fn wait_until_ready(&self) {
+        let started = Instant::now();
+        while self.get("/readyz").await.status() != 200 {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the gateway never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The deployment's topology names.
     pub fn topology(&self) -> Topology {
         Topology::from_config(&self.broker)
@@ -248,6 +272,21 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Messages waiting in the job queue of `job_type`.
+    pub async fn queued_messages(&self, job_type: &str) -> u32 {
+        let queue = self.topology().job_queue(&job_type.parse().unwrap());
+        let probe = self.connection.create_channel().await.unwrap();
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let state = probe
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        state.message_count()
     }
 
     /// Submits and returns the accepted job's id, asserting the `202`.

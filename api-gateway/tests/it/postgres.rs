@@ -307,18 +307,8 @@ async fn idempotent_submits(app: &mut TestApp) {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], first["id"]);
-    let queue = app.topology().job_queue(&"held".parse().unwrap());
-    let probe = app.connection.create_channel().await.unwrap();
-    let options = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let state = probe
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .unwrap();
     assert_eq!(
-        state.message_count(),
+        app.queued_messages("held").await,
         1,
         "a replay published a second message"
     );
