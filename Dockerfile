@@ -4,7 +4,8 @@
 #
 # The dependency layer follows cargo-chef's recipe technique without the tool: a `recipe`
 # stage copies the whole context and keeps only the manifests, the lockfile and an empty stub
-# for every target root it finds (lib.rs, main.rs, bins, examples, tests, benches, build.rs).
+# for every target root it finds (scripts/docker-recipe.sh; CI runs the same script and checks
+# that the recipe is a workspace cargo can load).
 # The build stage copies that recipe and compiles the dependencies; Docker reuses that layer
 # for as long as the recipe's bytes are the same, i.e. until a manifest or Cargo.lock changes.
 # Nothing here names a workspace member or a source folder, so adding a crate needs no change.
@@ -15,16 +16,7 @@
 FROM rust:1.88-bookworm AS recipe
 WORKDIR /src
 COPY . .
-RUN set -eu; mkdir /recipe; \
-    find . -name target -prune -o \( -name Cargo.toml -o -name Cargo.lock -o -name clippy.toml \) -print \
-    | while read -r manifest; do mkdir -p "/recipe/$(dirname "$manifest")" && cp "$manifest" "/recipe/$manifest"; done; \
-    find . -name target -prune -o -type f \( -path '*/src/lib.rs' -o -path '*/src/main.rs' \
-        -o -path '*/src/bin/*.rs' -o -path '*/examples/*.rs' -o -path '*/tests/*.rs' \
-        -o -path '*/benches/*.rs' -o -name build.rs \) -print \
-    | while read -r root; do \
-        mkdir -p "/recipe/$(dirname "$root")"; \
-        case "$root" in */lib.rs) : > "/recipe/$root" ;; *) echo 'fn main() {}' > "/recipe/$root" ;; esac; \
-    done
+RUN scripts/docker-recipe.sh /src /recipe
 
 # --- build -------------------------------------------------------------------------------
 FROM rust:1.88-bookworm AS build

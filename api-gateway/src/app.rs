@@ -99,6 +99,7 @@ impl Application {
                 default_timeout_ms: config.default_timeout_ms,
                 max_timeout_ms: config.max_timeout_ms,
             }),
+            broker_address: config.broker.amqp_url.to_string().into(),
             change_feed: ReadyFlag::default(),
             openapi: Arc::default(),
             metrics,
@@ -179,7 +180,7 @@ impl Application {
             }
         };
         let grace = config.shutdown.grace();
-        tracing::info!(addr = ?listener.local_addr().ok(), namespace = %config.broker.namespace, "gateway listening");
+        tracing::info!(addr = ?listener.local_addr().ok(), namespace = %config.broker.namespace, broker = %config.broker.amqp_url, "gateway listening");
         let app = http::router(state, config.max_body_bytes);
         let server = axum::serve(listener, app).with_graceful_shutdown(signal);
         let served = tokio::select! {

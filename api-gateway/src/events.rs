@@ -54,10 +54,7 @@ impl From<lapin::Error> for SessionError {
 
 /// A channel on a pooled connection, with the core topology declared.
 async fn open_channel(pool: &Pool, topology: &Topology) -> Result<lapin::Channel, SessionError> {
-    let connection = pool
-        .get()
-        .await
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let connection = amqp::connection(pool).await?;
     let channel = connection.create_channel().await?;
     topology::declare_core(&channel, topology).await?;
     Ok(channel)

@@ -120,10 +120,15 @@ impl Publisher {
     }
 
     /// Whether the broker is usable now: a live channel exists or can be opened quickly.
-    pub async fn is_ready(&self) -> bool {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), self.channel()).await,
-            Ok(Ok(_))
-        )
+    /// The error says what failed and how long the probe waited.
+    pub async fn is_ready(&self) -> Result<(), String> {
+        let wait = Duration::from_secs(2);
+        match tokio::time::timeout(wait, self.channel()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "no usable channel within {wait:?} (still connecting)"
+            )),
+        }
     }
 }

@@ -1,54 +1,66 @@
-//! Warren's benchmark. Against a running RabbitMQ it starts the release `api-gateway` and
-//! `worker` binaries in a namespace of its own and measures, in one run:
+//! Warren's benchmark, for the shape users run. Against a running RabbitMQ (and PostgreSQL,
+//! for `--store postgres|both`) it measures, in one run, each scenario:
 //!
-//! 1. end-to-end throughput: `--jobs` `echo` jobs submitted over HTTP by `--concurrency`
-//!    clients, until the gateway's store has them all `succeeded`;
-//! 2. sync latency: `--sync-samples` sequential `Prefer: wait` submits of `echo`;
-//! 3. the raw floor on the same broker and message size: publisher with confirms → consumer
-//!    that publishes a persistent result with confirm, then acks → collector;
+//! - the memory store with one gateway;
+//! - the PostgreSQL store with each of `--gateways` (e.g. `1,3`) gateways on one schema;
 //!
-//! and prints each Warren figure beside its floor, with the peak RSS of gateway and worker,
-//! and writes the figures as JSON (`--json`).
+//! and for each: end-to-end throughput of `--jobs` `echo` jobs submitted by `--concurrency`
+//! clients spread over the gateways (completion by the gateways' counters, and as a client
+//! sees it: a long poll of every job, from another gateway than the one that took it), the
+//! long-poll phase after the burst, the submit-only rate, sync latency (`--sync-samples`
+//! sequential `Prefer: wait` submits), and peak RSS. Then the raw floor on the same broker:
+//! publisher with confirms → consumer that publishes a persistent result with confirm, then
+//! acks → collector. It prints everything with ratios and writes JSON (`--json`).
 //!
 //! ```text
-//! cargo build --release --bins && cargo run --release -p warren-bench -- --jobs 20000
+//! cargo build --release --bins && cargo run --release -p warren-bench -- --jobs 20000 --gateways 1,3
 //! ```
 
 #![allow(clippy::print_stdout, missing_docs)]
 
 mod floor;
+mod load;
+mod stack;
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 use warren_shared::{JobId, JobMessage, JobType, V1, message};
+
+use load::percentile;
+use stack::{Stack, StackSpec, Store};
+
+/// Which stores to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreChoice {
+    Memory,
+    Postgres,
+    Both,
+}
 
 /// What to measure.
 #[derive(Debug, Parser)]
 #[command(
     name = "warren-bench",
-    about = "Warren's throughput and latency beside the raw RabbitMQ floor"
+    about = "Warren's throughput and latency, per store and gateway count, beside the raw RabbitMQ floor"
 )]
 struct Args {
-    /// Jobs for the throughput run.
+    /// Jobs for each throughput run.
     #[arg(long, default_value_t = 20_000)]
     jobs: usize,
     /// Concurrent HTTP clients (and publishes in flight for the floor).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Sequential synchronous round trips measured.
+    /// Sequential synchronous round trips measured per scenario.
     #[arg(long, default_value_t = 1_000)]
     sync_samples: usize,
+    /// Stores to measure.
+    #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
+    store: StoreChoice,
+    /// Gateway counts to measure on PostgreSQL, comma separated (memory always runs one).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    gateways: Vec<usize>,
     /// Worker processes.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -62,6 +74,13 @@ struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
+    /// PostgreSQL (each scenario gets a schema of its own, dropped at the end).
+    #[arg(
+        long,
+        env = "WARREN_BENCH_DATABASE_URL",
+        default_value = "postgresql://postgres@127.0.0.1:5432/test"
+    )]
+    database_url: String,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
@@ -69,205 +88,95 @@ struct Args {
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-fn binary(name: &str) -> Result<PathBuf, Error> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found: run `cargo build --release --bins` first",
-            path.display()
-        )
-        .into())
-    }
+/// Starts a scenario's stack, measures it, stops it.
+async fn scenario(args: &Args, store: Store, gateways: usize) -> Result<Value, Error> {
+    println!("\n--- {} store, {gateways} gateway(s)", store.name());
+    let spec = StackSpec {
+        store,
+        gateways,
+        workers: args.workers,
+        worker_concurrency: args.worker_concurrency,
+        amqp_url: &args.amqp_url,
+        database_url: &args.database_url,
+    };
+    let stack = Stack::start(&spec).await?;
+    let measured = measure(args, &stack).await;
+    stack.stop().await?;
+    measured
 }
 
-fn free_port() -> Result<u16, Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn spawn(path: &PathBuf, env: &[(&str, String)]) -> Result<Child, Error> {
-    let mut command = Command::new(path);
-    command
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn");
-    command
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    Ok(command.spawn()?)
-}
-
-/// Peak resident memory of a process, in MiB (`VmHWM`).
-fn peak_rss_mib(child: &Child) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()?)).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank]
-}
-
-fn millis(durations: &[Duration]) -> Vec<f64> {
-    let mut ms: Vec<f64> = durations.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    ms
-}
-
-/// The sum of `warren_jobs_finished_total` for succeeded `echo` jobs in the gateway's metrics.
-async fn echo_succeeded(client: &reqwest::Client, base: &str) -> Result<f64, Error> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let series = r#"warren_jobs_finished_total{job_type="echo",status="succeeded"} "#;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.parse().ok())
-        .unwrap_or(0.0))
-}
-
-async fn submit(
-    client: &reqwest::Client,
-    base: &str,
-    i: usize,
-    prefer_wait: bool,
-) -> Result<u16, Error> {
-    let mut request = client
-        .post(format!("{base}/v1/jobs"))
-        .json(&json!({"type": "echo", "payload": {"i": i}}));
-    if prefer_wait {
-        request = request.header("prefer", "wait=10");
-    }
-    Ok(request.send().await?.status().as_u16())
-}
-
-/// Submits `jobs` with `concurrency` clients; returns (submit seconds, until-all-succeeded seconds).
-async fn throughput(
-    client: &reqwest::Client,
-    base: &str,
-    jobs: usize,
-    concurrency: usize,
-) -> Result<(f64, f64), Error> {
-    let before = echo_succeeded(client, base).await?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let clients: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, base, next) = (client.clone(), base.to_owned(), next.clone());
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= jobs {
-                        return Ok::<(), Error>(());
-                    }
-                    let status = submit(&client, &base, i, false).await?;
-                    if status != 202 {
-                        return Err(format!("submit answered {status}").into());
-                    }
-                }
-            })
-        })
-        .collect();
-    for handle in clients {
-        handle.await??;
-    }
-    let submitted = started.elapsed().as_secs_f64();
-    #[allow(clippy::cast_precision_loss)]
-    while echo_succeeded(client, base).await? - before < jobs as f64 {
-        if started.elapsed() > Duration::from_secs(600) {
-            return Err("jobs did not all succeed within 10 minutes".into());
+async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let started = std::time::Instant::now();
+    for base in &stack.bases {
+        while load::submit(&client, base, 0, true)
+            .await
+            .map_or(0, |r| r.0)
+            != 200
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err("the gateways and worker did not come up within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok((submitted, started.elapsed().as_secs_f64()))
+    println!("warming up...");
+    load::throughput(
+        &client,
+        &stack.bases,
+        1_000.min(args.jobs),
+        args.concurrency,
+    )
+    .await?;
+    println!(
+        "throughput: {} jobs, {} clients...",
+        args.jobs, args.concurrency
+    );
+    let run = load::throughput(&client, &stack.bases, args.jobs, args.concurrency).await?;
+    println!("sync latency: {} sequential submits...", args.sync_samples);
+    let sync = load::sync_latency(&client, &stack.bases[0], args.sync_samples).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let jobs = args.jobs as f64;
+    let max_rss = |children: &[tokio::process::Child]| {
+        children
+            .iter()
+            .filter_map(stack::peak_rss_mib)
+            .fold(0.0_f64, f64::max)
+    };
+    Ok(json!({
+        "throughput_jobs_per_s": jobs / run.by_counter,
+        "client_throughput_jobs_per_s": jobs / run.by_long_poll,
+        "long_poll_phase_s": run.by_long_poll - run.submitted,
+        "submit_only_jobs_per_s": jobs / run.submitted,
+        "sync_ms": {"p50": percentile(&sync, 50.0), "p90": percentile(&sync, 90.0), "p99": percentile(&sync, 99.0)},
+        "gateway_peak_rss_mib": max_rss(&stack.gateways),
+        "worker_peak_rss_mib": max_rss(&stack.workers),
+    }))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let namespace = format!("bench-{}", uuid::Uuid::now_v7().simple());
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let common = [
-        ("WARREN_AMQP_URL", args.amqp_url.clone()),
-        ("WARREN_NAMESPACE", namespace.clone()),
-    ];
-    let mut gateway_env = common.to_vec();
-    gateway_env.push(("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")));
-    let gateway = spawn(&binary("api-gateway")?, &gateway_env)?;
-    let mut workers = Vec::new();
-    for _ in 0..args.workers {
-        let mut env = common.to_vec();
-        env.extend([
-            ("WARREN_WORKER_TYPES", "echo".to_owned()),
-            (
-                "WARREN_WORKER_CONCURRENCY",
-                args.worker_concurrency.to_string(),
-            ),
-            ("WARREN_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-        ]);
-        workers.push(spawn(&binary("worker")?, &env)?);
+    let mut scenarios = Vec::new();
+    if args.store != StoreChoice::Postgres {
+        scenarios.push((
+            "memory, 1 gateway".to_owned(),
+            scenario(&args, Store::Memory, 1).await?,
+        ));
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
-    let started = Instant::now();
-    while submit(&client, &base, 0, true).await.unwrap_or(0) != 200 {
-        if started.elapsed() > Duration::from_secs(30) {
-            return Err("the gateway and worker did not come up within 30 s".into());
+    if args.store != StoreChoice::Memory {
+        for &gateways in &args.gateways {
+            let name = format!("postgres, {gateways} gateway(s)");
+            scenarios.push((
+                name,
+                scenario(&args, Store::Postgres, gateways.max(1)).await?,
+            ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("warming up...");
-    throughput(&client, &base, 1_000.min(args.jobs), args.concurrency).await?;
 
-    println!(
-        "throughput: {} jobs, {} clients...",
-        args.jobs, args.concurrency
-    );
-    let (submit_secs, total_secs) = throughput(&client, &base, args.jobs, args.concurrency).await?;
-    #[allow(clippy::cast_precision_loss)]
-    let jobs = args.jobs as f64;
-    let warren_throughput = jobs / total_secs;
-
-    println!(
-        "sync latency: {} sequential Prefer: wait submits...",
-        args.sync_samples
-    );
-    let mut sync = Vec::with_capacity(args.sync_samples);
-    for i in 0..args.sync_samples {
-        let started = Instant::now();
-        let status = submit(&client, &base, i, true).await?;
-        if status != 200 {
-            return Err(format!("a sync submit answered {status}").into());
-        }
-        sync.push(started.elapsed());
-    }
-    let sync = millis(&sync);
-    let gateway_rss = peak_rss_mib(&gateway);
-    let worker_rss = workers
-        .iter()
-        .filter_map(peak_rss_mib)
-        .fold(0.0_f64, f64::max);
-
-    println!("raw floor on the same broker...");
+    println!("\n--- raw floor on the same broker...");
     let body = message::encode(&JobMessage {
         v: V1,
         id: JobId::new(),
@@ -278,7 +187,7 @@ async fn main() -> Result<(), Error> {
         timeout_ms: 60_000,
         created_at: chrono::Utc::now(),
     });
-    let (floor_throughput, floor_latencies) = floor::run(
+    let (floor_throughput, mut floor_latencies) = floor::run(
         &args.amqp_url,
         &body,
         args.jobs,
@@ -287,17 +196,17 @@ async fn main() -> Result<(), Error> {
         args.sync_samples,
     )
     .await?;
-    let floor = millis(&floor_latencies);
-
+    let floor: Vec<f64> = {
+        floor_latencies.sort();
+        floor_latencies
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect()
+    };
     let results = json!({
         "jobs": args.jobs, "concurrency": args.concurrency, "workers": args.workers,
         "worker_concurrency": args.worker_concurrency, "message_bytes": body.len(),
-        "warren": {
-            "throughput_jobs_per_s": warren_throughput,
-            "submit_only_jobs_per_s": jobs / submit_secs,
-            "sync_ms": {"p50": percentile(&sync, 50.0), "p90": percentile(&sync, 90.0), "p99": percentile(&sync, 99.0)},
-            "gateway_peak_rss_mib": gateway_rss, "worker_peak_rss_mib": worker_rss,
-        },
+        "scenarios": scenarios.iter().map(|(name, figures)| json!({"scenario": name, "figures": figures})).collect::<Vec<_>>(),
         "floor": {
             "throughput_jobs_per_s": floor_throughput,
             "round_trip_ms": {"p50": percentile(&floor, 50.0), "p90": percentile(&floor, 90.0), "p99": percentile(&floor, 99.0)},
@@ -306,63 +215,78 @@ async fn main() -> Result<(), Error> {
     print_report(&results);
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
     println!("results written to {}", args.json.display());
-
-    for mut child in workers.into_iter().chain([gateway]) {
-        let _ = child.start_kill();
-        let _ = child.wait().await;
-    }
-    cleanup(&args.amqp_url, &namespace).await?;
     Ok(())
 }
 
 fn print_report(results: &Value) {
-    let w = &results["warren"];
-    let f = &results["floor"];
-    let ratio = |a: &Value, b: &Value| a.as_f64().unwrap_or(0.0) / b.as_f64().unwrap_or(1.0);
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let floor = &results["floor"];
+    let empty = Vec::new();
+    let scenarios = results["scenarios"].as_array().unwrap_or(&empty);
     println!();
-    println!(
-        "{:<34} {:>12} {:>12} {:>8}",
-        "", "warren", "raw floor", "ratio"
-    );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>8.2}",
-        "throughput (jobs/s)",
-        w["throughput_jobs_per_s"].as_f64().unwrap_or(0.0),
-        f["throughput_jobs_per_s"].as_f64().unwrap_or(0.0),
-        ratio(&w["throughput_jobs_per_s"], &f["throughput_jobs_per_s"])
-    );
-    for p in ["p50", "p90", "p99"] {
+    print!("{:<30}", "");
+    for s in scenarios {
+        print!(" {:>20}", s["scenario"].as_str().unwrap_or("?"));
+    }
+    println!(" {:>12}", "raw floor");
+    let rows: [(&str, &str, Option<&Value>); 10] = [
+        (
+            "throughput, counter (jobs/s)",
+            "/throughput_jobs_per_s",
+            Some(&floor["throughput_jobs_per_s"]),
+        ),
+        (
+            "throughput, client (jobs/s)",
+            "/client_throughput_jobs_per_s",
+            None,
+        ),
+        ("long-poll phase (s)", "/long_poll_phase_s", None),
+        ("submit-only (jobs/s)", "/submit_only_jobs_per_s", None),
+        (
+            "sync p50 (ms)",
+            "/sync_ms/p50",
+            Some(&floor["round_trip_ms"]["p50"]),
+        ),
+        (
+            "sync p90 (ms)",
+            "/sync_ms/p90",
+            Some(&floor["round_trip_ms"]["p90"]),
+        ),
+        (
+            "sync p99 (ms)",
+            "/sync_ms/p99",
+            Some(&floor["round_trip_ms"]["p99"]),
+        ),
+        ("gateway peak RSS (MiB)", "/gateway_peak_rss_mib", None),
+        ("worker peak RSS (MiB)", "/worker_peak_rss_mib", None),
+        ("", "", None),
+    ];
+    for (label, pointer, floor_value) in rows.iter().filter(|r| !r.0.is_empty()) {
+        print!("{label:<30}");
+        for s in scenarios {
+            print!(
+                " {:>20.2}",
+                num(s["figures"].pointer(pointer).unwrap_or(&Value::Null))
+            );
+        }
+        match floor_value {
+            Some(value) => println!(" {:>12.2}", num(value)),
+            None => println!(),
+        }
+    }
+    let Some(first) = scenarios.first() else {
+        return;
+    };
+    println!("\nratios (each scenario against the first, and against the floor):");
+    for s in scenarios {
+        let f = &s["figures"];
         println!(
-            "{:<34} {:>12.2} {:>12.2} {:>8.2}",
-            format!("sync round trip {p} (ms)"),
-            w["sync_ms"][p].as_f64().unwrap_or(0.0),
-            f["round_trip_ms"][p].as_f64().unwrap_or(0.0),
-            ratio(&w["sync_ms"][p], &f["round_trip_ms"][p])
+            "  {:<22} throughput {:.2} x first, {:.2} x floor; sync p50 {:.2} x first, {:.2} x floor",
+            s["scenario"].as_str().unwrap_or("?"),
+            num(&f["throughput_jobs_per_s"]) / num(&first["figures"]["throughput_jobs_per_s"]),
+            num(&f["throughput_jobs_per_s"]) / num(&floor["throughput_jobs_per_s"]),
+            num(&f["sync_ms"]["p50"]) / num(&first["figures"]["sync_ms"]["p50"]),
+            num(&f["sync_ms"]["p50"]) / num(&floor["round_trip_ms"]["p50"]),
         );
     }
-    println!(
-        "{:<34} {:>12.0}",
-        "submit-only rate (jobs/s)",
-        w["submit_only_jobs_per_s"].as_f64().unwrap_or(0.0)
-    );
-    println!(
-        "{:<34} {:>12.1}",
-        "gateway peak RSS (MiB)",
-        w["gateway_peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-    );
-    println!(
-        "{:<34} {:>12.1}",
-        "worker peak RSS (MiB)",
-        w["worker_peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-    );
-}
-
-/// Deletes the bench namespace's exchanges and queues.
-async fn cleanup(url: &str, namespace: &str) -> Result<(), Error> {
-    let connection =
-        lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    let topology = warren_shared::Topology::new(namespace);
-    warren_shared::topology::delete(&channel, &topology, &[JobType::parse("echo")?]).await?;
-    Ok(())
 }

@@ -60,12 +60,30 @@ pub fn connection_pool(
         .map_err(|e| PoolSetupError(e.to_string()))
 }
 
+/// A connection from the pool, or an error that says what went wrong and how long it waited.
+pub async fn connection(pool: &Pool) -> Result<deadpool_lapin::Object, BrokerError> {
+    let started = Instant::now();
+    pool.get().await.map_err(|error| {
+        let waited = started.elapsed();
+        BrokerError::Unavailable(match error {
+            deadpool_lapin::PoolError::Timeout(deadpool_lapin::TimeoutType::Create) => {
+                format!(
+                    "no AMQP handshake within {waited:.1?}: the broker accepts connections but does \
+                     not complete them (overloaded, or out of file handles: check its open-files \
+                     limit and `rabbitmqctl status`)"
+                )
+            }
+            deadpool_lapin::PoolError::Backend(error) => {
+                format!("cannot connect (after {waited:.1?}): {error}")
+            }
+            other => format!("no connection within {waited:.1?}: {other}"),
+        })
+    })
+}
+
 /// Opens a channel with publisher confirms enabled on a pooled connection.
 pub async fn confirm_channel(pool: &Pool) -> Result<Channel, BrokerError> {
-    let connection = pool
-        .get()
-        .await
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let connection = connection(pool).await?;
     Ok(confirm_channel_on(&connection).await?)
 }
 

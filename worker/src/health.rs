@@ -27,7 +27,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) 
     if shared.readiness.is_up() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
-        let body = json!({"status": "unavailable", "reason": "not consuming its job queues (broker unreachable or reconnecting)"});
+        let body = json!({
+            "status": "unavailable",
+            "reason": "not consuming its job queues (broker unreachable or reconnecting; the log says why)",
+            "broker_address": &*shared.broker_address,
+        });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body))
     }
 }

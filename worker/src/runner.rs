@@ -52,6 +52,8 @@ pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the worker needs while it runs, shared by every job task.
 pub(crate) struct Shared {
     pub(crate) topology: Topology,
+    /// The broker's URL with its password hidden, for logs and `/readyz`.
+    pub(crate) broker_address: Arc<str>,
     pub(crate) handlers: Registry,
     pub(crate) identity: Arc<str>,
     pub(crate) concurrency: u16,
@@ -163,10 +165,7 @@ async fn session(
     in_flight: &InFlight,
     permits: &Arc<Semaphore>,
 ) -> Result<(), SessionError> {
-    let connection = pool
-        .get()
-        .await
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let connection = amqp::connection(pool).await?;
     let consume_channel = connection.create_channel().await?;
     drop(connection);
     shared.set_consume_channel(&consume_channel);

@@ -109,6 +109,7 @@ impl WorkerBuilder {
             announce_running_after: Duration::from_millis(config.announce_running_after_ms),
             cancels: Cancels::default(),
             readiness: ReadyFlag::default(),
+            broker_address: config.broker.amqp_url.to_string().into(),
             metrics: WorkerMetrics::default(),
             consume_channel: std::sync::Mutex::default(),
         };
@@ -164,7 +165,7 @@ impl Worker {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| RunError::Bind { addr, source })?;
-        tracing::info!(addr = ?listener.local_addr().ok(), "health endpoint listening");
+        tracing::info!(addr = ?listener.local_addr().ok(), broker = %self.shared.broker_address, "health endpoint listening");
         let stop = CancellationToken::new();
         let probes = tokio::spawn(health::serve(listener, self.shared.clone(), stop.clone()));
         let signal = {

@@ -12,21 +12,35 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// `GET /readyz`: 200 when RabbitMQ and the store are usable and the store's change feed is
-/// followed (so waiting requests can be woken); 503, saying which is not, otherwise.
+/// followed (so waiting requests can be woken); 503 otherwise, saying which is not, why, and
+/// which broker address it tried (password hidden).
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "RabbitMQ and the store are usable"), (status = 503, description = "Something is not; the body says what")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (broker, store) = tokio::join!(state.publisher.is_ready(), state.jobs.store().ping());
-    let store = store.is_ok() && state.change_feed.is_up();
-    let status = if broker && store {
+    let store = match store {
+        Ok(()) if !state.change_feed.is_up() => {
+            Err("the store's change feed is reconnecting".to_owned())
+        }
+        Ok(()) => Ok(()),
+        Err(error) => Err(error.to_string()),
+    };
+    let status = if broker.is_ok() && store.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
+    let mut body = json!({
         "status": if status.is_success() { "ready" } else { "unavailable" },
-        "broker": if broker { "ok" } else { "unavailable" },
-        "store": if store { "ok" } else { "unavailable" },
+        "broker": if broker.is_ok() { "ok" } else { "unavailable" },
+        "broker_address": &*state.broker_address,
+        "store": if store.is_ok() { "ok" } else { "unavailable" },
     });
+    if let Err(error) = broker {
+        body["broker_error"] = json!(error);
+    }
+    if let Err(error) = store {
+        body["store_error"] = json!(error);
+    }
     (status, Json(body))
 }
 

@@ -52,6 +52,8 @@ pub struct AppState {
     pub metrics: Arc<GatewayMetrics>,
     /// The OpenAPI document, rendered once when the router is built.
     pub openapi: Arc<OnceLock<String>>,
+    /// The broker's URL with its password hidden, for `/readyz`.
+    pub broker_address: Arc<str>,
     /// Up while the store's change feed is followed (waiters can be woken).
     pub change_feed: ReadyFlag,
     /// The longest a request may wait for a job.

@@ -1,0 +1,179 @@
+//! The system under test: release `api-gateway` and `worker` processes in a namespace of their
+//! own, on the memory store or on a PostgreSQL schema of their own, and their cleanup.
+
+use std::{path::PathBuf, process::Stdio};
+
+use tokio::process::{Child, Command};
+use warren_shared::JobType;
+
+use crate::Error;
+
+/// Which store the gateways use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// In memory (one gateway only: memory is not shared).
+    Memory,
+    /// PostgreSQL, a fresh schema per scenario.
+    Postgres,
+}
+
+impl Store {
+    /// The name in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// Running gateways and workers.
+pub(crate) struct Stack {
+    pub(crate) bases: Vec<String>,
+    pub(crate) gateways: Vec<Child>,
+    pub(crate) workers: Vec<Child>,
+    namespace: String,
+    amqp_url: String,
+    schema: Option<(tokio_postgres::Client, String)>,
+}
+
+/// How to start a stack.
+pub(crate) struct StackSpec<'a> {
+    pub(crate) store: Store,
+    pub(crate) gateways: usize,
+    pub(crate) workers: usize,
+    pub(crate) worker_concurrency: u16,
+    pub(crate) amqp_url: &'a str,
+    pub(crate) database_url: &'a str,
+}
+
+fn binary(name: &str) -> Result<PathBuf, Error> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found: run `cargo build --release --bins` first",
+            path.display()
+        )
+        .into())
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(path: &PathBuf, env: &[(&str, String)]) -> Result<Child, Error> {
+    let mut command = Command::new(path);
+    command
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn");
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    Ok(command.spawn()?)
+}
+
+/// A schema of its own in the benchmark database, and the URL that uses it.
+async fn create_schema(
+    database_url: &str,
+) -> Result<(tokio_postgres::Client, String, String), Error> {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot reach PostgreSQL at {database_url} (--database-url): {e}"))?;
+    tokio::spawn(connection);
+    let schema = format!("bench_{}", uuid::Uuid::now_v7().simple());
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await?;
+    let separator = if database_url.contains('?') { '&' } else { '?' };
+    let url = format!("{database_url}{separator}options=-csearch_path%3D{schema}");
+    Ok((client, schema, url))
+}
+
+impl Stack {
+    /// Starts the gateways and workers of `spec` in a fresh namespace.
+    pub(crate) async fn start(spec: &StackSpec<'_>) -> Result<Self, Error> {
+        let namespace = format!("bench-{}", uuid::Uuid::now_v7().simple());
+        let common = [
+            ("WARREN_AMQP_URL", spec.amqp_url.to_owned()),
+            ("WARREN_NAMESPACE", namespace.clone()),
+        ];
+        let (schema, database) = match spec.store {
+            Store::Memory => (None, None),
+            Store::Postgres => {
+                let (client, schema, url) = create_schema(spec.database_url).await?;
+                (Some((client, schema)), Some(url))
+            }
+        };
+        let mut stack = Self {
+            bases: Vec::new(),
+            gateways: Vec::new(),
+            workers: Vec::new(),
+            namespace,
+            amqp_url: spec.amqp_url.to_owned(),
+            schema,
+        };
+        for _ in 0..spec.gateways {
+            let port = free_port()?;
+            let mut env = common.to_vec();
+            env.push(("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")));
+            if let Some(url) = &database {
+                env.push(("WARREN_DATABASE_URL", url.clone()));
+            }
+            stack.gateways.push(spawn(&binary("api-gateway")?, &env)?);
+            stack.bases.push(format!("http://127.0.0.1:{port}"));
+        }
+        for _ in 0..spec.workers {
+            let mut env = common.to_vec();
+            env.extend([
+                ("WARREN_WORKER_TYPES", "echo".to_owned()),
+                (
+                    "WARREN_WORKER_CONCURRENCY",
+                    spec.worker_concurrency.to_string(),
+                ),
+                ("WARREN_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ]);
+            stack.workers.push(spawn(&binary("worker")?, &env)?);
+        }
+        Ok(stack)
+    }
+
+    /// Stops every process, deletes the namespace's exchanges and queues and the schema.
+    pub(crate) async fn stop(self) -> Result<(), Error> {
+        for mut child in self.workers.into_iter().chain(self.gateways) {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        let connection =
+            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
+                .await?;
+        let channel = connection.create_channel().await?;
+        let topology = warren_shared::Topology::new(&self.namespace);
+        warren_shared::topology::delete(&channel, &topology, &[JobType::parse("echo")?]).await?;
+        if let Some((client, schema)) = self.schema {
+            client
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+pub(crate) fn peak_rss_mib(child: &Child) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()?)).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
