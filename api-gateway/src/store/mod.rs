@@ -277,7 +277,9 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(applied.pop().unwrap_or(Applied::UnknownJob))
     }
 
-    /// RabbitMQ confirmed the job's message: clears its outbox mark.
+    /// RabbitMQ confirmed the job's message: clears its outbox mark (the PostgreSQL store
+    /// clears marks in batches, so this may return before the mark is gone; a mark left
+    /// behind only means the relay publishes the job once more).
     async fn confirm_published(&self, id: JobId) -> Result<(), StoreError>;
 
     /// Marks a job that RabbitMQ refused as failed (unless something already finished it),

@@ -13,8 +13,12 @@ use warren_gateway::{
     store::{Inserted, Job, JobStore, PostgresStore, StoreError},
 };
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::{
-    helpers::{TestApp, TestSchema, spawn_app_with},
+    helpers::{DEADLINE, TestApp, TestSchema, spawn_app_with},
     proxy::Proxy,
 };
 
@@ -139,6 +143,31 @@ async fn concurrent_submits_each_get_their_own_record_and_message_and_a_failed_b
     );
     assert!(accepted.iter().all(|id| stored.contains(id)));
     assert_eq!(app.queued_messages("held").await as usize, accepted.len());
+    // Confirmed publishes clear their outbox marks (in batches, shortly after the 202), so
+    // the relay never publishes these jobs again.
+    let (client, connection) = tokio_postgres::connect(&schema.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let started = Instant::now();
+    loop {
+        let marked: i64 = client
+            .query_one(
+                "SELECT count(*) FROM warren_jobs WHERE unconfirmed_since IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if marked == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{marked} confirmed jobs kept their outbox mark"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.stop().await;
     schema.drop_schema().await;
 }

@@ -127,6 +127,15 @@ pub(super) async fn insert_batch(
     records: &[(Job, Option<KeyClaim>)],
 ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
     let mut client = pool.get().await?;
+    let written = write_batch(&mut client, records).await;
+    super::discard_if_broken(client, written.as_ref().err());
+    written
+}
+
+async fn write_batch(
+    client: &mut deadpool_postgres::Object,
+    records: &[(Job, Option<KeyClaim>)],
+) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
     let tx = client.transaction().await?;
     let mut outcomes: Vec<Option<Result<Inserted, StoreError>>> = vec![None; records.len()];
     let keyed: Vec<(usize, &KeyClaim, Uuid)> = records
@@ -204,4 +213,52 @@ pub(super) async fn insert_batch(
         .into_iter()
         .map(|outcome| outcome.unwrap_or(Ok(Inserted::New)))
         .collect())
+}
+
+/// Clears outbox marks in batches: a confirmed publish must not cost a transaction of its own.
+/// A mark that is never cleared (the gateway dies first, or the update fails) only means the
+/// relay publishes the job once more.
+#[derive(Debug, Clone)]
+pub(super) struct Unmarker {
+    sender: mpsc::UnboundedSender<Uuid>,
+}
+
+/// Clears many marks.
+const UNMARK: &str = "UPDATE warren_jobs SET unconfirmed_since = NULL
+    WHERE id = ANY($1) AND unconfirmed_since IS NOT NULL";
+
+impl Unmarker {
+    /// Starts the task that clears marks on `pool`.
+    pub(super) fn start(pool: Pool) -> Self {
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Uuid>();
+        tokio::spawn(async move {
+            while let Some(first) = receiver.recv().await {
+                let mut ids = vec![first];
+                while ids.len() < MAX_BATCH * 8 {
+                    match receiver.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(error) = unmark(&pool, &ids).await {
+                    tracing::warn!(%error, jobs = ids.len(), "cannot clear outbox marks; the relay will publish these jobs again");
+                }
+            }
+        });
+        Self { sender }
+    }
+
+    /// Queues the mark of `id` to be cleared.
+    pub(super) fn clear(&self, id: Uuid) -> Result<(), StoreError> {
+        self.sender
+            .send(id)
+            .map_err(|_| StoreError::unavailable("the store's mark clearer has stopped"))
+    }
+}
+
+async fn unmark(pool: &Pool, ids: &[Uuid]) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(UNMARK).await?;
+    client.execute(&statement, &[&ids]).await?;
+    Ok(())
 }

@@ -34,7 +34,7 @@ use super::{
     Applied, Cancelled, ChangeFeed, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven,
     StoreError, transition,
 };
-use committer::Committer;
+use committer::{Committer, Unmarker};
 use rows::{Columns, from_row};
 
 /// The schema's versions, applied in order.
@@ -65,6 +65,7 @@ impl Default for StoreOptions {
 pub struct PostgresStore {
     pool: Pool,
     committer: Committer,
+    unmarker: Unmarker,
     /// Where the change feed connects.
     listen_config: tokio_postgres::Config,
     /// The `NOTIFY` channel of this schema.
@@ -113,6 +114,7 @@ impl PostgresStore {
             .get(0);
         Ok(Self {
             committer: Committer::start(pool.clone()),
+            unmarker: Unmarker::start(pool.clone()),
             pool,
             listen_config,
             channel: format!("warren_changes_{schema}"),
@@ -128,6 +130,48 @@ impl PostgresStore {
         records: &[(Job, Option<KeyClaim>)],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         committer::insert_batch(&self.pool, records).await
+    }
+
+    /// Applies `events` in one transaction on `client`.
+    async fn apply_on(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        events: &[JobEvent],
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mut ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(rows::LOCK_MANY).await?;
+        let mut jobs = HashMap::new();
+        for row in tx.query(&statement, &[&ids]).await? {
+            let job = from_row(&row)?;
+            jobs.insert(job.id, (job.version, job));
+        }
+        let applied: Vec<Applied> = events
+            .iter()
+            .map(|event| match jobs.get_mut(&event.id) {
+                None => Applied::UnknownJob,
+                Some((_, job)) => match transition::apply(job, event) {
+                    Ok(()) => Applied::Updated(Box::new(job.clone())),
+                    Err(ignored) => Applied::Ignored(ignored),
+                },
+            })
+            .collect();
+        let changed: Vec<&Job> = jobs
+            .values()
+            .filter(|(version_before, job)| job.version != *version_before)
+            .map(|(_, job)| job)
+            .collect();
+        if !changed.is_empty() {
+            let statement = tx.prepare_cached(rows::UPDATE).await?;
+            tx.execute(&statement, &Columns::of(changed.iter().copied()).params())
+                .await?;
+            let ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
+            changes::notify(&tx, &self.channel, &self.origin, &ids).await?;
+        }
+        tx.commit().await?;
+        Ok(applied)
     }
 
     /// Locks the job's row, lets `change` work on the record, writes it back and announces it
@@ -154,6 +198,14 @@ impl PostgresStore {
         }
         tx.commit().await?;
         Ok(Some((job, outcome)))
+    }
+}
+
+/// Takes a connection out of the pool when `error` says it is broken, so the next request
+/// gets a sound one instead of failing on the same dead socket.
+fn discard_if_broken(client: deadpool_postgres::Object, error: Option<&StoreError>) {
+    if matches!(error, Some(StoreError::Unavailable(_))) {
+        drop(deadpool_postgres::Object::take(client));
     }
 }
 
@@ -217,50 +269,14 @@ impl JobStore for PostgresStore {
     }
 
     async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<Applied>, StoreError> {
-        let mut ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
-        ids.sort_unstable();
-        ids.dedup();
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(rows::LOCK_MANY).await?;
-        let mut jobs = HashMap::new();
-        for row in tx.query(&statement, &[&ids]).await? {
-            let job = from_row(&row)?;
-            jobs.insert(job.id, (job.version, job));
-        }
-        let applied: Vec<Applied> = events
-            .iter()
-            .map(|event| match jobs.get_mut(&event.id) {
-                None => Applied::UnknownJob,
-                Some((_, job)) => match transition::apply(job, event) {
-                    Ok(()) => Applied::Updated(Box::new(job.clone())),
-                    Err(ignored) => Applied::Ignored(ignored),
-                },
-            })
-            .collect();
-        let changed: Vec<&Job> = jobs
-            .values()
-            .filter(|(version_before, job)| job.version != *version_before)
-            .map(|(_, job)| job)
-            .collect();
-        if !changed.is_empty() {
-            let statement = tx.prepare_cached(rows::UPDATE).await?;
-            tx.execute(&statement, &Columns::of(changed.iter().copied()).params())
-                .await?;
-            let ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
-            changes::notify(&tx, &self.channel, &self.origin, &ids).await?;
-        }
-        tx.commit().await?;
-        Ok(applied)
+        let applied = self.apply_on(&mut client, events).await;
+        discard_if_broken(client, applied.as_ref().err());
+        applied
     }
 
     async fn confirm_published(&self, id: JobId) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached("UPDATE warren_jobs SET unconfirmed_since = NULL WHERE id = $1")
-            .await?;
-        client.execute(&statement, &[&id.as_uuid()]).await?;
-        Ok(())
+        self.unmarker.clear(id.as_uuid())
     }
 
     async fn fail_unpublished(
