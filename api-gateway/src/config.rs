@@ -47,7 +47,7 @@ pub struct GatewayConfig {
         env = "WARREN_OUTBOX_GRACE_MS",
         value_name = "WARREN_OUTBOX_GRACE_MS",
         default_value_t = 5_000,
-        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+        value_parser = clap::value_parser!(u64).range(1_000..=3_600_000)
     )]
     pub outbox_grace_ms: u64,
 

@@ -139,7 +139,9 @@ impl JobService {
                 Inserted::KeyMismatch => return Err(JobsError::KeyReused),
                 Inserted::Replay(id) => {
                     if let Some(earlier) = self.store.get(id).await? {
-                        let earlier = self.settle_replay(earlier, trace).await?;
+                        let earlier = self
+                            .settle_replay(earlier, key_name.as_deref(), trace)
+                            .await?;
                         return Ok(Accepted::Replayed(earlier));
                     }
                     // Retention deleted the job while its key lived on: accept afresh, once.
@@ -160,17 +162,23 @@ impl JobService {
     /// A replay's job, published again first if its publish was never confirmed (the first
     /// request may have died between storing and publishing): the `202` rule holds for
     /// replays too. A duplicate message is harmless: terminal is final.
-    async fn settle_replay(&self, job: Job, trace: &TraceContext) -> Result<Job, JobsError> {
+    async fn settle_replay(
+        &self,
+        job: Job,
+        key: Option<&str>,
+        trace: &TraceContext,
+    ) -> Result<Job, JobsError> {
         if job.unconfirmed_since.is_none() || job.status != JobStatus::Queued {
             return Ok(job);
         }
         tracing::info!(job_id = %job.id, "replayed job not confirmed yet; publishing it");
-        self.publish(job, None, trace).await
+        self.publish(job, key, trace).await
     }
 
     /// Publishes the job's current attempt and clears its outbox mark once RabbitMQ
-    /// confirmed. A refusal marks the record failed (and forgets `key`, so the client may try
-    /// again) and says why.
+    /// confirmed (at once when the job has an idempotency `key`, so a replay never finds the
+    /// mark of a job already confirmed). A refusal marks the record failed (and forgets `key`,
+    /// so the client may try again) and says why.
     pub async fn publish(
         &self,
         job: Job,
@@ -186,7 +194,7 @@ impl JobService {
             Ok(()) => {
                 tracing::info!(job_id = %job.id, attempt = job.attempt, "job published");
                 self.metrics.job_submitted(&job);
-                if let Err(error) = self.store.confirm_published(job.id).await {
+                if let Err(error) = self.store.confirm_published(job.id, key.is_some()).await {
                     // The relay will publish it once more: a duplicate, never a loss.
                     tracing::warn!(%error, job_id = %job.id, "cannot clear the outbox mark");
                 }

@@ -53,7 +53,7 @@ pub async fn relay_once(service: &JobService, grace: Duration) -> usize {
     for job in claimed {
         let id = job.id;
         if job.status != JobStatus::Queued {
-            if let Err(error) = service.store().confirm_published(id).await {
+            if let Err(error) = service.store().confirm_published(id, false).await {
                 tracing::warn!(%error, job_id = %id, "outbox relay cannot clear a mark");
             }
             continue;

@@ -126,7 +126,7 @@ impl JobStore for MemoryStore {
             .collect())
     }
 
-    async fn confirm_published(&self, id: JobId) -> Result<(), StoreError> {
+    async fn confirm_published(&self, id: JobId, _now: bool) -> Result<(), StoreError> {
         self.inner()
             .with_job(id, |job| job.unconfirmed_since = None);
         Ok(())

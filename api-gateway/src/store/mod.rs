@@ -277,10 +277,12 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(applied.pop().unwrap_or(Applied::UnknownJob))
     }
 
-    /// RabbitMQ confirmed the job's message: clears its outbox mark (the PostgreSQL store
-    /// clears marks in batches, so this may return before the mark is gone; a mark left
-    /// behind only means the relay publishes the job once more).
-    async fn confirm_published(&self, id: JobId) -> Result<(), StoreError>;
+    /// RabbitMQ confirmed the job's message: clears its outbox mark. The PostgreSQL store
+    /// clears marks in batches a moment later (a quick job's outcome usually clears it first,
+    /// sparing the write), unless `now`: then the mark is gone when this returns. A submit
+    /// with an `Idempotency-Key` asks for `now`, since a replay that finds the mark publishes
+    /// the job again. A mark left behind only means the relay publishes the job once more.
+    async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError>;
 
     /// Marks a job that RabbitMQ refused as failed (unless something already finished it),
     /// clears its outbox mark and forgets `key`, so the client may try again. Returns the

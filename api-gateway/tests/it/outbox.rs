@@ -150,7 +150,7 @@ async fn a_gateway_killed_after_storing_leaves_a_job_another_gateway_publishes()
     submit_and_kill_after_store(&schema, &namespace, "crash-relay").await;
 
     // No client retries: the other gateway's relay must find the job and publish it.
-    let app = pg_gateway(&schema, &namespace, 200).await;
+    let app = pg_gateway(&schema, &namespace, 1_000).await;
     let started = Instant::now();
     let job = loop {
         let jobs = listed(&app, "type=echo").await;
@@ -208,7 +208,7 @@ async fn a_retry_of_a_key_whose_gateway_died_gets_the_job_within_seconds() {
 #[tokio::test]
 async fn the_memory_store_relays_a_job_whose_request_was_dropped_before_publishing() {
     let store = Arc::new(MemoryStore::new());
-    let mut app = spawn_app_on(store.clone(), |config| config.outbox_grace_ms = 200).await;
+    let mut app = spawn_app_on(store.clone(), |config| config.outbox_grace_ms = 1_000).await;
     app.spawn_worker(Worker::builder().handler("echo", handlers::echo))
         .await;
     // What a submit whose task was dropped between storing and publishing leaves behind.

@@ -44,8 +44,8 @@ impl JobStore for SlowApply {
         }
         self.inner.apply_events(events).await
     }
-    async fn confirm_published(&self, id: JobId) -> Result<(), StoreError> {
-        self.inner.confirm_published(id).await
+    async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError> {
+        self.inner.confirm_published(id, now).await
     }
     async fn fail_unpublished(
         &self,

@@ -14,6 +14,7 @@ use std::{
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{
@@ -126,61 +127,71 @@ pub(super) async fn insert_batch(
     pool: &Pool,
     records: &[(Job, Option<KeyClaim>)],
 ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
-    let mut client = pool.get().await?;
-    let written = write_batch(&mut client, records).await;
-    super::discard_if_broken(client, written.as_ref().err());
+    let client = pool.get().await?;
+    let written = write_batch(&client, records).await;
+    super::discard_on_error(client, written.as_ref().err());
     written
 }
 
+/// The batch's writes, with as few round trips as it takes: a batch without keys is one
+/// multi-row insert (atomic by itself); with keys, `BEGIN` travels with the key insert and
+/// `COMMIT` with the record insert (tokio-postgres pipelines requests polled together).
 async fn write_batch(
-    client: &mut deadpool_postgres::Object,
+    client: &deadpool_postgres::Object,
     records: &[(Job, Option<KeyClaim>)],
 ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
-    let tx = client.transaction().await?;
-    let mut outcomes: Vec<Option<Result<Inserted, StoreError>>> = vec![None; records.len()];
+    let insert = client.prepare_cached(rows::INSERT).await?;
     let keyed: Vec<(usize, &KeyClaim, Uuid)> = records
         .iter()
         .enumerate()
         .filter_map(|(i, (job, claim))| claim.as_ref().map(|c| (i, c, job.id.as_uuid())))
         .collect();
-    if !keyed.is_empty() {
-        let keys: Vec<&str> = keyed.iter().map(|(_, c, _)| c.key.as_str()).collect();
-        let hashes: Vec<&str> = keyed
+    if keyed.is_empty() {
+        let columns = Columns::of(records.iter().map(|(job, _)| job));
+        let inserted = ids_of(&client.query(&insert, &columns.params()).await?);
+        return Ok(records
             .iter()
-            .map(|(_, c, _)| c.request_hash.as_str())
-            .collect();
-        let ids: Vec<Uuid> = keyed.iter().map(|(_, _, id)| *id).collect();
-        let statement = tx.prepare_cached(INSERT_KEYS).await?;
-        let won: HashMap<String, Uuid> = tx
-            .query(&statement, &[&keys, &hashes, &ids])
+            .map(|(job, _)| new_or_duplicate(job, &inserted))
+            .collect());
+    }
+    let claim_keys = client.prepare_cached(INSERT_KEYS).await?;
+    let keys: Vec<&str> = keyed.iter().map(|(_, c, _)| c.key.as_str()).collect();
+    let hashes: Vec<&str> = keyed
+        .iter()
+        .map(|(_, c, _)| c.request_hash.as_str())
+        .collect();
+    let ids: Vec<Uuid> = keyed.iter().map(|(_, _, id)| *id).collect();
+    let key_params: [&(dyn ToSql + Sync); 3] = [&keys, &hashes, &ids];
+    let (begun, won) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query(&claim_keys, &key_params)
+    );
+    begun?;
+    let won: HashMap<String, Uuid> = won?.iter().map(|row| (row.get(0), row.get(1))).collect();
+    let mut outcomes: Vec<Option<Result<Inserted, StoreError>>> = vec![None; records.len()];
+    let lost: Vec<_> = keyed
+        .iter()
+        .filter(|(_, claim, id)| won.get(&claim.key) != Some(id))
+        .collect();
+    if !lost.is_empty() {
+        let keys: Vec<&str> = lost.iter().map(|(_, c, _)| c.key.as_str()).collect();
+        let select_keys = client.prepare_cached(SELECT_KEYS).await?;
+        let taken: HashMap<String, (String, Uuid)> = client
+            .query(&select_keys, &[&keys])
             .await?
             .iter()
-            .map(|row| (row.get(0), row.get(1)))
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
             .collect();
-        let lost: Vec<_> = keyed
-            .iter()
-            .filter(|(_, claim, id)| won.get(&claim.key) != Some(id))
-            .collect();
-        if !lost.is_empty() {
-            let keys: Vec<&str> = lost.iter().map(|(_, c, _)| c.key.as_str()).collect();
-            let statement = tx.prepare_cached(SELECT_KEYS).await?;
-            let taken: HashMap<String, (String, Uuid)> = tx
-                .query(&statement, &[&keys])
-                .await?
-                .iter()
-                .map(|row| (row.get(0), (row.get(1), row.get(2))))
-                .collect();
-            for (i, claim, _) in lost {
-                outcomes[*i] = Some(match taken.get(&claim.key) {
-                    Some((hash, job)) if *hash == claim.request_hash => {
-                        Ok(Inserted::Replay((*job).into()))
-                    }
-                    Some(_) => Ok(Inserted::KeyMismatch),
-                    None => Err(StoreError::unavailable(
-                        "the idempotency key was released while being claimed",
-                    )),
-                });
-            }
+        for (i, claim, _) in lost {
+            outcomes[*i] = Some(match taken.get(&claim.key) {
+                Some((hash, job)) if *hash == claim.request_hash => {
+                    Ok(Inserted::Replay((*job).into()))
+                }
+                Some(_) => Ok(Inserted::KeyMismatch),
+                None => Err(StoreError::unavailable(
+                    "the idempotency key was released while being claimed",
+                )),
+            });
         }
     }
     let fresh: Vec<&Job> = records
@@ -189,30 +200,32 @@ async fn write_batch(
         .filter(|(_, outcome)| outcome.is_none())
         .map(|((job, _), _)| job)
         .collect();
-    if !fresh.is_empty() {
-        let columns = Columns::of(fresh.iter().copied());
-        let statement = tx.prepare_cached(rows::INSERT).await?;
-        let inserted: HashSet<Uuid> = tx
-            .query(&statement, &columns.params())
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        for ((job, _), outcome) in records.iter().zip(outcomes.iter_mut()) {
-            if outcome.is_none() {
-                *outcome = Some(if inserted.contains(&job.id.as_uuid()) {
-                    Ok(Inserted::New)
-                } else {
-                    Err(StoreError::Duplicate(job.id))
-                });
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(outcomes
-        .into_iter()
-        .map(|outcome| outcome.unwrap_or(Ok(Inserted::New)))
+    let columns = Columns::of(fresh.iter().copied());
+    let params = columns.params();
+    let (inserted, committed) = tokio::join!(
+        client.query(&insert, &params),
+        client.batch_execute("COMMIT")
+    );
+    let inserted = ids_of(&inserted?);
+    committed?;
+    Ok(records
+        .iter()
+        .zip(outcomes)
+        .map(|((job, _), outcome)| outcome.unwrap_or_else(|| new_or_duplicate(job, &inserted)))
         .collect())
+}
+
+fn ids_of(rows: &[tokio_postgres::Row]) -> HashSet<Uuid> {
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+/// `New` if the insert took the record, a duplicate id if it was already there.
+fn new_or_duplicate(job: &Job, inserted: &HashSet<Uuid>) -> Result<Inserted, StoreError> {
+    if inserted.contains(&job.id.as_uuid()) {
+        Ok(Inserted::New)
+    } else {
+        Err(StoreError::Duplicate(job.id))
+    }
 }
 
 /// Clears outbox marks in batches: a confirmed publish must not cost a transaction of its own.
@@ -222,6 +235,10 @@ async fn write_batch(
 pub(super) struct Unmarker {
     sender: mpsc::UnboundedSender<Uuid>,
 }
+
+/// How long a confirmed mark waits before it is cleared; well below the relay's grace
+/// (`WARREN_OUTBOX_GRACE_MS`, at least a second).
+const UNMARK_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Clears many marks.
 const UNMARK: &str = "UPDATE warren_jobs SET unconfirmed_since = NULL
@@ -233,6 +250,9 @@ impl Unmarker {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Uuid>();
         tokio::spawn(async move {
             while let Some(first) = receiver.recv().await {
+                // Wait a moment first: a quick job's outcome clears its mark on the way, and
+                // then this update finds nothing to write.
+                tokio::time::sleep(UNMARK_DELAY).await;
                 let mut ids = vec![first];
                 while ids.len() < MAX_BATCH * 8 {
                     match receiver.try_recv() {
@@ -256,7 +276,8 @@ impl Unmarker {
     }
 }
 
-async fn unmark(pool: &Pool, ids: &[Uuid]) -> Result<(), StoreError> {
+/// Clears the marks of `ids` now.
+pub(super) async fn unmark(pool: &Pool, ids: &[Uuid]) -> Result<(), StoreError> {
     let client = pool.get().await?;
     let statement = client.prepare_cached(UNMARK).await?;
     client.execute(&statement, &[&ids]).await?;

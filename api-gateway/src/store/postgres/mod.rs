@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{
     GenericClient, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts,
 };
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, types::ToSql};
 use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobType};
 
@@ -132,19 +132,27 @@ impl PostgresStore {
         committer::insert_batch(&self.pool, records).await
     }
 
-    /// Applies `events` in one transaction on `client`.
+    /// Applies `events` in one transaction on `client`, in two round trips: `BEGIN` with the
+    /// row locks, then the update, the notification and `COMMIT` together.
     async fn apply_on(
         &self,
-        client: &mut deadpool_postgres::Object,
+        client: &deadpool_postgres::Object,
         events: &[JobEvent],
     ) -> Result<Vec<Applied>, StoreError> {
         let mut ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(rows::LOCK_MANY).await?;
+        let lock = client.prepare_cached(rows::LOCK_MANY).await?;
+        let update = client.prepare_cached(rows::UPDATE).await?;
+        let notify = client.prepare_cached(changes::NOTIFY).await?;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let (begun, locked) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&lock, &lock_params)
+        );
+        begun?;
         let mut jobs = HashMap::new();
-        for row in tx.query(&statement, &[&ids]).await? {
+        for row in locked? {
             let job = from_row(&row)?;
             jobs.insert(job.id, (job.version, job));
         }
@@ -163,14 +171,23 @@ impl PostgresStore {
             .filter(|(version_before, job)| job.version != *version_before)
             .map(|(_, job)| job)
             .collect();
-        if !changed.is_empty() {
-            let statement = tx.prepare_cached(rows::UPDATE).await?;
-            tx.execute(&statement, &Columns::of(changed.iter().copied()).params())
-                .await?;
-            let ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
-            changes::notify(&tx, &self.channel, &self.origin, &ids).await?;
+        if changed.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            return Ok(applied);
         }
-        tx.commit().await?;
+        let columns = Columns::of(changed.iter().copied());
+        let ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
+        let payloads = changes::payloads(&self.origin, &ids);
+        let update_params = columns.params();
+        let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
+        let (updated, notified, committed) = tokio::join!(
+            client.execute(&update, &update_params),
+            client.execute(&notify, &notify_params),
+            client.batch_execute("COMMIT")
+        );
+        updated?;
+        notified?;
+        committed?;
         Ok(applied)
     }
 
@@ -201,10 +218,11 @@ impl PostgresStore {
     }
 }
 
-/// Takes a connection out of the pool when `error` says it is broken, so the next request
-/// gets a sound one instead of failing on the same dead socket.
-fn discard_if_broken(client: deadpool_postgres::Object, error: Option<&StoreError>) {
-    if matches!(error, Some(StoreError::Unavailable(_))) {
+/// Takes a connection out of the pool after a failure on it: it may be broken, or left inside
+/// a transaction that failed half-way (the pipelined paths begin and commit by hand). The next
+/// request gets a sound one. Failures are rare; a new connection is cheap next to a wrong one.
+fn discard_on_error(client: deadpool_postgres::Object, error: Option<&StoreError>) {
+    if error.is_some() {
         drop(deadpool_postgres::Object::take(client));
     }
 }
@@ -269,14 +287,18 @@ impl JobStore for PostgresStore {
     }
 
     async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<Applied>, StoreError> {
-        let mut client = self.pool.get().await?;
-        let applied = self.apply_on(&mut client, events).await;
-        discard_if_broken(client, applied.as_ref().err());
+        let client = self.pool.get().await?;
+        let applied = self.apply_on(&client, events).await;
+        discard_on_error(client, applied.as_ref().err());
         applied
     }
 
-    async fn confirm_published(&self, id: JobId) -> Result<(), StoreError> {
-        self.unmarker.clear(id.as_uuid())
+    async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError> {
+        if now {
+            committer::unmark(&self.pool, &[id.as_uuid()]).await
+        } else {
+            self.unmarker.clear(id.as_uuid())
+        }
     }
 
     async fn fail_unpublished(
