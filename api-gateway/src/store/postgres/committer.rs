@@ -3,8 +3,10 @@
 //! A submit hands its record (and idempotency key) to the committer task and awaits the
 //! outcome. The task takes whatever has queued up meanwhile (up to [`MAX_BATCH`]) and writes
 //! it with one multi-row insert per table, in one transaction; at most [`IN_FLIGHT`] batches
-//! commit at once, so under load batches grow instead of queueing more transactions. A batch
-//! that fails is rolled back whole and every submit in it gets the error.
+//! commit at once, so under load batches grow instead of queueing more transactions (on the
+//! 2-core benchmark machine one in flight beat two and four: fewer, larger batches cost the
+//! database less CPU; see BENCHMARKS.md). A batch that fails is rolled back whole and every
+//! submit in it gets the error.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -25,7 +27,7 @@ use super::{
 /// The most records one transaction takes.
 const MAX_BATCH: usize = 512;
 /// Batches committing at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 1;
 
 /// Claims keys; returns the ones this batch now holds, with their job.
 const INSERT_KEYS: &str = "INSERT INTO warren_idempotency (key, request_hash, job_id, created_at)
