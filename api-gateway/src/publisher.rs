@@ -119,6 +119,12 @@ impl Publisher {
             .map_err(|_| PublishError::Timeout(self.timeout))?
     }
 
+    /// The RabbitMQ node (`host:port`) of the latest connection, if any.
+    #[must_use]
+    pub fn current_node(&self) -> Option<String> {
+        self.pool.manager().current_node()
+    }
+
     /// Whether the broker is usable now: a live channel exists or can be opened quickly.
     /// The error says what failed and how long the probe waited.
     pub async fn is_ready(&self) -> Result<(), String> {

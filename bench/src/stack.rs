@@ -68,12 +68,10 @@ fn free_port() -> Result<u16, Error> {
 
 fn spawn(path: &PathBuf, env: &[(&str, String)]) -> Result<Child, Error> {
     let mut command = Command::new(path);
-    command
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env(
-            "RUST_LOG",
-            std::env::var("WARREN_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        );
+    command.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).env(
+        "RUST_LOG",
+        std::env::var("WARREN_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    );
     // With WARREN_BENCH_RUST_LOG set, the processes' logs go to this process's stdout.
     let logs = if std::env::var_os("WARREN_BENCH_RUST_LOG").is_some() {
         Stdio::inherit()

@@ -18,8 +18,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Where RabbitMQ is and which deployment's names to use on it.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerConfig {
-    /// RabbitMQ's AMQP URL. Heartbeat (10 s) and connect timeout (5 s) are added when the URL
-    /// does not set them.
+    /// RabbitMQ's AMQP URL, or several comma-separated URLs of one cluster's nodes (tried in
+    /// turn). Heartbeat (10 s) and connect timeout (5 s) are added when a URL does not set them.
     #[arg(
         long = "amqp-url",
         env = "WARREN_AMQP_URL",
@@ -146,43 +146,81 @@ impl ShutdownConfig {
     }
 }
 
-/// A validated AMQP URL whose `Debug` and `Display` hide the password.
+/// One validated AMQP URL, or several of one cluster's nodes; `Debug` and `Display` hide the
+/// passwords.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AmqpUrl {
-    uri: AMQPUri,
+    nodes: Vec<AMQPUri>,
 }
 
 impl AmqpUrl {
-    /// The URL to connect with, password included. Never log this.
+    /// The URL of the first node, password included. Never log this.
     #[must_use]
     pub fn expose(&self) -> String {
-        self.uri.to_string()
+        self.nodes
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default()
     }
+
+    /// Every node: `(host:port, URL to connect with, password included)`. Never log the URL.
+    #[must_use]
+    pub fn nodes(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .map(|uri| (node_label(uri), uri.to_string()))
+            .collect()
+    }
+}
+
+/// A node as logs name it: `host:port`.
+fn node_label(uri: &AMQPUri) -> String {
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
+fn parse_one(s: &str) -> Result<AMQPUri, String> {
+    let mut uri = AMQPUri::from_str(s).map_err(|reason| {
+        format!("not an AMQP URL ({reason}); expected e.g. amqp://user:pass@host:5672/%2f")
+    })?;
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    uri.query
+        .connection_timeout
+        .get_or_insert(DEFAULT_CONNECT_TIMEOUT_MS);
+    Ok(uri)
 }
 
 impl FromStr for AmqpUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut uri = AMQPUri::from_str(s).map_err(|reason| {
-            format!("not an AMQP URL ({reason}); expected e.g. amqp://user:pass@host:5672/%2f")
-        })?;
-        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
-        uri.query
-            .connection_timeout
-            .get_or_insert(DEFAULT_CONNECT_TIMEOUT_MS);
-        Ok(Self { uri })
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let mut nodes = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let uri = parse_one(part).map_err(|reason| {
+                if parts.len() == 1 {
+                    reason
+                } else {
+                    format!("URL {} of {}: {reason}", i + 1, parts.len())
+                }
+            })?;
+            nodes.push(uri);
+        }
+        Ok(Self { nodes })
     }
 }
 
 impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let authority = &self.uri.authority;
-        write!(
-            f,
-            "amqp://{}:***@{}:{}/{}",
-            authority.userinfo.username, authority.host, authority.port, self.uri.vhost
-        )
+        for (i, uri) in self.nodes.iter().enumerate() {
+            let authority = &uri.authority;
+            let separator = if i == 0 { "" } else { "," };
+            write!(
+                f,
+                "{separator}amqp://{}:***@{}:{}/{}",
+                authority.userinfo.username, authority.host, authority.port, uri.vhost
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -224,6 +262,26 @@ mod tests {
         assert!(url.expose().contains("heartbeat=3"));
         let err = "http://nope".parse::<AmqpUrl>().unwrap_err();
         assert!(err.contains("not an AMQP URL"), "{err}");
+    }
+
+    #[test]
+    fn several_urls_are_a_cluster_and_a_bad_one_is_named() {
+        let url: AmqpUrl = "amqp://u:p1@a:5672/%2f, amqp://u:p2@b:5673/%2f,amqp://u:p3@c:5674/%2f"
+            .parse()
+            .unwrap();
+        let labels: Vec<String> = url.nodes().into_iter().map(|(label, _)| label).collect();
+        assert_eq!(labels, ["a:5672", "b:5673", "c:5674"]);
+        assert!(
+            url.nodes()
+                .iter()
+                .all(|(_, uri)| uri.contains("heartbeat=10"))
+        );
+        let shown = format!("{url} {url:?}");
+        assert!(!shown.contains("p1") && !shown.contains("p2") && !shown.contains("p3"));
+        let err = "amqp://u:p@a:5672/%2f,http://nope"
+            .parse::<AmqpUrl>()
+            .unwrap_err();
+        assert!(err.starts_with("URL 2 of 2: not an AMQP URL"), "{err}");
     }
 
     #[test]

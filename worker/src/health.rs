@@ -24,13 +24,18 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
+    let node = shared.pool.manager().current_node();
     if shared.readiness.is_up() {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "broker_node": node})),
+        )
     } else {
         let body = json!({
             "status": "unavailable",
             "reason": "not consuming its job queues (broker unreachable or reconnecting; the log says why)",
             "broker_address": &*shared.broker_address,
+            "broker_node": node,
         });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body))
     }

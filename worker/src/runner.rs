@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) topology: Topology,
     /// The broker's URL with its password hidden, for logs and `/readyz`.
     pub(crate) broker_address: Arc<str>,
+    /// The connection pool (its manager knows which node the worker is on).
+    pub(crate) pool: Pool,
     pub(crate) handlers: Registry,
     pub(crate) identity: Arc<str>,
     pub(crate) concurrency: u16,

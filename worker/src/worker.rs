@@ -110,6 +110,7 @@ impl WorkerBuilder {
             cancels: Cancels::default(),
             readiness: ReadyFlag::default(),
             broker_address: config.broker.amqp_url.to_string().into(),
+            pool: pool.clone(),
             metrics: WorkerMetrics::default(),
             consume_channel: std::sync::Mutex::default(),
         };

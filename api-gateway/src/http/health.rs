@@ -33,6 +33,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "status": if status.is_success() { "ready" } else { "unavailable" },
         "broker": if broker.is_ok() { "ok" } else { "unavailable" },
         "broker_address": &*state.broker_address,
+        "broker_node": state.publisher.current_node(),
         "store": if store.is_ok() { "ok" } else { "unavailable" },
     });
     if let Err(error) = broker {

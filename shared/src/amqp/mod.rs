@@ -1,7 +1,8 @@
 //! Connections to RabbitMQ and the one publish path everybody uses.
 //!
-//! Connections come from a `deadpool-lapin` pool, which replaces a connection that has died the
-//! next time one is asked for; that is the base of reconnecting after a broker restart.
+//! Connections come from a pool ([`pool`]) over one node or several nodes of a cluster, which
+//! replaces a connection that has died the next time one is asked for; that is the base of
+//! reconnecting after a broker restart or a node loss.
 //! [`publish_confirmed`] is the only way Warren publishes: persistent, JSON, publisher confirm
 //! awaited with a deadline, and every way it can go wrong is a distinct [`PublishError`].
 
@@ -9,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use deadpool_lapin::Pool;
-use deadpool_lapin::{PoolConfig, Runtime, Timeouts};
+mod pool;
+
+use deadpool::managed::{PoolConfig, Timeouts};
 use lapin::{
-    BasicProperties, Channel, Confirmation, ConnectionProperties,
+    BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{FieldTable, ShortString},
 };
+pub use pool::{NodeManager, Pool, PoolError, PooledConnection};
 
 use crate::config::BrokerConfig;
 
@@ -32,48 +35,43 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 #[error("cannot set up the RabbitMQ connection pool: {0}")]
 pub struct PoolSetupError(String);
 
-/// A pool of AMQP connections to the configured broker, named `connection_name` in the
-/// management UI.
+/// A pool of AMQP connections to the configured broker (or cluster), named
+/// `connection_name` in the management UI.
 pub fn connection_pool(
     config: &BrokerConfig,
     connection_name: &str,
     max_size: usize,
 ) -> Result<Pool, PoolSetupError> {
-    let name = connection_name.to_owned();
-    let pool_config = deadpool_lapin::Config {
-        url: Some(config.amqp_url.expose()),
-        pool: Some(PoolConfig {
-            max_size,
-            timeouts: Timeouts {
-                wait: Some(POOL_TIMEOUT),
-                create: Some(POOL_TIMEOUT),
-                recycle: Some(POOL_TIMEOUT),
-            },
-            ..PoolConfig::default()
-        }),
+    let pool_config = PoolConfig {
+        max_size,
+        timeouts: Timeouts {
+            wait: Some(POOL_TIMEOUT),
+            create: Some(POOL_TIMEOUT),
+            recycle: Some(POOL_TIMEOUT),
+        },
+        ..PoolConfig::default()
     };
-    pool_config
-        .create_pool(
-            move || ConnectionProperties::default().with_connection_name(name.clone().into()),
-            Runtime::Tokio1,
-        )
+    Pool::builder(NodeManager::new(&config.amqp_url, connection_name))
+        .config(pool_config)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
         .map_err(|e| PoolSetupError(e.to_string()))
 }
 
 /// A connection from the pool, or an error that says what went wrong and how long it waited.
-pub async fn connection(pool: &Pool) -> Result<deadpool_lapin::Object, BrokerError> {
+pub async fn connection(pool: &Pool) -> Result<PooledConnection, BrokerError> {
     let started = Instant::now();
     pool.get().await.map_err(|error| {
         let waited = started.elapsed();
         BrokerError::Unavailable(match error {
-            deadpool_lapin::PoolError::Timeout(deadpool_lapin::TimeoutType::Create) => {
+            PoolError::Timeout(deadpool::managed::TimeoutType::Create) => {
                 format!(
                     "no AMQP handshake within {waited:.1?}: the broker accepts connections but does \
                      not complete them (overloaded, or out of file handles: check its open-files \
                      limit and `rabbitmqctl status`)"
                 )
             }
-            deadpool_lapin::PoolError::Backend(error) => {
+            PoolError::Backend(error) => {
                 format!("cannot connect (after {waited:.1?}): {error}")
             }
             other => format!("no connection within {waited:.1?}: {other}"),
