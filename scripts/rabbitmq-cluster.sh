@@ -12,11 +12,14 @@
 #   scripts/rabbitmq-cluster.sh down        stop the nodes and delete their data
 #
 # Settings: WARREN_CLUSTER_DIR (default /tmp/warren-rabbitmq-cluster), WARREN_CLUSTER_PORT
-# (first AMQP port, default 5701). Run as root (or as the rabbitmq user).
+# (first AMQP port, default 5701; each node's Erlang distribution port is its AMQP port +
+# 20000), WARREN_CLUSTER_NAME (node name prefix, default warren), so a test's cluster and
+# one started by hand do not meet. Run as root.
 set -euo pipefail
 
 dir=${WARREN_CLUSTER_DIR:-/tmp/warren-rabbitmq-cluster}
 first_port=${WARREN_CLUSTER_PORT:-5701}
+prefix=${WARREN_CLUSTER_NAME:-warren}
 nodes=(1 2 3)
 
 die() {
@@ -27,7 +30,7 @@ die() {
 command -v rabbitmq-server >/dev/null || die "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
 id rabbitmq >/dev/null 2>&1 || die "there is no rabbitmq user (install Debian's rabbitmq-server)"
 
-name() { echo "warren$1@localhost"; }
+name() { echo "$prefix$1@localhost"; }
 port() { echo $((first_port + $1 - 1)); }
 
 ctl() { # NODE ARGS...
@@ -46,7 +49,7 @@ start_node() {
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     RABBITMQ_NODENAME=$(name "$n") \
         RABBITMQ_NODE_PORT=$(port "$n") \
-        RABBITMQ_DIST_PORT=$((25700 + n)) \
+        RABBITMQ_DIST_PORT=$(($(port "$n") + 20000)) \
         RABBITMQ_CONFIG_FILE="$home/rabbitmq.conf" \
         RABBITMQ_MNESIA_BASE="$home/mnesia" \
         RABBITMQ_LOG_BASE="$home/log" \
@@ -114,7 +117,7 @@ down)
     echo "cluster removed"
     ;;
 *)
-    sed -n '2,16p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac

@@ -9,6 +9,7 @@
 
 mod article;
 mod cancel;
+mod cluster;
 mod helpers;
 mod jobs;
 mod lifecycle;

@@ -1,0 +1,279 @@
+//! Losing a RabbitMQ node loses no accepted job (DESIGN.md guarantee 9): on a local 3-node
+//! cluster (`scripts/rabbitmq-cluster.sh`), a gateway and two workers given all three
+//! addresses keep going while the node the gateway is on is killed with `kill -9`.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::Mutex};
+use warren_gateway::{Application, GatewayConfig, store::MemoryStore};
+use warren_shared::config::BrokerConfig;
+use warren_worker::{Worker, WorkerConfig, handlers};
+
+use crate::helpers::unique_namespace;
+
+/// A cluster of the test's own, removed when dropped (also when the test fails).
+struct Cluster {
+    dir: PathBuf,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster.sh")
+}
+
+/// Runs the cluster script on the cluster kept in `dir`.
+fn cluster_script(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = Command::new(script())
+        .args(args)
+        .env("WARREN_CLUSTER_DIR", dir)
+        .env("WARREN_CLUSTER_PORT", "5711")
+        .env("WARREN_CLUSTER_NAME", "warrentest")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "rabbitmq-cluster.sh {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+impl Cluster {
+    fn run(&self, args: &[&str]) -> String {
+        cluster_script(&self.dir, args)
+    }
+
+    fn up() -> Self {
+        let dir = std::env::temp_dir().join(format!("warren-test-cluster-{}", std::process::id()));
+        let cluster = Self { dir };
+        cluster.run(&["up"]);
+        cluster
+    }
+
+    fn urls(&self) -> String {
+        self.run(&["urls"]).trim().to_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("down")
+            .env("WARREN_CLUSTER_DIR", &self.dir)
+            .env("WARREN_CLUSTER_NAME", "warrentest")
+            .output();
+    }
+}
+
+fn rabbitmq_installed() -> bool {
+    Command::new("sh")
+        .args(["-c", "command -v rabbitmq-server"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn readyz(client: &reqwest::Client, base: &str) -> Option<Value> {
+    let response = client.get(format!("{base}/readyz")).send().await.ok()?;
+    (response.status() == 200).then_some(())?;
+    response.json().await.ok()
+}
+
+async fn ready_within(client: &reqwest::Client, base: &str, limit: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        if let Some(body) = readyz(client, base).await {
+            return body;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the gateway was not ready within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One submit: its status, its job id if accepted, how long it took, and when it ended.
+async fn submit(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+) -> (u16, Option<String>, Duration, Instant) {
+    let started = Instant::now();
+    let response = client
+        .post(format!("{base}/v1/jobs"))
+        .json(&json!({"type": "echo", "payload": {"i": i}}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let id = if status == 202 {
+        let job: Value = response.json().await.unwrap();
+        job["id"].as_str().map(str::to_owned)
+    } else {
+        None
+    };
+    (status, id, started.elapsed(), Instant::now())
+}
+
+async fn succeeded(client: &reqwest::Client, base: &str, id: &str) -> bool {
+    let job: Value = client
+        .get(format!("{base}/v1/jobs/{id}?wait=30"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    job["status"] == "succeeded"
+}
+
+#[tokio::test]
+async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
+    if !rabbitmq_installed() {
+        eprintln!("SKIPPED: rabbitmq-server is not installed, so no local cluster can be started");
+        return;
+    }
+    let cluster = Cluster::up();
+    let broker = BrokerConfig::new(&cluster.urls(), &unique_namespace()).unwrap();
+    let mut config = GatewayConfig::with_broker(broker.clone());
+    config.shutdown.shutdown_grace_secs = 5;
+    let publish_timeout = config.publish_timeout();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::with_parts(config, listener, Arc::new(MemoryStore::new())).unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let mut worker_config = WorkerConfig::with_broker(broker.clone());
+        worker_config.metrics_addr = "127.0.0.1:0".parse().unwrap();
+        worker_config.shutdown.shutdown_grace_secs = 5;
+        let worker = Worker::builder()
+            .handler("echo", handlers::echo)
+            .build(worker_config)
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        workers.push((
+            stop,
+            tokio::spawn(worker.run(async {
+                let _ = stopped.await;
+            })),
+        ));
+    }
+    let client = reqwest::Client::new();
+    ready_within(&client, &base, Duration::from_secs(30)).await;
+    // The workers have declared the echo queue once an echo job is accepted.
+    let started = Instant::now();
+    while submit(&client, &base, 0).await.0 != 202 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no worker declared the echo queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 2,000 submits from 16 clients; once 300 are accepted, kill the gateway's node.
+    let node = ready_within(&client, &base, Duration::from_secs(5)).await["broker_node"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let killed_node = match node.rsplit(':').next() {
+        Some("5711") => "1",
+        Some("5712") => "2",
+        _ => "3",
+    };
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients = (0..16).map(|_| {
+        let (client, base, results, killed_at, next) = (
+            client.clone(),
+            base.clone(),
+            results.clone(),
+            killed_at.clone(),
+            next.clone(),
+        );
+        let cluster_dir = cluster.dir.clone();
+        async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= 2_000 {
+                    return;
+                }
+                let outcome = submit(&client, &base, i).await;
+                let mut results = results.lock().await;
+                results.push(outcome);
+                let accepted = results.iter().filter(|r| r.0 == 202).count();
+                drop(results);
+                let mut killed = killed_at.lock().await;
+                if accepted >= 300 && killed.is_none() {
+                    cluster_script(&cluster_dir, &["kill", killed_node]);
+                    *killed = Some(Instant::now());
+                }
+            }
+        }
+    });
+    join_all(clients).await;
+    let killed_at = killed_at.lock().await.unwrap();
+    let results = results.lock().await;
+
+    let longest = results.iter().map(|r| r.2).max().unwrap();
+    assert!(
+        longest < publish_timeout + Duration::from_secs(2),
+        "a submit hung for {longest:?}"
+    );
+    let refused = results.iter().filter(|r| r.0 != 202).count();
+    assert!(
+        results.iter().all(|r| r.0 == 202 || r.0 == 503),
+        "a submit answered something else than 202 or 503"
+    );
+    let first_after = results
+        .iter()
+        .filter(|r| r.0 == 202 && r.3 > killed_at)
+        .map(|r| r.3 - killed_at)
+        .min();
+    eprintln!(
+        "node {node} killed: {refused} submits refused with 503, first accepted submit {first_after:?} after the kill"
+    );
+    assert!(
+        first_after.is_some(),
+        "no submit was accepted after the node loss"
+    );
+
+    // Every accepted job ends succeeded, and the gateway is ready again without a restart.
+    ready_within(&client, &base, Duration::from_secs(30)).await;
+    let accepted: Vec<&String> = results.iter().filter_map(|r| r.1.as_ref()).collect();
+    let checks = accepted.iter().map(|id| succeeded(&client, &base, id));
+    let done = join_all(checks).await;
+    let lost = done.iter().filter(|ok| !**ok).count();
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} accepted jobs did not succeed",
+        accepted.len()
+    );
+
+    // The node comes back and the cluster is used as before.
+    cluster.run(&["start", killed_node]);
+    for i in 0..50 {
+        let (status, id, _, _) = submit(&client, &base, i).await;
+        assert_eq!(status, 202);
+        assert!(succeeded(&client, &base, &id.unwrap()).await);
+    }
+
+    let _ = stop.send(());
+    gateway.await.unwrap().unwrap();
+    for (stop, worker) in workers {
+        let _ = stop.send(());
+        worker.await.unwrap().unwrap();
+    }
+}
