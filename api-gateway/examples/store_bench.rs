@@ -32,6 +32,7 @@ async fn prepare(store: &PostgresStore, events: usize) -> Vec<JobEvent> {
     let limits = SubmitLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
+        max_delay: std::time::Duration::from_secs(86_400),
     };
     let mut out = Vec::with_capacity(events);
     for _ in 0..events / 2 {

@@ -98,6 +98,7 @@ impl Application {
             limits: Arc::new(SubmitLimits {
                 default_timeout_ms: config.default_timeout_ms,
                 max_timeout_ms: config.max_timeout_ms,
+                max_delay: config.max_delay,
             }),
             broker_address: config.broker.amqp_url.to_string().into(),
             change_feed: ReadyFlag::default(),
@@ -154,6 +155,10 @@ impl Application {
                 store.clone(),
                 watchers,
                 state.change_feed.clone(),
+                stop_consumer.clone(),
+            )),
+            tokio::spawn(jobs::scheduler::run(
+                state.jobs.clone(),
                 stop_consumer.clone(),
             )),
             tokio::spawn(jobs::relay::run(

@@ -51,6 +51,16 @@ pub struct GatewayConfig {
     )]
     pub outbox_grace_ms: u64,
 
+    /// How far ahead a job may be submitted for (`run_at`, `delay_ms`).
+    #[arg(
+        long = "max-delay",
+        env = "WARREN_MAX_DELAY",
+        value_name = "WARREN_MAX_DELAY",
+        default_value = "365d",
+        value_parser = warren_shared::config::parse_delay
+    )]
+    pub max_delay: Duration,
+
     /// How long finished jobs are kept before the retention task deletes them (e.g. `7d`).
     #[arg(
         long = "retention",

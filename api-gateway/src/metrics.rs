@@ -10,8 +10,8 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use warren_shared::metrics::{
-    Counter, Family, Histogram, JobLabels, OutcomeLabels, Registry, duration_family,
-    duration_histogram, render,
+    Counter, Family, Gauge, Histogram, JobLabels, OutcomeLabels, ReasonLabels, Registry,
+    duration_family, duration_histogram, render,
 };
 
 use crate::store::{Applied, Job};
@@ -55,6 +55,12 @@ pub struct GatewayMetrics {
     pub publish_confirm: Histogram,
     /// Jobs the outbox relay published because their first publish was never confirmed.
     pub relayed: Counter,
+    /// Jobs submitted for later that came due and were released.
+    pub released: Counter,
+    /// Jobs `scheduled` now (read from the store every few seconds).
+    pub scheduled: Gauge,
+    /// Recurring schedules' fires, by outcome (`fired`, `misfired`).
+    pub schedule_fires: Family<ReasonLabels, Counter>,
     /// Requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Request duration by route.
@@ -70,6 +76,9 @@ impl Default for GatewayMetrics {
             events: Family::default(),
             publish_confirm: duration_histogram(),
             relayed: Counter::default(),
+            released: Counter::default(),
+            scheduled: Gauge::default(),
+            schedule_fires: Family::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
             registry: Registry::default(),
@@ -98,6 +107,21 @@ impl Default for GatewayMetrics {
             "jobs_relayed",
             "Jobs the outbox relay published because their first publish was never confirmed (a gateway died or a request was dropped mid-submit)",
             metrics.relayed.clone(),
+        );
+        registry.register(
+            "jobs_released",
+            "Jobs submitted for later (run_at, delay_ms) that came due and were published",
+            metrics.released.clone(),
+        );
+        registry.register(
+            "jobs_scheduled",
+            "Jobs waiting for their run_at",
+            metrics.scheduled.clone(),
+        );
+        registry.register(
+            "schedule_fires",
+            "Due times of recurring schedules: fired (a job was made) or misfired (skipped: more than the misfire grace late)",
+            metrics.schedule_fires.clone(),
         );
         registry.register(
             "http_requests",

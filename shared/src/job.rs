@@ -131,6 +131,8 @@ impl fmt::Display for JobType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// Accepted for later (`run_at`/`delay_ms`); not published until it is due.
+    Scheduled,
     /// Accepted and published; no worker has started it yet.
     Queued,
     /// A worker is running an attempt.
@@ -147,7 +149,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [JobStatus; 6] = [
+    pub const ALL: [JobStatus; 7] = [
+        Self::Scheduled,
         Self::Queued,
         Self::Running,
         Self::Retrying,
@@ -167,10 +170,11 @@ impl JobStatus {
     #[must_use]
     pub fn rank(self) -> u8 {
         match self {
-            Self::Queued => 0,
-            Self::Running => 1,
-            Self::Retrying => 2,
-            Self::Succeeded | Self::Failed | Self::Cancelled => 3,
+            Self::Scheduled => 0,
+            Self::Queued => 1,
+            Self::Running => 2,
+            Self::Retrying => 3,
+            Self::Succeeded | Self::Failed | Self::Cancelled => 4,
         }
     }
 
@@ -178,6 +182,7 @@ impl JobStatus {
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Retrying => "retrying",
@@ -197,7 +202,7 @@ impl fmt::Display for JobStatus {
 /// Why a string is not a [`JobStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown job status {0:?}: expected one of queued, running, retrying, succeeded, failed, cancelled"
+    "unknown job status {0:?}: expected one of scheduled, queued, running, retrying, succeeded, failed, cancelled"
 )]
 pub struct UnknownStatus(pub String);
 

@@ -101,7 +101,7 @@ pub async fn report_status(
 ) -> Result<Json<Value>, ApiError> {
     let job = load_report(&state, &raw_id).await?;
     Ok(Json(match job.status {
-        JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => {
+        JobStatus::Scheduled | JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => {
             json!({"status": "processing"})
         }
         JobStatus::Succeeded => {

@@ -13,7 +13,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue};
 use tracing::Span;
@@ -44,6 +44,8 @@ pub struct SubmitLimits {
     pub default_timeout_ms: u64,
     /// Largest `timeout_ms` accepted.
     pub max_timeout_ms: u64,
+    /// How far ahead `run_at`/`delay_ms` may be (`WARREN_MAX_DELAY`).
+    pub max_delay: std::time::Duration,
 }
 
 /// The body of `POST /v1/jobs`. Only `type` is required; unknown fields are refused so a typo
@@ -68,6 +70,14 @@ pub struct SubmitRequest {
     /// An `http(s)` URL to call when the job finishes.
     #[serde(default)]
     pub callback_url: Option<String>,
+    /// When to run the job: an RFC 3339 date-time with an offset. The job is `scheduled` until
+    /// then; a time in the past means now. Not with `delay_ms`.
+    #[serde(default)]
+    #[schema(format = DateTime, example = "2026-12-01T06:00:00Z")]
+    pub run_at: Option<String>,
+    /// Run the job this many milliseconds from now instead. Not with `run_at`.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
 }
 
 impl SubmitRequest {
@@ -80,11 +90,62 @@ impl SubmitRequest {
             max_attempts: None,
             timeout_ms: None,
             callback_url: None,
+            run_at: None,
+            delay_ms: None,
+        }
+    }
+
+    /// When the job is due: `None` for now (no `run_at`/`delay_ms`, or a time already past).
+    fn due_at(
+        &self,
+        now: DateTime<Utc>,
+        max_delay: std::time::Duration,
+    ) -> Result<Option<DateTime<Utc>>, ApiError> {
+        let invalid = |field, message: String| ApiError::InvalidField { field, message };
+        let (field, due) = match (&self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "run_at",
+                    "give run_at or delay_ms, not both".into(),
+                ));
+            }
+            (Some(raw), None) => {
+                let due = DateTime::parse_from_rfc3339(raw).map_err(|e| {
+                    invalid("run_at", format!("{raw:?} is not an RFC 3339 date-time with an offset, such as 2026-12-01T06:00:00Z ({e})"))
+                })?;
+                ("run_at", Some(due.with_timezone(&Utc)))
+            }
+            (None, Some(ms)) => {
+                let delay = i64::try_from(ms)
+                    .ok()
+                    .and_then(chrono::Duration::try_milliseconds);
+                (
+                    "delay_ms",
+                    delay.and_then(|delay| now.checked_add_signed(delay)),
+                )
+            }
+            (None, None) => return Ok(None),
+        };
+        let latest = chrono::Duration::from_std(max_delay)
+            .ok()
+            .and_then(|max| now.checked_add_signed(max));
+        match (due, latest) {
+            (Some(due), _) if due <= now => Ok(None),
+            (Some(due), Some(latest)) if due <= latest => Ok(Some(due)),
+            _ => Err(invalid(
+                field,
+                format!(
+                    "is more than {} days ahead, the most this gateway accepts (WARREN_MAX_DELAY)",
+                    max_delay.as_secs() / 86_400
+                ),
+            )),
         }
     }
 
     /// Checks every field and builds the new job's `queued` record.
     pub fn into_job(self, limits: &SubmitLimits) -> Result<Job, ApiError> {
+        let now = Utc::now();
+        let run_at = self.due_at(now, limits.max_delay)?;
         let job_type = JobType::parse(self.job_type).map_err(|e| ApiError::InvalidField {
             field: "type",
             message: e.to_string(),
@@ -117,11 +178,14 @@ impl SubmitRequest {
                 });
             }
         }
-        let now = Utc::now();
         Ok(Job {
             id: JobId::new(),
             job_type,
-            status: JobStatus::Queued,
+            status: if run_at.is_some() {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Queued
+            },
             attempt: 1,
             max_attempts,
             progress: None,
@@ -141,7 +205,9 @@ impl SubmitRequest {
             seq: 0,
             attempt_budget: max_attempts,
             version: 0,
-            unconfirmed_since: Some(now),
+            // A scheduled job is published when it is due, not now.
+            unconfirmed_since: run_at.is_none().then_some(now),
+            run_at,
         })
     }
 
@@ -155,6 +221,7 @@ impl SubmitRequest {
         let canonical = serde_json::json!({
             "type": self.job_type, "payload": payload, "max_attempts": self.max_attempts,
             "timeout_ms": self.timeout_ms, "callback_url": self.callback_url,
+            "run_at": self.run_at, "delay_ms": self.delay_ms,
         });
         canonical.to_string()
     }

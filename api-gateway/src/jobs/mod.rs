@@ -7,12 +7,15 @@
 //!   leaves the mark, and some gateway's [`relay`] publishes the job later. A replayed key
 //!   whose job is still marked publishes it again itself, so a retry never waits on a
 //!   request that died.
+//! - **Later**: a job with `run_at`/`delay_ms` is stored `scheduled` and not published; the
+//!   [`scheduler`] in every gateway releases it when due.
 //! - **Cancel**, **re-drive** and **waiting** ([`JobService::wait_until_terminal`]).
 //! - Waiters are woken by whoever changes a job in this process, and by the store's change
 //!   feed ([`wake`]) for changes made by other gateways.
 
 pub mod idempotency;
 pub mod relay;
+pub mod scheduler;
 pub mod wake;
 
 use std::{sync::Arc, time::Duration};
@@ -131,6 +134,10 @@ impl JobService {
         let mut forgot_stale_key = false;
         loop {
             match self.store.insert(job.clone(), key.clone()).await? {
+                Inserted::New if job.status == JobStatus::Scheduled => {
+                    tracing::info!(job_id = %job.id, run_at = ?job.run_at, "job scheduled");
+                    return Ok(Accepted::New(job));
+                }
                 Inserted::New => {
                     fault::pause_point("after_store").await;
                     let job = self.publish(job, key_name.as_deref(), trace).await?;

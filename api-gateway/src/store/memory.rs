@@ -12,7 +12,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use warren_shared::{JobError, JobEvent, JobId};
+use warren_shared::{JobError, JobEvent, JobId, JobStatus};
 
 use super::{
     Applied, Cancelled, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven, StoreError,
@@ -34,6 +34,8 @@ struct Inner {
     keys: HashMap<String, Key>,
     /// Ids of records whose `unconfirmed_since` is set, so the relay need not scan them all.
     unconfirmed: HashSet<JobId>,
+    /// Ids of `scheduled` records, so the scheduler need not scan them all.
+    scheduled: HashSet<JobId>,
 }
 
 #[derive(Debug)]
@@ -48,12 +50,26 @@ impl Inner {
     fn with_job<T>(&mut self, id: JobId, change: impl FnOnce(&mut Job) -> T) -> Option<T> {
         let job = self.jobs.get_mut(&id)?;
         let outcome = change(job);
-        if job.unconfirmed_since.is_some() {
+        let (unconfirmed, scheduled) = (
+            job.unconfirmed_since.is_some(),
+            job.status == JobStatus::Scheduled,
+        );
+        self.index(id, unconfirmed, scheduled);
+        Some(outcome)
+    }
+
+    /// Keeps the outbox and scheduled indexes true for record `id`.
+    fn index(&mut self, id: JobId, unconfirmed: bool, scheduled: bool) {
+        if unconfirmed {
             self.unconfirmed.insert(id);
         } else {
             self.unconfirmed.remove(&id);
         }
-        Some(outcome)
+        if scheduled {
+            self.scheduled.insert(id);
+        } else {
+            self.scheduled.remove(&id);
+        }
     }
 }
 
@@ -93,9 +109,11 @@ impl JobStore for MemoryStore {
             };
             inner.keys.insert(claim.key, key);
         }
-        if job.unconfirmed_since.is_some() {
-            inner.unconfirmed.insert(job.id);
-        }
+        inner.index(
+            job.id,
+            job.unconfirmed_since.is_some(),
+            job.status == JobStatus::Scheduled,
+        );
         inner.jobs.insert(job.id, Box::new(job));
         Ok(Inserted::New)
     }
@@ -179,6 +197,30 @@ impl JobStore for MemoryStore {
             .collect())
     }
 
+    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut inner = self.inner();
+        let mut due: Vec<(DateTime<Utc>, JobId)> = inner
+            .scheduled
+            .iter()
+            .filter_map(|id| inner.jobs.get(id)?.run_at.map(|at| (at, *id)))
+            .filter(|(at, _)| *at <= now)
+            .collect();
+        due.sort_unstable();
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .filter_map(|(_, id)| {
+                inner
+                    .with_job(id, |job| transition::release(job, now).then(|| job.clone()))
+                    .flatten()
+            })
+            .collect())
+    }
+
+    async fn count_scheduled(&self) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.inner().scheduled.len()).unwrap_or(u64::MAX))
+    }
+
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
         let cancelled = self.inner().with_job(id, |job| {
             if transition::cancel(job) {
@@ -231,6 +273,14 @@ impl JobStore for MemoryStore {
         inner.jobs.retain(|_, job| {
             !(job.status.is_terminal() && job.finished_at.is_some_and(|at| at < jobs_before))
         });
+        let Inner {
+            jobs,
+            unconfirmed,
+            scheduled,
+            ..
+        } = &mut *inner;
+        unconfirmed.retain(|id| jobs.contains_key(id));
+        scheduled.retain(|id| jobs.contains_key(id));
         let purged = before - inner.jobs.len();
         inner.keys.retain(|_, key| key.created_at >= keys_before);
         Ok(u64::try_from(purged).unwrap_or(u64::MAX))

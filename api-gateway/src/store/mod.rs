@@ -53,6 +53,9 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal status.
     pub finished_at: Option<DateTime<Utc>>,
+    /// When a job submitted for later (`run_at` or `delay_ms`) is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_at: Option<DateTime<Utc>>,
     /// The handler's input (kept to re-publish the job; not part of the resource).
     #[serde(skip)]
     pub payload: RawJson,
@@ -303,6 +306,14 @@ pub trait JobStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
+
+    /// Releases up to `limit` `scheduled` jobs due by `now` ([`transition::release`]: `queued`
+    /// with an outbox mark), claiming them so no other gateway releases them too; the
+    /// scheduler publishes them.
+    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// How many jobs are `scheduled` (for the metrics).
+    async fn count_scheduled(&self) -> Result<u64, StoreError>;
 
     /// Marks a job `cancelled` unless it has already finished.
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError>;

@@ -27,7 +27,7 @@ pub enum Ignored {
     Backwards,
     /// The event names another job type than the record (a bug or a forged event).
     TypeMismatch,
-    /// Workers never report `queued`.
+    /// Workers never report `queued` (or `scheduled`).
     Queued,
 }
 
@@ -91,7 +91,7 @@ fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {
     if event.job_type != job.job_type {
         return Err(Ignored::TypeMismatch);
     }
-    if event.status == JobStatus::Queued {
+    if matches!(event.status, JobStatus::Queued | JobStatus::Scheduled) {
         return Err(Ignored::Queued);
     }
     if event.attempt < job.attempt {
@@ -120,6 +120,20 @@ pub fn fail(job: &mut Job, error: JobError) -> bool {
 pub fn cancel(job: &mut Job) -> bool {
     let error = JobError::new("cancelled", "cancelled at the client's request");
     finish(job, JobStatus::Cancelled, Some(error))
+}
+
+/// Releases a `scheduled` job that is due: `queued`, with an outbox mark so that it is
+/// published (by the scheduler now, or by the relay if that dies first). Returns whether the
+/// record changed.
+pub fn release(job: &mut Job, now: chrono::DateTime<Utc>) -> bool {
+    if job.status != JobStatus::Scheduled {
+        return false;
+    }
+    job.status = JobStatus::Queued;
+    job.unconfirmed_since = Some(now);
+    job.updated_at = now;
+    job.version += 1;
+    true
 }
 
 /// Re-drives a `failed` job: `queued` again with the next attempt number and a fresh budget
@@ -191,6 +205,7 @@ mod tests {
             attempt_budget: 3,
             version: 0,
             unconfirmed_since: None,
+            run_at: None,
         }
     }
 
@@ -312,6 +327,24 @@ mod tests {
         assert_eq!((job.status, job.version), (JobStatus::Cancelled, 3));
         assert!(!cancel(&mut job));
         assert_eq!(job.version, 3);
+    }
+
+    #[test]
+    fn only_a_scheduled_job_is_released_and_then_it_waits_for_its_publish() {
+        let mut job = queued_job();
+        job.status = JobStatus::Scheduled;
+        let now = Utc::now();
+        assert!(release(&mut job, now));
+        assert_eq!(
+            (job.status, job.unconfirmed_since, job.version),
+            (JobStatus::Queued, Some(now), 1)
+        );
+        assert!(
+            !release(&mut job, now),
+            "a queued job is not released twice"
+        );
+        assert!(cancel(&mut job));
+        assert!(!release(&mut job, now));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod cancel;
 mod cluster;
 mod helpers;
 mod jobs;
+mod later;
 mod lifecycle;
 mod openapi;
 mod outage;

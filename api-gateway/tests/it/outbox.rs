@@ -215,6 +215,7 @@ async fn the_memory_store_relays_a_job_whose_request_was_dropped_before_publishi
     let limits = SubmitLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
+        max_delay: std::time::Duration::from_secs(86_400),
     };
     let mut job = SubmitRequest::new("echo", &json!({"dropped": true}))
         .into_job(&limits)

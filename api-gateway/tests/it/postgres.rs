@@ -38,6 +38,7 @@ fn new_job() -> Job {
     let limits = SubmitLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
+        max_delay: std::time::Duration::from_secs(86_400),
     };
     SubmitRequest::new("echo", &json!({}))
         .into_job(&limits)
@@ -173,7 +174,7 @@ async fn gateways_starting_together_migrate_once() {
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
-    assert_eq!(versions, [1, 2], "each migration applied exactly once");
+    assert_eq!(versions, [1, 2, 3], "each migration applied exactly once");
     schema.drop_schema().await;
 }
 

@@ -26,6 +26,7 @@ fn new_job(payload: &Value) -> Job {
     let limits = SubmitLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
+        max_delay: std::time::Duration::from_secs(86_400),
     };
     SubmitRequest::new("held", payload)
         .into_job(&limits)

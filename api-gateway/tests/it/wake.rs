@@ -63,6 +63,12 @@ impl JobStore for SlowApply {
     ) -> Result<Vec<Job>, StoreError> {
         self.inner.claim_unpublished(before, now, limit).await
     }
+    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.inner.release_due(now, limit).await
+    }
+    async fn count_scheduled(&self) -> Result<u64, StoreError> {
+        self.inner.count_scheduled().await
+    }
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
         self.inner.cancel(id).await
     }

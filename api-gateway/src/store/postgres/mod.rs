@@ -41,6 +41,7 @@ use rows::{Columns, from_row};
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_outbox.sql")),
+    (3, include_str!("../migrations/0003_scheduled.sql")),
 ];
 /// The advisory lock that serialises migrations ("WARREN" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5741_5252_454e;
@@ -191,6 +192,51 @@ impl PostgresStore {
         Ok(applied)
     }
 
+    /// Releases due scheduled jobs on `client`: locks them (skipping those another gateway
+    /// holds), applies [`transition::release`], writes them back and announces them.
+    async fn release_on(
+        &self,
+        client: &deadpool_postgres::Object,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let lock = client.prepare_cached(rows::LOCK_DUE).await?;
+        let update = client.prepare_cached(rows::UPDATE).await?;
+        let notify = client.prepare_cached(changes::NOTIFY).await?;
+        let limit = saturating_i64(limit);
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&now, &limit];
+        let (begun, locked) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&lock, &lock_params)
+        );
+        begun?;
+        let mut released = Vec::new();
+        for row in locked? {
+            let mut job = from_row(&row)?;
+            if transition::release(&mut job, now) {
+                released.push(job);
+            }
+        }
+        if released.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            return Ok(released);
+        }
+        let columns = Columns::of(released.iter());
+        let ids: Vec<JobId> = released.iter().map(|job| job.id).collect();
+        let payloads = changes::payloads(&self.origin, &ids);
+        let update_params = columns.params();
+        let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
+        let (updated, notified, committed) = tokio::join!(
+            client.execute(&update, &update_params),
+            client.execute(&notify, &notify_params),
+            client.batch_execute("COMMIT")
+        );
+        updated?;
+        notified?;
+        committed?;
+        Ok(released)
+    }
+
     /// Locks the job's row, lets `change` work on the record, writes it back and announces it
     /// if its version moved, commits. `None` when no record has this id.
     async fn modify<T>(
@@ -331,6 +377,22 @@ impl JobStore for PostgresStore {
             .query(&statement, &[&marked_before, &now, &saturating_i64(limit)])
             .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let client = self.pool.get().await?;
+        let released = self.release_on(&client, now, limit).await;
+        discard_on_error(client, released.as_ref().err());
+        released
+    }
+
+    async fn count_scheduled(&self) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT count(*) FROM warren_jobs WHERE status = 'scheduled'")
+            .await?;
+        let count: i64 = client.query_one(&statement, &[]).await?.get(0);
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {

@@ -14,7 +14,7 @@ macro_rules! columns {
     () => {
         "id, job_type, status, attempt, max_attempts, attempt_budget, progress, result, error, \
          payload, timeout_ms, callback_url, seq, version, created_at, updated_at, \
-         next_attempt_at, started_at, finished_at, unconfirmed_since"
+         next_attempt_at, started_at, finished_at, unconfirmed_since, run_at"
     };
 }
 
@@ -49,6 +49,13 @@ pub(super) const CLAIM_UNCONFIRMED: &str = concat!(
      RETURNING ",
     columns!()
 );
+/// Due `scheduled` records, locked, skipping rows another gateway has locked.
+pub(super) const LOCK_DUE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM warren_jobs WHERE status = 'scheduled' AND run_at <= $1
+     ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+);
 /// Inserts many records; returns the ids that were new.
 pub(super) const INSERT: &str = concat!(
     "INSERT INTO warren_jobs (",
@@ -56,25 +63,26 @@ pub(super) const INSERT: &str = concat!(
     ") SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[],
         $6::int4[], $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[],
         $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
-        $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[])
+        $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
+        $21::timestamptz[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
 /// Writes back every column a change can touch, for many records. Binds the same arrays as
-/// [`INSERT`] (all twenty), so there is one parameter list; the columns a change never
+/// [`INSERT`] (all twenty-one), so there is one parameter list; the columns a change never
 /// touches are not written.
 pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
         result = u.result, error = u.error, seq = u.seq, version = u.version,
         updated_at = u.updated_at, next_attempt_at = u.next_attempt_at,
         started_at = u.started_at, finished_at = u.finished_at,
-        unconfirmed_since = u.unconfirmed_since
+        unconfirmed_since = u.unconfirmed_since, run_at = u.run_at
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[],
         $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[], $12::text[],
         $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-        $18::timestamptz[], $19::timestamptz[], $20::timestamptz[])
+        $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[])
         AS u(id, job_type, status, attempt, max_attempts, attempt_budget, progress, result,
              error, payload, timeout_ms, callback_url, seq, version, created_at, updated_at,
-             next_attempt_at, started_at, finished_at, unconfirmed_since)
+             next_attempt_at, started_at, finished_at, unconfirmed_since, run_at)
     WHERE j.id = u.id";
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
@@ -109,6 +117,7 @@ pub(super) struct Columns<'a> {
     started_at: Vec<Stamp>,
     finished_at: Vec<Stamp>,
     unconfirmed_since: Vec<Stamp>,
+    run_at: Vec<Stamp>,
 }
 
 impl<'a> Columns<'a> {
@@ -136,6 +145,7 @@ impl<'a> Columns<'a> {
             started_at: Vec::with_capacity(n),
             finished_at: Vec::with_capacity(n),
             unconfirmed_since: Vec::with_capacity(n),
+            run_at: Vec::with_capacity(n),
         };
         for job in jobs {
             columns.id.push(job.id.as_uuid());
@@ -160,12 +170,13 @@ impl<'a> Columns<'a> {
             columns.started_at.push(job.started_at);
             columns.finished_at.push(job.finished_at);
             columns.unconfirmed_since.push(job.unconfirmed_since);
+            columns.run_at.push(job.run_at);
         }
         columns
     }
 
     /// The parameters of [`INSERT`] and [`UPDATE`].
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 21] {
         [
             &self.id,
             &self.job_type,
@@ -187,6 +198,7 @@ impl<'a> Columns<'a> {
             &self.started_at,
             &self.finished_at,
             &self.unconfirmed_since,
+            &self.run_at,
         ]
     }
 }
@@ -237,5 +249,6 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
         started_at: get!("started_at"),
         finished_at: get!("finished_at"),
         unconfirmed_since: get!("unconfirmed_since"),
+        run_at: get!("run_at"),
     })
 }
