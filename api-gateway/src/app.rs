@@ -161,6 +161,12 @@ impl Application {
                 state.jobs.clone(),
                 stop_consumer.clone(),
             )),
+            tokio::spawn(crate::schedules::firing::run(
+                state.jobs.clone(),
+                state.limits.clone(),
+                config.misfire_grace,
+                stop_consumer.clone(),
+            )),
             tokio::spawn(jobs::relay::run(
                 state.jobs.clone(),
                 config.outbox_grace(),

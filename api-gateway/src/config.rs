@@ -61,6 +61,17 @@ pub struct GatewayConfig {
     )]
     pub max_delay: Duration,
 
+    /// How late a schedule's due time may be fired (after a gateway outage); later ones are
+    /// skipped and recorded as misfires.
+    #[arg(
+        long = "schedule-misfire-grace",
+        env = "WARREN_SCHEDULE_MISFIRE_GRACE",
+        value_name = "WARREN_SCHEDULE_MISFIRE_GRACE",
+        default_value = "1m",
+        value_parser = warren_shared::config::parse_delay
+    )]
+    pub misfire_grace: Duration,
+
     /// How long finished jobs are kept before the retention task deletes them (e.g. `7d`).
     #[arg(
         long = "retention",

@@ -13,6 +13,7 @@
 //! - [`fault`]: fault-injection points for crash tests (debug builds only).
 //! - [`jobs`]: the job service (accept with the outbox, idempotency, cancel, re-drive,
 //!   waiting), the outbox relay and the store's change feed.
+//! - [`schedules`]: recurring schedules (cron in a time zone) and the loop that fires them.
 //! - [`retention`]: the background task that deletes old finished jobs and idempotency keys.
 //! - [`store`]: the [`store::JobStore`] trait, lifecycle rules, the in-memory and PostgreSQL
 //!   stores.
@@ -27,6 +28,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod publisher;
 pub mod retention;
+pub mod schedules;
 pub mod store;
 pub mod watch;
 

@@ -10,6 +10,7 @@ pub mod list;
 pub mod openapi;
 pub mod prefer;
 pub mod problem;
+pub mod schedules;
 pub mod stream;
 
 use std::{
@@ -71,6 +72,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(stream::events))
+        .routes(routes!(schedules::create, schedules::list))
+        .routes(routes!(
+            schedules::get,
+            schedules::update,
+            schedules::delete
+        ))
         .routes(routes!(article::generate_report))
         .routes(routes!(article::report_status))
         .routes(routes!(article::report_csv))

@@ -111,6 +111,12 @@ impl JobService {
         &self.store
     }
 
+    /// The Prometheus series.
+    #[must_use]
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
     /// The registry of waiters.
     #[must_use]
     pub fn watchers(&self) -> &Arc<Watchers> {

@@ -14,10 +14,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use warren_shared::{JobError, JobEvent, JobId, JobStatus};
 
+use uuid::Uuid;
+
 use super::{
-    Applied, Cancelled, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven, StoreError,
-    transition,
+    Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven,
+    StoreError, transition,
 };
+use crate::schedules::{Fired, Schedule};
 
 /// Records in a map ordered by id, i.e. by creation time (ids are UUIDv7), and idempotency
 /// keys.
@@ -36,6 +39,7 @@ struct Inner {
     unconfirmed: HashSet<JobId>,
     /// Ids of `scheduled` records, so the scheduler need not scan them all.
     scheduled: HashSet<JobId>,
+    schedules: HashMap<Uuid, Schedule>,
 }
 
 #[derive(Debug)]
@@ -219,6 +223,68 @@ impl JobStore for MemoryStore {
 
     async fn count_scheduled(&self) -> Result<u64, StoreError> {
         Ok(u64::try_from(self.inner().scheduled.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        self.inner().schedules.insert(schedule.id, schedule);
+        Ok(())
+    }
+
+    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError> {
+        Ok(self.inner().schedules.get(&id).cloned())
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let mut all: Vec<Schedule> = self.inner().schedules.values().cloned().collect();
+        all.sort_by_key(|s| s.id);
+        Ok(all)
+    }
+
+    async fn update_schedule(
+        &self,
+        id: Uuid,
+        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
+    ) -> Result<Option<Schedule>, StoreError> {
+        Ok(self.inner().schedules.get_mut(&id).map(|schedule| {
+            change(schedule);
+            schedule.clone()
+        }))
+    }
+
+    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.inner().schedules.remove(&id).is_some())
+    }
+
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
+    ) -> Result<FireRound, StoreError> {
+        let mut inner = self.inner();
+        let due: Vec<Uuid> = inner
+            .schedules
+            .values()
+            .filter(|s| !s.paused && s.next_run_at.is_some_and(|at| at <= now))
+            .map(|s| s.id)
+            .take(64)
+            .collect();
+        let mut round = FireRound::default();
+        for id in due {
+            let Some(schedule) = inner.schedules.get(&id) else {
+                continue;
+            };
+            let fired = plan(schedule);
+            round.misfired += fired.misfired;
+            inner.schedules.insert(id, fired.schedule);
+            if let Some(job) = fired.job
+                && !inner.jobs.contains_key(&job.id)
+            {
+                inner.index(job.id, job.unconfirmed_since.is_some(), false);
+                inner.jobs.insert(job.id, Box::new(job.clone()));
+                round.jobs.push(job);
+            }
+        }
+        Ok(round)
     }
 
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {

@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Value, value::RawValue};
+use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobMessage, JobStatus, JobType, Progress, V1};
+
+use crate::schedules::{Fired, Schedule};
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
@@ -193,6 +196,15 @@ pub struct ListQuery {
     pub before: Option<JobId>,
 }
 
+/// What firing due schedules did.
+#[derive(Debug, Default)]
+pub struct FireRound {
+    /// New jobs, to publish.
+    pub jobs: Vec<Job>,
+    /// Due times skipped as more than the misfire grace late.
+    pub misfired: u64,
+}
+
 /// An `Idempotency-Key` and the digest of the request it came with, as the store keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyClaim {
@@ -314,6 +326,34 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// How many jobs are `scheduled` (for the metrics).
     async fn count_scheduled(&self) -> Result<u64, StoreError>;
+
+    /// Stores a new schedule.
+    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError>;
+
+    /// The schedule with this id, if any.
+    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError>;
+
+    /// Every schedule, oldest first.
+    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError>;
+
+    /// Changes a schedule under its row lock; `None` when there is none with this id.
+    async fn update_schedule(
+        &self,
+        id: Uuid,
+        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
+    ) -> Result<Option<Schedule>, StoreError>;
+
+    /// Deletes a schedule; whether there was one.
+    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Fires the schedules due by `now` (at most 64 per call), each claimed by one gateway
+    /// only: `plan` says what each makes; its job (if new) and its updated record are written
+    /// in one transaction. Returns the jobs made, to publish (they carry an outbox mark).
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
+    ) -> Result<FireRound, StoreError>;
 
     /// Marks a job `cancelled` unless it has already finished.
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError>;

@@ -8,9 +8,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::{sync::Semaphore, time::Instant};
-use warren_gateway::store::{
-    Applied, Cancelled, Inserted, Job, JobStore, KeyClaim, ListQuery, MemoryStore, Redriven,
-    StoreError,
+use uuid::Uuid;
+use warren_gateway::{
+    schedules::{Fired, Schedule},
+    store::{
+        Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, MemoryStore,
+        Redriven, StoreError,
+    },
 };
 use warren_shared::{JobError, JobEvent, JobId, JobStatus, V1};
 
@@ -68,6 +72,32 @@ impl JobStore for SlowApply {
     }
     async fn count_scheduled(&self) -> Result<u64, StoreError> {
         self.inner.count_scheduled().await
+    }
+    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        self.inner.insert_schedule(schedule).await
+    }
+    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError> {
+        self.inner.get_schedule(id).await
+    }
+    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        self.inner.list_schedules().await
+    }
+    async fn update_schedule(
+        &self,
+        id: Uuid,
+        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
+    ) -> Result<Option<Schedule>, StoreError> {
+        self.inner.update_schedule(id, change).await
+    }
+    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.inner.delete_schedule(id).await
+    }
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
+    ) -> Result<FireRound, StoreError> {
+        self.inner.fire_due(now, plan).await
     }
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
         self.inner.cancel(id).await

@@ -18,6 +18,7 @@ mod changes;
 mod committer;
 mod errors;
 mod rows;
+mod schedules;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -31,9 +32,10 @@ use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobType};
 
 use super::{
-    Applied, Cancelled, ChangeFeed, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven,
-    StoreError, transition,
+    Applied, Cancelled, ChangeFeed, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery,
+    Redriven, StoreError, transition,
 };
+use crate::schedules::{Fired, Schedule};
 use committer::{Committer, Unmarker};
 use rows::{Columns, from_row};
 
@@ -42,6 +44,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/0001_jobs.sql")),
     (2, include_str!("../migrations/0002_outbox.sql")),
     (3, include_str!("../migrations/0003_scheduled.sql")),
+    (4, include_str!("../migrations/0004_schedules.sql")),
 ];
 /// The advisory lock that serialises migrations ("WARREN" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5741_5252_454e;
@@ -393,6 +396,38 @@ impl JobStore for PostgresStore {
             .await?;
         let count: i64 = client.query_one(&statement, &[]).await?.get(0);
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        schedules::insert(&self.pool, &schedule).await
+    }
+
+    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError> {
+        schedules::get(&self.pool, id).await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        schedules::list(&self.pool).await
+    }
+
+    async fn update_schedule(
+        &self,
+        id: Uuid,
+        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
+    ) -> Result<Option<Schedule>, StoreError> {
+        schedules::update(&self.pool, id, change).await
+    }
+
+    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError> {
+        schedules::delete(&self.pool, id).await
+    }
+
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
+    ) -> Result<FireRound, StoreError> {
+        schedules::fire_due(&self.pool, now, plan).await
     }
 
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
