@@ -406,3 +406,45 @@ impl TestApp {
         }
     }
 }
+
+/// Starts the real `api-gateway` binary on `database_url` in `namespace` (with `extra` env),
+/// its stderr piped, and waits until it is ready; returns it and its base URL.
+pub async fn spawn_gateway_process(
+    database_url: &str,
+    namespace: &str,
+    extra: &[(&str, &str)],
+) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_api-gateway"))
+        .env("WARREN_AMQP_URL", amqp_url())
+        .env("WARREN_NAMESPACE", namespace)
+        .env("WARREN_DATABASE_URL", database_url)
+        .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let address = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let ready = client.get(format!("{address}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the gateway exited");
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the gateway never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, address)
+}

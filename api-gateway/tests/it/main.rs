@@ -20,6 +20,7 @@ mod outbox;
 mod postgres;
 mod proxy;
 mod retry;
+mod schedules;
 mod store_write;
 mod stream;
 mod sync;

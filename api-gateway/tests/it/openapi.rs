@@ -5,7 +5,7 @@ use serde_json::Value;
 use crate::helpers::spawn_app;
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 15] = [
+const ROUTES: [(&str, &str); 20] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -21,6 +21,11 @@ const ROUTES: [(&str, &str); 15] = [
     ("get", "/report-status/{id}"),
     ("get", "/reports/{file}"),
     ("get", "/users/{id}"),
+    ("post", "/v1/schedules"),
+    ("get", "/v1/schedules"),
+    ("get", "/v1/schedules/{id}"),
+    ("patch", "/v1/schedules/{id}"),
+    ("delete", "/v1/schedules/{id}"),
 ];
 
 /// Every `$ref` anywhere in `value`.
@@ -94,8 +99,21 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         "updated_at",
         "started_at",
         "finished_at",
+        "run_at",
     ] {
         assert!(job[field].is_object(), "Job.{field} missing");
+    }
+    let submit = &spec["components"]["schemas"]["SubmitRequest"]["properties"];
+    assert!(submit["run_at"].is_object() && submit["delay_ms"].is_object());
+    let schedule = &spec["components"]["schemas"]["Schedule"]["properties"];
+    for field in [
+        "cron",
+        "timezone",
+        "next_run_at",
+        "last_run_at",
+        "last_job_id",
+    ] {
+        assert!(schedule[field].is_object(), "Schedule.{field} missing");
     }
 
     let docs = app.get("/docs").await;

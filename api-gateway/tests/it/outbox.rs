@@ -3,14 +3,14 @@
 //! publishes it, or a retry with the same `Idempotency-Key` does; the memory store keeps the
 //! same rule inside its process.
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    process::Child,
     time::Instant,
 };
 use warren_gateway::{
@@ -21,8 +21,8 @@ use warren_shared::{Topology, topology};
 use warren_worker::{Worker, handlers};
 
 use crate::helpers::{
-    DEADLINE, TestApp, TestSchema, amqp_url, spawn_app_on, spawn_app_with, test_broker,
-    unique_namespace,
+    DEADLINE, TestApp, TestSchema, amqp_url, spawn_app_on, spawn_app_with, spawn_gateway_process,
+    test_broker, unique_namespace,
 };
 
 /// The submit every crash test makes.
@@ -33,39 +33,12 @@ fn echo_body() -> Value {
 /// Starts the `api-gateway` binary, told to stop for good once a submit has stored its job,
 /// and waits until it is ready.
 async fn gateway_that_stops_after_store(database_url: &str, namespace: &str) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_api-gateway"))
-        .env("WARREN_AMQP_URL", amqp_url())
-        .env("WARREN_NAMESPACE", namespace)
-        .env("WARREN_DATABASE_URL", database_url)
-        .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("WARREN_FAULT_PAUSE", "after_store")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let address = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        let ready = client.get(format!("{address}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the gateway exited");
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the gateway never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, address)
+    spawn_gateway_process(
+        database_url,
+        namespace,
+        &[("WARREN_FAULT_PAUSE", "after_store")],
+    )
+    .await
 }
 
 /// Submits through a gateway that stops after storing, and kills it (`SIGKILL`) right there.
