@@ -83,18 +83,26 @@ pub fn parse_delay(value: &str) -> Result<Duration, String> {
     let amount: u64 = number.parse().map_err(|_| {
         format!("{value:?} is not a duration: use a number and a unit, e.g. 500ms, 5s, 2m, 1h, 7d")
     })?;
-    let delay = match unit {
-        "ms" => Duration::from_millis(amount),
-        "s" => Duration::from_secs(amount),
-        "m" => Duration::from_secs(amount * 60),
-        "h" => Duration::from_secs(amount * 3600),
-        "d" => Duration::from_secs(amount * 86_400),
+    let seconds_per_unit = match unit {
+        "ms" => return positive(value, Duration::from_millis(amount)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => {
             return Err(format!(
                 "{value:?} has an unknown unit: use ms, s, m, h or d"
             ));
         }
     };
+    let seconds = amount
+        .checked_mul(seconds_per_unit)
+        .ok_or_else(|| format!("{value:?} is too large a duration"))?;
+    positive(value, Duration::from_secs(seconds))
+}
+
+/// `delay`, unless it is zero.
+fn positive(value: &str, delay: Duration) -> Result<Duration, String> {
     if delay.is_zero() {
         return Err(format!("{value:?} is zero: it must be positive"));
     }
@@ -289,7 +297,7 @@ mod tests {
         assert_eq!(parse_delay("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_delay("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_delay("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in ["", "5", "s", "0s", "5w", "-1s"] {
+        for bad in ["", "5", "s", "0s", "5w", "-1s", "999999999999999999d"] {
             assert!(parse_delay(bad).is_err(), "{bad}");
         }
     }
