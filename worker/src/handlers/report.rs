@@ -3,6 +3,7 @@
 //! and stopping when asked to.
 //!
 //! Payload: `{"period": "monthly" | "weekly" | "daily", "step_ms": N}`, all optional
+//! (`"type"` is read as `"period"`, as the article's own request body names it)
 //! (`monthly`, 50 ms per row). The result carries the CSV itself, so the gateway can serve it
 //! without sharing a disk with the worker.
 
@@ -16,7 +17,8 @@ use crate::{HandlerError, HandlerResult, JobContext};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReportRequest {
-    #[serde(default = "default_period")]
+    /// The article's own body says `{"type": "monthly"}`: both names are read.
+    #[serde(default = "default_period", alias = "type")]
     period: String,
     #[serde(default = "default_step_ms")]
     step_ms: u64,
@@ -102,4 +104,25 @@ pub async fn generate_report(context: JobContext) -> HandlerResult {
         "total_revenue_cents": total_revenue,
         "csv": csv,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_articles_type_field_names_the_period() {
+        let read = |body| serde_json::from_value::<ReportRequest>(body).map(|r| r.period);
+        assert_eq!(
+            read(json!({"type": "monthly"})).ok().as_deref(),
+            Some("monthly")
+        );
+        assert_eq!(
+            read(json!({"period": "daily"})).ok().as_deref(),
+            Some("daily")
+        );
+        assert_eq!(read(json!({})).ok(), Some(default_period()));
+    }
 }
