@@ -340,16 +340,21 @@ async fn announce_running_unless_quick(
     reporter: &Reporter,
     attempt: impl Future<Output = Outcome>,
 ) -> Outcome {
-    let mut attempt = std::pin::pin!(attempt);
-    tokio::select! {
-        outcome = &mut attempt => return outcome,
-        () = tokio::time::sleep(shared.announce_running_after) => {}
-    }
     let announce = async {
         if let Err(error) = reporter.publish(Change::to(JobStatus::Running)).await {
             tracing::warn!(%error, "running event not published; the job goes on");
         }
     };
+    if shared.announce_running_after.is_zero() {
+        // Zero means every attempt: announced before the handler starts, not raced with it.
+        announce.await;
+        return attempt.await;
+    }
+    let mut attempt = std::pin::pin!(attempt);
+    tokio::select! {
+        outcome = &mut attempt => return outcome,
+        () = tokio::time::sleep(shared.announce_running_after) => {}
+    }
     let ((), outcome) = tokio::join!(announce, attempt);
     outcome
 }

@@ -151,10 +151,32 @@ async fn with_announce_running_after_zero_every_attempt_is_announced() {
         ],
     );
     broker.wait_for_consumer(&sleep).await;
-    let quick = Broker::job(&sleep, json!({"ms": 0}), 10_000);
-    broker.publish_job(&quick).await;
-    assert_eq!(events.next_any(quick.id).await.status, JobStatus::Running);
-    assert_eq!(events.next_any(quick.id).await.status, JobStatus::Succeeded);
+    // 200 attempts that end at once: each must still be announced before its outcome.
+    let mut first_status = std::collections::HashMap::new();
+    for _ in 0..200 {
+        let quick = Broker::job(&sleep, json!({"ms": 0}), 10_000);
+        first_status.insert(quick.id, None);
+        broker.publish_job(&quick).await;
+    }
+    let mut finished = 0;
+    while finished < 200 {
+        let event = events.next_event().await;
+        let Some(first) = first_status.get_mut(&event.id) else {
+            continue;
+        };
+        first.get_or_insert(event.status);
+        if event.status == JobStatus::Succeeded {
+            finished += 1;
+        }
+    }
+    let unannounced = first_status
+        .values()
+        .filter(|first| **first != Some(JobStatus::Running))
+        .count();
+    assert_eq!(
+        unannounced, 0,
+        "{unannounced} of 200 attempts were not announced first"
+    );
     worker.terminate();
     assert!(worker.exit_within(DEADLINE).await.success());
     broker.cleanup().await;

@@ -203,6 +203,11 @@ impl EventTap {
             .await
     }
 
+    /// The next event of any job; fails at the deadline.
+    pub async fn next_event(&mut self) -> JobEvent {
+        self.next_where("any event", |_| true).await
+    }
+
     /// The next event of job `id` with `status`, skipping others; fails at the deadline.
     pub async fn next(&mut self, id: JobId, status: JobStatus) -> JobEvent {
         let what = format!("{status} event for job {id}");
