@@ -222,10 +222,11 @@ impl fmt::Display for AmqpUrl {
         for (i, uri) in self.nodes.iter().enumerate() {
             let authority = &uri.authority;
             let separator = if i == 0 { "" } else { "," };
+            let vhost = uri.vhost.replace('%', "%25").replace('/', "%2f");
             write!(
                 f,
-                "{separator}amqp://{}:***@{}:{}/{}",
-                authority.userinfo.username, authority.host, authority.port, uri.vhost
+                "{separator}amqp://{}:***@{}:{}/{vhost}",
+                authority.userinfo.username, authority.host, authority.port
             )?;
         }
         Ok(())
@@ -285,6 +286,10 @@ mod tests {
                 .all(|(_, uri)| uri.contains("heartbeat=10"))
         );
         let shown = format!("{url} {url:?}");
+        assert!(
+            shown.starts_with("amqp://u:***@a:5672/%2f,amqp://u:***@b:5673/%2f"),
+            "{shown}"
+        );
         assert!(!shown.contains("p1") && !shown.contains("p2") && !shown.contains("p3"));
         let err = "amqp://u:p@a:5672/%2f,http://nope"
             .parse::<AmqpUrl>()
