@@ -72,6 +72,10 @@ async fn traced_job(traceparent: Option<&str>) -> (Vec<String>, Vec<String>) {
     let mut app = spawn_app().await;
     app.spawn_worker(Worker::builder().handler("echo", handlers::echo))
         .await;
+    // Other tests' threads log without a subscriber; a callsite they register while this one
+    // is being registered can keep a stale "never" interest. Recompute it now that this
+    // subscriber exists, so the job's spans and events reach it.
+    tracing::callsite::rebuild_interest_cache();
     let mut request = app
         .client
         .post(format!("{}/v1/jobs", app.address))
