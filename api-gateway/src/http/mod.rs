@@ -22,7 +22,7 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use tracing::Instrument;
 use utoipa::OpenApi;
@@ -94,9 +94,40 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     }
     routes
         .fallback(not_found)
+        .layer(middleware::from_fn(method_not_allowed))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), trace_request))
         .with_state(state)
+}
+
+/// Gives the router's bare `405` a problem body like every other error, keeping its `Allow`.
+async fn method_not_allowed(request: Request, next: Next) -> Response {
+    let (method, path) = (
+        request.method().to_string(),
+        request.uri().path().to_owned(),
+    );
+    let response = next.run(request).await;
+    if response.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+    let allowed = allow
+        .as_ref()
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("other methods")
+        .replace(',', ", ");
+    let mut problem = ApiError::MethodNotAllowed {
+        method,
+        path,
+        allowed,
+    }
+    .into_response();
+    if let Some(allow) = allow {
+        problem
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, allow);
+    }
+    problem
 }
 
 async fn not_found(request: Request) -> ApiError {

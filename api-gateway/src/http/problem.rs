@@ -77,6 +77,16 @@ pub enum ApiError {
     /// A dependency (broker or store) is unavailable; the client should retry later.
     #[error("{0}; try again in a few seconds")]
     Unavailable(&'static str),
+    /// The path exists, but not with this method.
+    #[error("{method} is not allowed on {path}; it takes {allowed}")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path.
+        path: String,
+        /// The methods it takes.
+        allowed: String,
+    },
     /// A bug on our side (the cause is logged); retrying will not help.
     #[error("the gateway failed to handle this request; the cause is in its log")]
     Internal,
@@ -101,6 +111,7 @@ impl ApiError {
             Self::JobNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -123,6 +134,7 @@ impl ApiError {
             Self::RouteNotFound(_) => "route-not-found",
             Self::Unavailable(_) => "unavailable",
             Self::Internal => "internal",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
         }
     }
 }

@@ -143,3 +143,20 @@ async fn job_lookup_refuses_bad_ids_and_unknown_jobs() {
     problem(no_route, 404).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_method_a_path_does_not_take_is_405_with_a_problem_and_allow() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .put(format!("{}/v1/jobs", app.address))
+        .send()
+        .await
+        .unwrap();
+    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("POST") && allow.contains("GET"), "{allow}");
+    let body = problem(response, 405).await;
+    assert_eq!(body["type"], "urn:warren:problem:method-not-allowed");
+    assert!(body["detail"].as_str().unwrap().contains("PUT"), "{body}");
+    app.stop().await;
+}
