@@ -171,12 +171,23 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => Self::NotJson,
-            JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(e.body_text()),
-            JsonRejection::JsonDataError(e) => Self::InvalidBody(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(in_our_words(&e.body_text())),
+            JsonRejection::JsonDataError(e) => Self::InvalidBody(format!(
+                "the body does not have the expected shape: {}",
+                in_our_words(&e.body_text())
+            )),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
             other => Self::MalformedJson(other.body_text()),
         }
     }
+}
+
+/// The JSON library's own reason, without axum's "Failed to …" preamble.
+fn in_our_words(text: &str) -> String {
+    text.split_once(": ")
+        .filter(|(preamble, _)| preamble.starts_with("Failed to"))
+        .map_or(text, |(_, reason)| reason)
+        .to_owned()
 }
 
 /// The error and its causes, one after another, for the log.

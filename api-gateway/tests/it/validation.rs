@@ -111,7 +111,19 @@ async fn wrong_shapes_and_unknown_fields_are_422() {
             refused["type"], "urn:warren:problem:invalid-field",
             "{body}"
         );
+        let detail = refused["detail"].as_str().unwrap();
+        assert!(
+            !detail.contains("Failed to"),
+            "not in Warren's words: {detail}"
+        );
     }
+    let typo = problem(
+        app.submit(&json!({"type": "echo", "max_attempt": 3})).await,
+        422,
+    )
+    .await;
+    let detail = typo["detail"].as_str().unwrap();
+    assert!(detail.contains("unknown field `max_attempt`"), "{detail}");
     app.stop().await;
 }
 
