@@ -187,7 +187,13 @@ pub async fn get_user(
 
 async fn answer_user(state: &AppState, job: Job, user_id: &str) -> Result<Json<Value>, ApiError> {
     match (job.status, job.error.as_ref().map(|e| e.kind.as_str())) {
-        (JobStatus::Succeeded, _) => Ok(Json(job.result.map_or(Value::Null, |r| r.to_value()))),
+        (JobStatus::Succeeded, _) => {
+            let user = job.result.map_or(Value::Null, |r| r.to_value());
+            if user["found"] == Value::Bool(false) {
+                return Err(ApiError::NotFound(format!("no user has id {user_id:?}")));
+            }
+            Ok(Json(user))
+        }
         (JobStatus::Failed, Some("not_found")) => {
             Err(ApiError::NotFound(format!("no user has id {user_id:?}")))
         }

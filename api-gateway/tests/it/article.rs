@@ -110,6 +110,35 @@ async fn users_are_answered_synchronously() {
         missing.headers()["content-type"],
         "application/problem+json"
     );
+    // A lookup that finds nobody is a normal answer: the job succeeded, nothing is dead.
+    let lookups: Value = app
+        .get("/v1/jobs?type=user.get")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<&Value> = lookups["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| &job["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("succeeded"), &json!("succeeded")]);
+    let dead = app.topology().dead_queue();
+    let probe = app.connection.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let state = probe
+        .queue_declare(dead.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        state.message_count(),
+        0,
+        "a not-found lookup was dead-lettered"
+    );
     app.stop().await;
 }
 

@@ -56,8 +56,9 @@ const USERS: [(u64, &str, &str); 5] = [
     (5, "Barbara Liskov", "barbara@example.com"),
 ];
 
-/// `user.get` (`{"id": N}`): the article's fast lookup; an unknown id is a permanent
-/// `not_found` failure.
+/// `user.get` (`{"id": N}`): the article's fast lookup. An unknown id is a normal answer, not
+/// a failure: the job succeeds with `{"found": false, "id": …}` (a lookup that finds nobody
+/// must not fill the dead letters).
 pub async fn get_user(context: JobContext) -> HandlerResult {
     let UserQuery { id } = context.payload_as()?;
     let wanted = match &id {
@@ -68,6 +69,8 @@ pub async fn get_user(context: JobContext) -> HandlerResult {
     USERS
         .iter()
         .find(|(user_id, _, _)| Some(*user_id) == wanted)
-        .map(|(user_id, name, email)| json!({"id": user_id, "name": name, "email": email}))
-        .ok_or_else(|| HandlerError::permanent("not_found", format!("no user has id {id}")))
+        .map_or_else(
+            || Ok(json!({"found": false, "id": id})),
+            |(user_id, name, email)| Ok(json!({"id": user_id, "name": name, "email": email})),
+        )
 }
