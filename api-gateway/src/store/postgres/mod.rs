@@ -19,15 +19,16 @@ mod committer;
 mod errors;
 mod rows;
 mod schedules;
+mod writes;
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{
     GenericClient, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts,
 };
-use tokio_postgres::{NoTls, types::ToSql};
+use tokio_postgres::NoTls;
 use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobType};
 
@@ -37,7 +38,7 @@ use super::{
 };
 use crate::schedules::{Fired, Schedule};
 use committer::{Committer, Unmarker};
-use rows::{Columns, from_row};
+use rows::from_row;
 
 /// The schema's versions, applied in order.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -134,136 +135,6 @@ impl PostgresStore {
         records: &[(Job, Option<KeyClaim>)],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         committer::insert_batch(&self.pool, records).await
-    }
-
-    /// Applies `events` in one transaction on `client`, in two round trips: `BEGIN` with the
-    /// row locks, then the update, the notification and `COMMIT` together.
-    async fn apply_on(
-        &self,
-        client: &deadpool_postgres::Object,
-        events: &[JobEvent],
-    ) -> Result<Vec<Applied>, StoreError> {
-        let mut ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let lock = client.prepare_cached(rows::LOCK_MANY).await?;
-        let update = client.prepare_cached(rows::UPDATE).await?;
-        let notify = client.prepare_cached(changes::NOTIFY).await?;
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
-        let (begun, locked) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            client.query(&lock, &lock_params)
-        );
-        begun?;
-        let mut jobs = HashMap::new();
-        for row in locked? {
-            let job = from_row(&row)?;
-            jobs.insert(job.id, (job.version, job));
-        }
-        let applied: Vec<Applied> = events
-            .iter()
-            .map(|event| match jobs.get_mut(&event.id) {
-                None => Applied::UnknownJob,
-                Some((_, job)) => match transition::apply(job, event) {
-                    Ok(()) => Applied::Updated(Box::new(job.clone())),
-                    Err(ignored) => Applied::Ignored(ignored),
-                },
-            })
-            .collect();
-        let changed: Vec<&Job> = jobs
-            .values()
-            .filter(|(version_before, job)| job.version != *version_before)
-            .map(|(_, job)| job)
-            .collect();
-        if changed.is_empty() {
-            client.batch_execute("COMMIT").await?;
-            return Ok(applied);
-        }
-        let columns = Columns::of(changed.iter().copied());
-        let ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
-        let payloads = changes::payloads(&self.origin, &ids);
-        let update_params = columns.params();
-        let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
-        let (updated, notified, committed) = tokio::join!(
-            client.execute(&update, &update_params),
-            client.execute(&notify, &notify_params),
-            client.batch_execute("COMMIT")
-        );
-        updated?;
-        notified?;
-        committed?;
-        Ok(applied)
-    }
-
-    /// Releases due scheduled jobs on `client`: locks them (skipping those another gateway
-    /// holds), applies [`transition::release`], writes them back and announces them.
-    async fn release_on(
-        &self,
-        client: &deadpool_postgres::Object,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        let lock = client.prepare_cached(rows::LOCK_DUE).await?;
-        let update = client.prepare_cached(rows::UPDATE).await?;
-        let notify = client.prepare_cached(changes::NOTIFY).await?;
-        let limit = saturating_i64(limit);
-        let lock_params: [&(dyn ToSql + Sync); 2] = [&now, &limit];
-        let (begun, locked) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            client.query(&lock, &lock_params)
-        );
-        begun?;
-        let mut released = Vec::new();
-        for row in locked? {
-            let mut job = from_row(&row)?;
-            if transition::release(&mut job, now) {
-                released.push(job);
-            }
-        }
-        if released.is_empty() {
-            client.batch_execute("COMMIT").await?;
-            return Ok(released);
-        }
-        let columns = Columns::of(released.iter());
-        let ids: Vec<JobId> = released.iter().map(|job| job.id).collect();
-        let payloads = changes::payloads(&self.origin, &ids);
-        let update_params = columns.params();
-        let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
-        let (updated, notified, committed) = tokio::join!(
-            client.execute(&update, &update_params),
-            client.execute(&notify, &notify_params),
-            client.batch_execute("COMMIT")
-        );
-        updated?;
-        notified?;
-        committed?;
-        Ok(released)
-    }
-
-    /// Locks the job's row, lets `change` work on the record, writes it back and announces it
-    /// if its version moved, commits. `None` when no record has this id.
-    async fn modify<T>(
-        &self,
-        id: JobId,
-        change: impl FnOnce(&mut Job) -> T + Send,
-    ) -> Result<Option<(Job, T)>, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(rows::LOCK_MANY).await?;
-        let Some(row) = tx.query(&statement, &[&vec![id.as_uuid()]]).await?.pop() else {
-            return Ok(None);
-        };
-        let mut job = from_row(&row)?;
-        let before = job.version;
-        let outcome = change(&mut job);
-        if job.version != before {
-            let statement = tx.prepare_cached(rows::UPDATE).await?;
-            tx.execute(&statement, &Columns::of([&job].into_iter()).params())
-                .await?;
-            changes::notify(&tx, &self.channel, &self.origin, &[job.id]).await?;
-        }
-        tx.commit().await?;
-        Ok(Some((job, outcome)))
     }
 }
 

@@ -1,0 +1,143 @@
+//! The store's multi-row writes: applying worker events, releasing due scheduled jobs and
+//! single-record changes, each as one transaction that also announces the changed ids.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+use warren_shared::{JobEvent, JobId};
+
+use super::{
+    super::{Applied, Job, StoreError, transition},
+    PostgresStore, changes,
+    rows::{self, Columns, from_row},
+    saturating_i64,
+};
+
+impl PostgresStore {
+    /// Applies `events` in one transaction on `client`, in two round trips: `BEGIN` with the
+    /// row locks, then the update, the notification and `COMMIT` together.
+    pub(super) async fn apply_on(
+        &self,
+        client: &deadpool_postgres::Object,
+        events: &[JobEvent],
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mut ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let lock = client.prepare_cached(rows::LOCK_MANY).await?;
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let (begun, locked) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&lock, &lock_params)
+        );
+        begun?;
+        let mut jobs = HashMap::new();
+        for row in locked? {
+            let job = from_row(&row)?;
+            jobs.insert(job.id, (job.version, job));
+        }
+        let applied: Vec<Applied> = events
+            .iter()
+            .map(|event| match jobs.get_mut(&event.id) {
+                None => Applied::UnknownJob,
+                Some((_, job)) => match transition::apply(job, event) {
+                    Ok(()) => Applied::Updated(Box::new(job.clone())),
+                    Err(ignored) => Applied::Ignored(ignored),
+                },
+            })
+            .collect();
+        let changed: Vec<&Job> = jobs
+            .values()
+            .filter(|(version_before, job)| job.version != *version_before)
+            .map(|(_, job)| job)
+            .collect();
+        self.write_and_commit(client, &changed).await?;
+        Ok(applied)
+    }
+
+    /// Writes `changed` back and announces them, then commits, in one round trip (the update,
+    /// the `NOTIFY` and `COMMIT` are pipelined); only commits when nothing changed.
+    async fn write_and_commit(
+        &self,
+        client: &deadpool_postgres::Object,
+        changed: &[&Job],
+    ) -> Result<(), StoreError> {
+        if changed.is_empty() {
+            client.batch_execute("COMMIT").await?;
+            return Ok(());
+        }
+        let update = client.prepare_cached(rows::UPDATE).await?;
+        let notify = client.prepare_cached(changes::NOTIFY).await?;
+        let columns = Columns::of(changed.iter().copied());
+        let ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
+        let payloads = changes::payloads(&self.origin, &ids);
+        let update_params = columns.params();
+        let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
+        let (updated, notified, committed) = tokio::join!(
+            client.execute(&update, &update_params),
+            client.execute(&notify, &notify_params),
+            client.batch_execute("COMMIT")
+        );
+        updated?;
+        notified?;
+        committed?;
+        Ok(())
+    }
+
+    /// Releases due scheduled jobs on `client`: locks them (skipping those another gateway
+    /// holds), applies [`transition::release`], writes them back and announces them.
+    pub(super) async fn release_on(
+        &self,
+        client: &deadpool_postgres::Object,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let lock = client.prepare_cached(rows::LOCK_DUE).await?;
+        let limit = saturating_i64(limit);
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&now, &limit];
+        let (begun, locked) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&lock, &lock_params)
+        );
+        begun?;
+        let mut released = Vec::new();
+        for row in locked? {
+            let mut job = from_row(&row)?;
+            if transition::release(&mut job, now) {
+                released.push(job);
+            }
+        }
+        self.write_and_commit(client, &released.iter().collect::<Vec<_>>())
+            .await?;
+        Ok(released)
+    }
+
+    /// Locks the job's row, lets `change` work on the record, writes it back and announces it
+    /// if its version moved, commits. `None` when no record has this id.
+    pub(super) async fn modify<T>(
+        &self,
+        id: JobId,
+        change: impl FnOnce(&mut Job) -> T + Send,
+    ) -> Result<Option<(Job, T)>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(rows::LOCK_MANY).await?;
+        let Some(row) = tx.query(&statement, &[&vec![id.as_uuid()]]).await?.pop() else {
+            return Ok(None);
+        };
+        let mut job = from_row(&row)?;
+        let before = job.version;
+        let outcome = change(&mut job);
+        if job.version != before {
+            let statement = tx.prepare_cached(rows::UPDATE).await?;
+            tx.execute(&statement, &Columns::of([&job].into_iter()).params())
+                .await?;
+            changes::notify(&tx, &self.channel, &self.origin, &[job.id]).await?;
+        }
+        tx.commit().await?;
+        Ok(Some((job, outcome)))
+    }
+}
