@@ -87,7 +87,8 @@ pub struct GatewayConfig {
         long = "http-addr",
         env = "WARREN_HTTP_ADDR",
         value_name = "WARREN_HTTP_ADDR",
-        default_value = "0.0.0.0:8080"
+        default_value = "0.0.0.0:8080",
+        value_parser = warren_shared::config::parse_listen_addr
     )]
     pub http_addr: SocketAddr,
 

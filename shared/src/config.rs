@@ -109,6 +109,22 @@ fn positive(value: &str, delay: Duration) -> Result<Duration, String> {
     Ok(delay)
 }
 
+/// Reads a listen address: `ip:port`, or `host:port` resolved once at start (an IPv4 address
+/// when the host has one, so `localhost:8080` listens where most clients look).
+pub fn parse_listen_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let addresses: Vec<std::net::SocketAddr> = value
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?} is not an ip:port or host:port address ({e})"))?
+        .collect();
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or_else(|| addresses.first())
+        .copied()
+        .ok_or_else(|| format!("{value:?} resolves to no address"))
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -304,6 +320,23 @@ mod tests {
         assert_eq!(parse_delay("7d"), Ok(Duration::from_secs(7 * 86_400)));
         for bad in ["", "5", "s", "0s", "5w", "-1s", "999999999999999999d"] {
             assert!(parse_delay(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        assert_eq!(
+            parse_listen_addr("localhost:8080")
+                .map(|a| a.to_string())
+                .as_deref(),
+            Ok("127.0.0.1:8080")
+        );
+        assert_eq!(
+            parse_listen_addr("0.0.0.0:9090").map(|a| a.port()),
+            Ok(9090)
+        );
+        for bad in ["8080", "localhost", "nope nope:1"] {
+            assert!(parse_listen_addr(bad).is_err(), "{bad}");
         }
     }
 

@@ -65,7 +65,8 @@ pub struct WorkerConfig {
         long = "metrics-addr",
         env = "WARREN_METRICS_ADDR",
         value_name = "WARREN_METRICS_ADDR",
-        default_value = "0.0.0.0:9090"
+        default_value = "0.0.0.0:9090",
+        value_parser = warren_shared::config::parse_listen_addr
     )]
     pub metrics_addr: SocketAddr,
 }
