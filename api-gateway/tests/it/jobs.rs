@@ -87,16 +87,26 @@ async fn a_panicking_handler_fails_its_job_and_the_worker_keeps_serving() {
 #[tokio::test]
 async fn a_handler_error_fails_the_job_with_its_kind_and_message() {
     let mut app = spawn_app().await;
-    app.spawn_worker(Worker::builder().handler("user.get", handlers::get_user))
-        .await;
+    let refuse = |_context| {
+        futures_util::future::ready(Err(warren_worker::HandlerError::permanent(
+            "not_found",
+            "no order has id 999",
+        )))
+    };
+    app.spawn_worker(
+        Worker::builder()
+            .handler("order.check", refuse)
+            .handler("user.get", handlers::get_user),
+    )
+    .await;
 
     let missing = app
-        .submit_ok(&json!({"type": "user.get", "payload": {"id": 999}}))
+        .submit_ok(&json!({"type": "order.check", "payload": {"id": 999}}))
         .await;
     let failed = app.wait_for_status(&missing, "failed").await;
     assert_eq!(
         failed["error"],
-        json!({"kind": "not_found", "message": "no user has id 999"})
+        json!({"kind": "not_found", "message": "no order has id 999"})
     );
 
     let found = app

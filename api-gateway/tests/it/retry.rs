@@ -125,10 +125,16 @@ async fn a_job_that_always_fails_ends_failed_and_dead_with_its_error_history() {
 #[tokio::test]
 async fn a_permanent_error_is_not_retried() {
     let mut app = spawn_app().await;
-    app.spawn_worker(Worker::builder().handler("user.get", handlers::get_user))
+    let refuse = |_context| {
+        futures_util::future::ready(Err(HandlerError::permanent(
+            "not_found",
+            "no order has id 404",
+        )))
+    };
+    app.spawn_worker(Worker::builder().handler("order.check", refuse))
         .await;
     let id = app
-        .submit_ok(&json!({"type": "user.get", "payload": {"id": 404}, "max_attempts": 5}))
+        .submit_ok(&json!({"type": "order.check", "payload": {"id": 404}, "max_attempts": 5}))
         .await;
     let job = app.wait_for_status(&id, "failed").await;
     assert_eq!(job["attempt"], 1);
