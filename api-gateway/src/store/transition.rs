@@ -29,6 +29,9 @@ pub enum Ignored {
     TypeMismatch,
     /// Workers never report `queued` (or `scheduled`).
     Queued,
+    /// The event says nothing new (same status and attempt, no new progress, result or
+    /// error), e.g. a delayed `running` announcement after a progress report already said so.
+    Unchanged,
 }
 
 impl Ignored {
@@ -42,6 +45,7 @@ impl Ignored {
             Self::Backwards => "backwards",
             Self::TypeMismatch => "type_mismatch",
             Self::Queued => "queued_from_worker",
+            Self::Unchanged => "unchanged",
         }
     }
 }
@@ -105,6 +109,16 @@ fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {
     }
     if event.status.rank() < job.status.rank() {
         return Err(Ignored::Backwards);
+    }
+    let says_nothing_new = event.status == job.status
+        && event.result.is_none()
+        && event.error.is_none()
+        && event
+            .progress
+            .as_ref()
+            .is_none_or(|progress| job.progress.as_deref() == Some(progress));
+    if says_nothing_new {
+        return Err(Ignored::Unchanged);
     }
     Ok(())
 }
@@ -178,7 +192,7 @@ fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
 mod tests {
     use chrono::Utc;
     use serde_json::json;
-    use warren_shared::{JobId, JobType, V1};
+    use warren_shared::{JobId, JobType, Progress, V1};
 
     use super::*;
 
@@ -319,14 +333,36 @@ mod tests {
     fn every_change_bumps_the_version_and_ignored_events_do_not() {
         let mut job = queued_job();
         step(&mut job, JobStatus::Running, 1, 1).unwrap();
-        step(&mut job, JobStatus::Running, 1, 2).unwrap();
+        step(&mut job, JobStatus::Retrying, 1, 2).unwrap();
         assert_eq!(job.version, 2);
-        let _ = step(&mut job, JobStatus::Running, 1, 2);
+        let _ = step(&mut job, JobStatus::Retrying, 1, 2);
         assert_eq!(job.version, 2);
         assert!(cancel(&mut job));
         assert_eq!((job.status, job.version), (JobStatus::Cancelled, 3));
         assert!(!cancel(&mut job));
         assert_eq!(job.version, 3);
+    }
+
+    #[test]
+    fn an_event_that_says_nothing_new_is_not_a_change() {
+        let mut job = queued_job();
+        let progress = Progress {
+            percent: 40,
+            message: None,
+        };
+        let mut running = event(&job, JobStatus::Running, 1, 1);
+        running.progress = Some(progress.clone());
+        assert_eq!(apply(&mut job, &running), Ok(()));
+        let mut again = event(&job, JobStatus::Running, 1, 2);
+        assert_eq!(apply(&mut job, &again), Err(Ignored::Unchanged));
+        again.progress = Some(progress);
+        assert_eq!(apply(&mut job, &again), Err(Ignored::Unchanged));
+        assert_eq!(job.version, 1, "no new version, so no second SSE event");
+        again.progress = Some(Progress {
+            percent: 60,
+            message: None,
+        });
+        assert_eq!(apply(&mut job, &again), Ok(()));
     }
 
     #[test]
