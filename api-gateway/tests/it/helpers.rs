@@ -424,6 +424,8 @@ pub async fn spawn_gateway_process(
         .env("WARREN_NAMESPACE", namespace)
         .env("WARREN_DATABASE_URL", database_url)
         .env("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        // The tiers of `test_broker`, so the test's cleanup deletes the wait queues it declares.
+        .env("WARREN_RETRY_DELAYS", "100ms,200ms,400ms")
         .env("RUST_LOG", "warn")
         .envs(extra.iter().copied())
         .stdout(std::process::Stdio::null())
