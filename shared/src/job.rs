@@ -126,8 +126,9 @@ impl fmt::Display for JobType {
 
 /// Where a job is in its lifecycle.
 ///
-/// `queued` → `running` → `succeeded` | `failed`, with `retrying` between attempts and
-/// `cancelled` from any non-terminal state. Terminal statuses are final.
+/// `scheduled` (only for jobs due later) → `queued` → `running` → `succeeded` | `failed`, with
+/// `retrying` between attempts and `cancelled` from any non-terminal state. Terminal statuses
+/// are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {

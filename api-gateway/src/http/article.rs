@@ -48,7 +48,7 @@ pub struct ReportRequest {
 #[utoipa::path(post, path = "/generate-report", tag = "article",
     description = "Queues the article's report: `{\"status\": \"processing\", \"jobId\"}`.",
     request_body = ReportRequest,
-    responses((status = 202, description = "`{\"status\": \"processing\", \"jobId\": \"...\"}`"), (status = 422, description = "Unknown report type", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "`{\"status\": \"processing\", \"jobId\": \"...\"}`"), (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Unknown report type", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn generate_report(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
@@ -92,8 +92,8 @@ async fn load_report(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
 /// `GET /report-status/{jobId}`.
 #[utoipa::path(get, path = "/report-status/{id}", tag = "article",
     description = "`processing`, then `completed` with the CSV's `url`, or `failed` with the `error`.",
-    params(("id" = String, Path, description = "The job id (a UUID)")),
-    responses((status = 200, description = "The report's status"), (status = 404, description = "Unknown report", body = Problem, content_type = "application/problem+json")))]
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
+    responses((status = 200, description = "The report's status"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown report", body = Problem, content_type = "application/problem+json")))]
 pub async fn report_status(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,

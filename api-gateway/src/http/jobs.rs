@@ -55,6 +55,12 @@ pub struct SubmitLimits {
 pub struct SubmitRequest {
     /// The job type, `[a-z0-9][a-z0-9._-]{0,99}`.
     #[serde(rename = "type")]
+    #[schema(
+        pattern = "^[a-z0-9][a-z0-9._-]{0,99}$",
+        min_length = 1,
+        max_length = 100,
+        example = "report.generate"
+    )]
     pub job_type: String,
     /// The handler's input (kept as the client's JSON text, unparsed, all the way to the
     /// job message).
@@ -63,9 +69,12 @@ pub struct SubmitRequest {
     pub payload: Option<Box<RawValue>>,
     /// Attempts allowed, 1 to 100 (default 3).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
-    /// Per-attempt time limit in milliseconds.
+    /// Per-attempt time limit in milliseconds, at least 1 and at most `WARREN_MAX_TIMEOUT_MS`
+    /// (25 min unless configured otherwise).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// An `http(s)` URL to call when the job finishes.
     #[serde(default)]
@@ -234,7 +243,7 @@ impl SubmitRequest {
     request_body = SubmitRequest,
     params(
         ("Prefer" = Option<String>, Header, description = "`wait=N` to wait up to N seconds for the outcome; `respond-async` to answer at once"),
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key and body give the same job; kept at least 24 h"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "The same key and body give the same job; kept at least 24 h; 1 to 255 visible ASCII characters"),
         ("traceparent" = Option<String>, Header, description = "W3C trace context to continue"),
     ),
     responses(
@@ -358,7 +367,7 @@ pub struct GetQuery {
 /// seconds (capped) have passed.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     description = "The job. With `?wait=N`, answers once it is terminal or after N seconds (capped).",
-    params(("id" = String, Path, description = "The job id (a UUID)"), ("wait" = Option<u64>, Query, description = "Seconds to wait for a terminal status")),
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("wait" = Option<u64>, Query, description = "Seconds to wait for a terminal status")),
     responses((status = 200, body = Job), (status = 400, description = "Malformed id or wait", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
@@ -389,7 +398,7 @@ pub async fn get(
 /// `POST /v1/jobs/{id}/cancel`: `202` with the cancelled job; `409` if it already finished.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
     description = "Cancels the job: a queued job is never run, a running one is told to stop.",
-    params(("id" = String, Path, description = "The job id (a UUID)")),
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
     responses((status = 202, description = "Cancelled", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(name = "cancel", skip_all, fields(job_id = %raw_id))]
 pub async fn cancel(
@@ -404,7 +413,7 @@ pub async fn cancel(
 /// the queued job, `409` if the job is not `failed`.
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
     description = "Re-drives a failed job as a new attempt series (same id, fresh attempt budget).",
-    params(("id" = String, Path, description = "The job id (a UUID)")),
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
     responses((status = 202, description = "Queued again", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not failed", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(name = "redrive", skip_all, fields(job_id = %raw_id))]
 pub async fn retry(

@@ -83,10 +83,10 @@ impl ListParams {
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
     description = "Jobs newest first, one page at a time; pass `next_cursor` back as `cursor` until it is null.",
     params(
-        ("status" = Option<String>, Query, description = "Only jobs with this status"),
-        ("type" = Option<String>, Query, description = "Only jobs of this type"),
-        ("limit" = Option<u32>, Query, description = "Jobs per page, 1 to 500 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("status" = Option<JobStatus>, Query, description = "Only jobs with this status"),
+        ("type" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9._-]{0,99}$", description = "Only jobs of this type"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Jobs per page, 1 to 500 (default 50)"),
+        ("cursor" = Option<String>, Query, format = Uuid, description = "`next_cursor` of the previous page"),
     ),
     responses((status = 200, body = JobPage), (status = 400, description = "A bad parameter", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(

@@ -49,7 +49,7 @@ struct Cursor {
 /// `GET /v1/jobs/{id}/events`.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     description = "Server-Sent Events: one per change (`event:` the status, `data:` the job, `id:` its change count); ends after the terminal one. `Last-Event-ID` resumes.",
-    params(("id" = String, Path, description = "The job id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "The last event id seen")),
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "The last event id seen")),
     responses((status = 200, description = "The event stream", content_type = "text/event-stream"),
         (status = 204, description = "The job finished and the client has seen its last change"),
         (status = 400, description = "Malformed id or Last-Event-ID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json")))]

@@ -1,6 +1,6 @@
 //! `/openapi.json` is a valid OpenAPI 3 document that lists every route; `/docs` renders it.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::spawn_app;
 
@@ -114,6 +114,43 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         "last_job_id",
     ] {
         assert!(schedule[field].is_object(), "Schedule.{field} missing");
+    }
+
+    // The constraints the server checks are in the document, so generated clients agree.
+    let id = &spec["paths"]["/v1/jobs/{id}"]["get"]["parameters"][0]["schema"];
+    assert_eq!(id["format"], "uuid", "{id}");
+    let submit_type = &spec["components"]["schemas"]["SubmitRequest"]["properties"]["type"];
+    assert_eq!(submit_type["pattern"], "^[a-z0-9][a-z0-9._-]{0,99}$");
+    let attempts = &spec["components"]["schemas"]["SubmitRequest"]["properties"]["max_attempts"];
+    assert_eq!(
+        (&attempts["minimum"], &attempts["maximum"]),
+        (&json!(1), &json!(100))
+    );
+    let list = spec["paths"]["/v1/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let param = |name: &str| list.iter().find(|p| p["name"] == name).unwrap()["schema"].clone();
+    assert_eq!(param("status")["$ref"], "#/components/schemas/JobStatus");
+    assert_eq!(
+        (
+            param("limit")["minimum"].clone(),
+            param("limit")["maximum"].clone()
+        ),
+        (json!(1), json!(500))
+    );
+    let statuses = spec["components"]["schemas"]["JobStatus"]["enum"]
+        .as_array()
+        .unwrap();
+    assert_eq!(statuses.len(), 7);
+    for (path, method, status) in [
+        ("/generate-report", "post", "400"),
+        ("/generate-report", "post", "415"),
+        ("/report-status/{id}", "get", "400"),
+    ] {
+        assert!(
+            spec["paths"][path][method]["responses"][status].is_object(),
+            "{method} {path} does not document {status}"
+        );
     }
 
     let docs = app.get("/docs").await;
