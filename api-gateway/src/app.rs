@@ -9,13 +9,14 @@ use warren_shared::{Topology, amqp, readiness::ReadyFlag};
 use crate::{
     config::GatewayConfig,
     events,
-    http::{self, AppState, jobs::SubmitLimits},
+    http::{self, AppState, CallbackPolicy, jobs::SubmitLimits},
     jobs::{self, JobService},
     metrics::GatewayMetrics,
     publisher::Publisher,
     retention,
     store::{JobStore, MemoryStore, PostgresStore, StoreError},
     watch::Watchers,
+    webhooks::deliverer::Deliverer,
 };
 
 /// Connections the gateway keeps to RabbitMQ (the publisher and the events consumer share
@@ -36,6 +37,9 @@ pub enum StartupError {
     /// The AMQP connection pool could not be set up.
     #[error(transparent)]
     Pool(#[from] amqp::PoolSetupError),
+    /// The webhook client could not be set up.
+    #[error("{0}")]
+    Webhooks(String),
     /// The job store could not be opened or migrated.
     #[error("cannot open the job store (WARREN_DATABASE_URL): {0}")]
     Store(#[from] StoreError),
@@ -48,6 +52,7 @@ pub struct Application {
     state: AppState,
     pool: amqp::Pool,
     topology: Topology,
+    deliverer: Arc<Deliverer>,
 }
 
 impl Application {
@@ -86,6 +91,8 @@ impl Application {
             metrics.publish_confirm.clone(),
         );
         let publisher = Arc::new(publisher);
+        let deliverer = Deliverer::new(store.clone(), config.webhooks.clone(), metrics.clone())
+            .map_err(StartupError::Webhooks)?;
         let jobs = JobService::new(
             store,
             publisher.clone(),
@@ -106,6 +113,10 @@ impl Application {
             metrics,
             max_wait: config.max_wait(),
             user_timeout: config.user_timeout(),
+            callbacks: CallbackPolicy {
+                signing: config.webhooks.secret.is_some(),
+                allow_private: config.webhooks.allow_private,
+            },
         };
         Ok(Self {
             listener,
@@ -113,6 +124,7 @@ impl Application {
             state,
             pool,
             topology,
+            deliverer: Arc::new(deliverer),
         })
     }
 
@@ -138,6 +150,7 @@ impl Application {
             state,
             pool,
             topology,
+            deliverer,
         } = self;
         let stop_consumer = CancellationToken::new();
         let store = state.jobs.store().clone();
@@ -153,7 +166,7 @@ impl Application {
             )),
             tokio::spawn(jobs::wake::run(
                 store.clone(),
-                watchers,
+                watchers.clone(),
                 state.change_feed.clone(),
                 stop_consumer.clone(),
             )),
@@ -172,6 +185,7 @@ impl Application {
                 config.outbox_grace(),
                 stop_consumer.clone(),
             )),
+            tokio::spawn(deliverer.run(watchers.clone(), stop_consumer.clone())),
             tokio::spawn(retention::run(
                 store,
                 config.retention,

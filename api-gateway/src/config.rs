@@ -22,6 +22,10 @@ pub struct GatewayConfig {
     #[command(flatten)]
     pub shutdown: ShutdownConfig,
 
+    /// Webhook deliveries (`callback_url`).
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookConfig,
+
     /// PostgreSQL URL of the job store (unset: an in-memory store that a restart forgets).
     #[arg(
         long = "database-url",

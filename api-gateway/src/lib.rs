@@ -31,6 +31,7 @@ pub mod retention;
 pub mod schedules;
 pub mod store;
 pub mod watch;
+pub mod webhooks;
 
 pub use app::Application;
 pub use config::GatewayConfig;

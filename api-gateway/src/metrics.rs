@@ -5,6 +5,10 @@
 //!   gateway's store writes;
 //! - `warren_events_applied_total{outcome}`: worker events applied or ignored (and why);
 //! - `warren_publish_confirm_seconds`: publish → broker confirm latency;
+//! - `warren_webhook_deliveries_total{outcome}`, `warren_webhook_attempt_duration_seconds`,
+//!   `warren_webhook_delivery_lag_seconds` (job finished → delivered) and
+//!   `warren_webhook_pending`: webhook attempts by what they led to (`delivered`, `pending`
+//!   i.e. retried later, `given_up`);
 //! - `warren_http_requests_total{route,method,status}` and
 //!   `warren_http_request_duration_seconds{route}`.
 
@@ -14,7 +18,10 @@ use warren_shared::metrics::{
     duration_family, duration_histogram, render,
 };
 
-use crate::store::{Applied, Job};
+use crate::{
+    store::{Applied, Job},
+    webhooks::CallbackState,
+};
 
 /// An HTTP request's labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +48,13 @@ pub struct EventLabels {
     pub outcome: String,
 }
 
+/// What a webhook attempt led to.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `delivered`, `pending` or `given_up`.
+    pub outcome: &'static str,
+}
+
 /// Every series the gateway exports.
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -61,6 +75,14 @@ pub struct GatewayMetrics {
     pub scheduled: Gauge,
     /// Recurring schedules' fires, by outcome (`fired`, `misfired`).
     pub schedule_fires: Family<ReasonLabels, Counter>,
+    /// Webhook attempts by the state they led to.
+    pub webhook_deliveries: Family<OutcomeLabel, Counter>,
+    /// How long one webhook attempt took.
+    pub webhook_attempt: Histogram,
+    /// From a job finishing to its callback being delivered.
+    pub webhook_lag: Histogram,
+    /// Callbacks waiting for delivery (read from the store every few seconds).
+    pub webhook_pending: Gauge,
     /// Requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Request duration by route.
@@ -79,6 +101,10 @@ impl Default for GatewayMetrics {
             released: Counter::default(),
             scheduled: Gauge::default(),
             schedule_fires: Family::default(),
+            webhook_deliveries: Family::default(),
+            webhook_attempt: duration_histogram(),
+            webhook_lag: duration_histogram(),
+            webhook_pending: Gauge::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
             registry: Registry::default(),
@@ -124,6 +150,26 @@ impl Default for GatewayMetrics {
             metrics.schedule_fires.clone(),
         );
         registry.register(
+            "webhook_deliveries",
+            "Webhook attempts by the state they led to: delivered, pending (retried later) or given_up",
+            metrics.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "How long one webhook attempt took, until the answer or the failure",
+            metrics.webhook_attempt.clone(),
+        );
+        registry.register(
+            "webhook_delivery_lag_seconds",
+            "From a job finishing to its callback being delivered",
+            metrics.webhook_lag.clone(),
+        );
+        registry.register(
+            "webhook_pending",
+            "Callbacks waiting for delivery",
+            metrics.webhook_pending.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
             metrics.http_requests.clone(),
@@ -153,6 +199,27 @@ impl GatewayMetrics {
             job_type: job.job_type.to_string(),
         };
         self.submitted.get_or_create(&labels).inc();
+    }
+
+    /// Counts a webhook attempt: what it led to, how long it took and, once delivered, how
+    /// long after the job finished.
+    pub fn webhook_attempted(
+        &self,
+        state: CallbackState,
+        took: std::time::Duration,
+        lag: Option<chrono::Duration>,
+    ) {
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabel {
+                outcome: state.as_str(),
+            })
+            .inc();
+        self.webhook_attempt.observe(took.as_secs_f64());
+        if state == CallbackState::Delivered
+            && let Some(lag) = lag.and_then(|lag| lag.to_std().ok())
+        {
+            self.webhook_lag.observe(lag.as_secs_f64());
+        }
     }
 
     /// Counts a job the outbox relay published.

@@ -23,6 +23,9 @@ const BUFFER: usize = 64;
 #[derive(Debug, Default)]
 pub struct Watchers {
     senders: Mutex<HashMap<JobId, broadcast::Sender<Arc<Job>>>>,
+    /// Woken when a job that owes a webhook delivery changes here (see
+    /// [`crate::webhooks::deliverer`]).
+    callbacks: tokio::sync::Notify,
 }
 
 impl Watchers {
@@ -52,10 +55,19 @@ impl Watchers {
 
     /// Hands a new snapshot to everyone waiting on its job.
     pub fn publish(&self, job: Job) {
+        if job.callback.as_ref().is_some_and(|c| c.due_at().is_some()) {
+            self.callbacks.notify_one();
+        }
         if let Some(sender) = self.senders().get(&job.id) {
             // An error only means every subscriber has just gone.
             let _ = sender.send(Arc::new(job));
         }
+    }
+
+    /// Resolves once a job that owes a webhook delivery was published (at once if one was
+    /// since the last call).
+    pub async fn callback_due(&self) {
+        self.callbacks.notified().await;
     }
 
     /// The ids of every watched job.

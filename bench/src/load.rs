@@ -62,7 +62,11 @@ pub(crate) async fn submit(
 }
 
 /// Runs `work(i)` for every `i < count` on `concurrency` tasks.
-async fn fan_out<F, Fut, T>(count: usize, concurrency: usize, work: F) -> Result<Vec<T>, Error>
+pub(crate) async fn fan_out<F, Fut, T>(
+    count: usize,
+    concurrency: usize,
+    work: F,
+) -> Result<Vec<T>, Error>
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<T, Error>> + Send,

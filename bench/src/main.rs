@@ -21,6 +21,7 @@
 mod floor;
 mod load;
 mod stack;
+mod webhooks;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -58,6 +59,10 @@ struct Args {
     /// Stores to measure.
     #[arg(long, value_enum, default_value_t = StoreChoice::Both)]
     store: StoreChoice,
+    /// Jobs with a `callback_url` per scenario, delivered to a receiver in this process
+    /// (0: skip).
+    #[arg(long, default_value_t = 2_000)]
+    webhooks: usize,
     /// Gateway counts to measure on PostgreSQL, comma separated (memory always runs one).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     gateways: Vec<usize>,
@@ -137,6 +142,12 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
     let run = load::throughput(&client, &stack.bases, args.jobs, args.concurrency).await?;
     println!("sync latency: {} sequential submits...", args.sync_samples);
     let sync = load::sync_latency(&client, &stack.bases[0], args.sync_samples).await?;
+    let hooks = if args.webhooks > 0 {
+        println!("webhooks: {} jobs with a callback_url...", args.webhooks);
+        webhooks::run(&client, &stack.bases, args.webhooks, args.concurrency).await?
+    } else {
+        Value::Null
+    };
     #[allow(clippy::cast_precision_loss)]
     let jobs = args.jobs as f64;
     let max_rss = |children: &[tokio::process::Child]| {
@@ -153,6 +164,7 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
         "sync_ms": {"p50": percentile(&sync, 50.0), "p90": percentile(&sync, 90.0), "p99": percentile(&sync, 99.0)},
         "gateway_peak_rss_mib": max_rss(&stack.gateways),
         "worker_peak_rss_mib": max_rss(&stack.workers),
+        "webhooks": hooks,
     }))
 }
 
@@ -229,7 +241,7 @@ fn print_report(results: &Value) {
         print!(" {:>20}", s["scenario"].as_str().unwrap_or("?"));
     }
     println!(" {:>12}", "raw floor");
-    let rows: [(&str, &str, Option<&Value>); 10] = [
+    let rows: [(&str, &str, Option<&Value>); 13] = [
         (
             "throughput, counter (jobs/s)",
             "/throughput_jobs_per_s",
@@ -259,6 +271,13 @@ fn print_report(results: &Value) {
         ),
         ("gateway peak RSS (MiB)", "/gateway_peak_rss_mib", None),
         ("worker peak RSS (MiB)", "/worker_peak_rss_mib", None),
+        (
+            "webhooks (deliveries/s)",
+            "/webhooks/deliveries_per_s",
+            None,
+        ),
+        ("webhook lag p50 (ms)", "/webhooks/lag_ms/p50", None),
+        ("webhook lag p99 (ms)", "/webhooks/lag_ms/p99", None),
         ("", "", None),
     ];
     for (label, pointer, floor_value) in rows.iter().filter(|r| !r.0.is_empty()) {

@@ -129,6 +129,9 @@ impl Stack {
             let port = free_port()?;
             let mut env = common.to_vec();
             env.push(("WARREN_HTTP_ADDR", format!("127.0.0.1:{port}")));
+            // The webhook receiver is this process, on loopback.
+            env.push(("WARREN_WEBHOOK_SECRET", crate::webhooks::SECRET.to_owned()));
+            env.push(("WARREN_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()));
             if let Some(url) = &database {
                 env.push(("WARREN_DATABASE_URL", url.clone()));
             }

@@ -34,8 +34,6 @@ use crate::{
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Most attempts a job may ask for.
 pub const MAX_MAX_ATTEMPTS: u32 = 100;
-/// Longest accepted `callback_url`.
-const MAX_URL_LEN: usize = 2048;
 
 /// Limits applied to submitted jobs.
 #[derive(Debug, Clone)]
@@ -76,8 +74,14 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
-    /// An `http(s)` URL to call when the job finishes.
+    /// An `http(s)` URL to POST the finished job to, signed as Standard Webhooks says (see
+    /// the `callbacks` of this operation); its host must be a public address.
     #[serde(default)]
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        example = "https://example.com/hooks/warren"
+    )]
     pub callback_url: Option<String>,
     /// When to run the job: an RFC 3339 date-time with an offset. The job is `scheduled` until
     /// then; a time in the past means now. Not with `delay_ms`.
@@ -176,17 +180,6 @@ impl SubmitRequest {
                 ),
             });
         }
-        if let Some(url) = &self.callback_url {
-            let http = url.starts_with("http://") || url.starts_with("https://");
-            if !http || url.len() > MAX_URL_LEN || url.contains(char::is_whitespace) {
-                return Err(ApiError::InvalidField {
-                    field: "callback_url",
-                    message: format!(
-                        "must be an http:// or https:// URL of at most {MAX_URL_LEN} characters"
-                    ),
-                });
-            }
-        }
         Ok(Job {
             id: JobId::new(),
             job_type,
@@ -217,6 +210,7 @@ impl SubmitRequest {
             // A scheduled job is published when it is due, not now.
             unconfirmed_since: run_at.is_none().then_some(now),
             run_at,
+            callback: None,
         })
     }
 
@@ -264,6 +258,7 @@ pub async fn submit(
     let Json(request) = body?;
     let key = key_claim(&headers, &request)?;
     let job = request.into_job(&state.limits)?;
+    state.callbacks.check(job.callback_url.as_deref()).await?;
     Span::current()
         .record("job_id", tracing::field::display(job.id))
         .record("job_type", job.job_type.as_str());

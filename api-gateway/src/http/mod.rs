@@ -4,6 +4,7 @@
 //! driven in tests with `tower::ServiceExt::oneshot`.
 
 pub mod article;
+pub mod callbacks;
 pub mod health;
 pub mod jobs;
 pub mod list;
@@ -37,6 +38,7 @@ use crate::{
     metrics::{GatewayMetrics, HttpLabels, RouteLabels},
     publisher::Publisher,
 };
+pub use callbacks::CallbackPolicy;
 use jobs::SubmitLimits;
 use problem::ApiError;
 
@@ -61,6 +63,8 @@ pub struct AppState {
     pub max_wait: Duration,
     /// How long `GET /users/{id}` waits for a worker.
     pub user_timeout: Duration,
+    /// What a `callback_url` may be.
+    pub callbacks: CallbackPolicy,
 }
 
 /// The gateway's routes over `state`, with a body limit of `max_body_bytes`. Each handler is
@@ -72,6 +76,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(stream::events))
+        .routes(routes!(callbacks::deliveries))
         .routes(routes!(schedules::create, schedules::list))
         .routes(routes!(
             schedules::get,
@@ -88,7 +93,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(openapi::spec))
         .routes(routes!(openapi::docs))
         .split_for_parts();
-    if let Ok(document) = api.to_pretty_json() {
+    if let Some(document) = openapi::render(&api) {
         // Set once per state; a second router over the same state serves the first document.
         let _ = state.openapi.set(document);
     }

@@ -53,6 +53,40 @@ pub async fn spec(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document)
 }
 
+/// The document as JSON, with what utoipa's annotations cannot say: the webhook a job's
+/// `callback_url` receives, as the `callbacks` of `POST /v1/jobs`.
+#[must_use]
+pub fn render(api: &utoipa::openapi::OpenApi) -> Option<String> {
+    let mut document = serde_json::to_value(api).ok()?;
+    let submit = document.pointer_mut("/paths/~1v1~1jobs/post")?;
+    submit["callbacks"] = job_finished_callback();
+    serde_json::to_string_pretty(&document).ok()
+}
+
+/// The webhook Warren POSTs to `callback_url` when the job finishes.
+fn job_finished_callback() -> serde_json::Value {
+    let header = |name: &str, description: &str| {
+        serde_json::json!({"name": name, "in": "header", "required": true,
+            "description": description, "schema": {"type": "string"}})
+    };
+    serde_json::json!({"jobFinished": {"{$request.body#/callback_url}": {"post": {
+        "summary": "The finished job",
+        "description": "When the job reaches a terminal status, Warren POSTs the job resource here, signed as Standard Webhooks 1.0 says. A 2xx ends the delivery; `410 Gone` stops it; anything else, a timeout or a refused connection is retried with growing delays (`WARREN_WEBHOOK_RETRY_DELAYS`). Redirects are not followed. Delivery is at-least-once: drop duplicates by `webhook-id`.",
+        "parameters": [
+            header("webhook-id", "The delivery's id, the same on every attempt"),
+            header("webhook-timestamp", "Unix seconds when this attempt was signed"),
+            header("webhook-signature", "`v1,` + base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the bytes of WARREN_WEBHOOK_SECRET"),
+        ],
+        "requestBody": {"required": true,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}},
+        "responses": {
+            "2XX": {"description": "Delivered: no further attempts"},
+            "410": {"description": "Gone: Warren stops delivering"},
+            "default": {"description": "Retried later"},
+        },
+    }}}})
+}
+
 /// `GET /docs`: a page that renders `/openapi.json`.
 #[utoipa::path(get, path = "/docs", tag = "operations",
     responses((status = 200, description = "An HTML page describing the API", content_type = "text/html")))]

@@ -158,6 +158,10 @@ pub async fn create(
         updated_at: now,
     };
     check(&state, &mut schedule)?;
+    state
+        .callbacks
+        .check(schedule.callback_url.as_deref())
+        .await?;
     state.jobs.store().insert_schedule(schedule.clone()).await?;
     tracing::info!(schedule_id = %schedule.id, cron = %schedule.cron, "schedule made");
     let location = format!("/v1/schedules/{}", schedule.id);
@@ -227,6 +231,10 @@ pub async fn update(
     changed.paused = change.paused.unwrap_or(changed.paused);
     changed.updated_at = Utc::now();
     check(&state, &mut changed)?;
+    state
+        .callbacks
+        .check(changed.callback_url.as_deref())
+        .await?;
     let apply = |schedule: &mut Schedule| {
         let (last_run_at, last_job_id, misfires, last_misfire_at) = (
             schedule.last_run_at,

@@ -15,7 +15,10 @@ use serde_json::{Value, value::RawValue};
 use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobMessage, JobStatus, JobType, Progress, V1};
 
-use crate::schedules::{Fired, Schedule};
+use crate::{
+    schedules::{Fired, Schedule},
+    webhooks::{Callback, Delivery},
+};
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
@@ -59,6 +62,10 @@ pub struct Job {
     /// When a job submitted for later (`run_at` or `delay_ms`) is due.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_at: Option<DateTime<Utc>>,
+    /// Where the delivery to `callback_url` is, once the job finished (only for jobs with a
+    /// `callback_url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback: Option<Box<Callback>>,
     /// The handler's input (kept to re-publish the job; not part of the resource).
     #[serde(skip)]
     pub payload: RawJson,
@@ -326,6 +333,32 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// How many jobs are `scheduled` (for the metrics).
     async fn count_scheduled(&self) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` jobs whose callback is due at `now`, moving their due time to
+    /// `lease_until` so no other deliverer sends them meanwhile; if this one dies, the lease
+    /// runs out and another sends the attempt again (at-least-once).
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    /// Records one delivery attempt and, in the same write, the callback's state after it;
+    /// the state is written only while job `id` still owes that delivery (same `webhook_id`:
+    /// a re-drive drops it).
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        callback: &Callback,
+    ) -> Result<(), StoreError>;
+
+    /// Every recorded delivery attempt for job `id`, oldest first.
+    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError>;
+
+    /// How many callbacks wait for delivery (for the metrics).
+    async fn count_pending_callbacks(&self) -> Result<u64, StoreError>;
 
     /// Stores a new schedule.
     async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError>;

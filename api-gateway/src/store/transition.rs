@@ -13,6 +13,7 @@ use chrono::Utc;
 use warren_shared::{JobError, JobEvent, JobStatus};
 
 use super::{Job, RawJson};
+use crate::webhooks::Callback;
 
 /// Why an event was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +81,7 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     }
     if event.status.is_terminal() {
         job.finished_at = Some(event.at);
+        arm_callback(job, event.at);
     }
     job.updated_at = event.at;
     // A worker reported on the job, so its message was delivered: nothing left to relay.
@@ -165,11 +167,21 @@ pub fn redrive(job: &mut Job) -> bool {
     job.error = None;
     job.next_attempt_at = None;
     job.finished_at = None;
+    // The earlier outcome's delivery stops; the next outcome gets its own.
+    job.callback = None;
     job.updated_at = Utc::now();
     // The new attempt's message is not published yet: the outbox mark says so.
     job.unconfirmed_since = Some(job.updated_at);
     job.version += 1;
     true
+}
+
+/// A job that just finished at `at` owes its `callback_url` a delivery, due at once: armed in
+/// the same write as the terminal status, so no crash can lose it.
+fn arm_callback(job: &mut Job, at: chrono::DateTime<Utc>) {
+    if job.callback_url.is_some() {
+        job.callback = Some(Box::new(Callback::due_now(at)));
+    }
 }
 
 fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
@@ -181,6 +193,7 @@ fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
     job.error = error.map(Box::new);
     job.next_attempt_at = None;
     job.finished_at = Some(now);
+    arm_callback(job, now);
     job.updated_at = now;
     // A finished job is never published again.
     job.unconfirmed_since = None;
@@ -220,6 +233,7 @@ mod tests {
             version: 0,
             unconfirmed_since: None,
             run_at: None,
+            callback: None,
         }
     }
 
@@ -411,5 +425,22 @@ mod tests {
             job.error.as_ref().map(|e| e.kind.as_str()),
             Some("publish_failed")
         );
+    }
+
+    #[test]
+    fn finishing_a_job_with_a_callback_url_arms_its_delivery_and_redrive_drops_it() {
+        let mut job = queued_job();
+        step(&mut job, JobStatus::Running, 1, 1).unwrap();
+        assert_eq!(job.callback, None, "no callback_url, no delivery");
+        job.callback_url = Some("https://example.com/hook".into());
+        step(&mut job, JobStatus::Failed, 1, 2).unwrap();
+        let armed = job.callback.clone().unwrap();
+        assert_eq!(armed.due_at(), job.finished_at);
+        assert!(redrive(&mut job));
+        assert_eq!(job.callback, None);
+        let mut cancelled = queued_job();
+        cancelled.callback_url = job.callback_url.clone();
+        assert!(cancel(&mut cancelled));
+        assert!(cancelled.callback.is_some_and(|c| c.due_at().is_some()));
     }
 }

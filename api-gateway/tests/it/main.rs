@@ -27,3 +27,4 @@ mod sync;
 mod trace;
 mod validation;
 mod wake;
+mod webhooks;

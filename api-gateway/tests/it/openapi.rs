@@ -5,13 +5,14 @@ use serde_json::{Value, json};
 use crate::helpers::spawn_app;
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 20] = [
+const ROUTES: [(&str, &str); 21] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("get", "/v1/jobs/{id}/events"),
     ("post", "/v1/jobs/{id}/cancel"),
     ("post", "/v1/jobs/{id}/retry"),
+    ("get", "/v1/jobs/{id}/deliveries"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -61,6 +62,13 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         let responses = operation["responses"].as_object().unwrap();
         assert!(!responses.is_empty(), "{method} {path} has no responses");
     }
+    let webhook = &spec["paths"]["/v1/jobs"]["post"]["callbacks"]["jobFinished"];
+    let delivery = &webhook["{$request.body#/callback_url}"]["post"];
+    assert_eq!(
+        delivery["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Job",
+        "the callback a job's callback_url receives is described"
+    );
     let operations: usize = spec["paths"]
         .as_object()
         .unwrap()

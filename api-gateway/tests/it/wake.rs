@@ -15,6 +15,7 @@ use warren_gateway::{
         Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, MemoryStore,
         Redriven, StoreError,
     },
+    webhooks::{Callback, Delivery},
 };
 use warren_shared::{JobError, JobEvent, JobId, JobStatus, V1};
 
@@ -72,6 +73,28 @@ impl JobStore for SlowApply {
     }
     async fn count_scheduled(&self) -> Result<u64, StoreError> {
         self.inner.count_scheduled().await
+    }
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.inner.claim_callbacks(now, lease_until, limit).await
+    }
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        self.inner.record_delivery(id, delivery, callback).await
+    }
+    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.deliveries(id).await
+    }
+    async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
+        self.inner.count_pending_callbacks().await
     }
     async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
         self.inner.insert_schedule(schedule).await

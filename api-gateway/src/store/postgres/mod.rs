@@ -14,6 +14,7 @@
 //! Migrations run at start, in one transaction under an advisory lock, so gateways starting
 //! together apply each migration once.
 
+mod callbacks;
 mod changes;
 mod committer;
 mod errors;
@@ -36,7 +37,10 @@ use super::{
     Applied, Cancelled, ChangeFeed, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery,
     Redriven, StoreError, transition,
 };
-use crate::schedules::{Fired, Schedule};
+use crate::{
+    schedules::{Fired, Schedule},
+    webhooks::{Callback, Delivery},
+};
 use committer::{Committer, Unmarker};
 use rows::from_row;
 
@@ -46,6 +50,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/0002_outbox.sql")),
     (3, include_str!("../migrations/0003_scheduled.sql")),
     (4, include_str!("../migrations/0004_schedules.sql")),
+    (5, include_str!("../migrations/0005_callbacks.sql")),
 ];
 /// The advisory lock that serialises migrations ("WARREN" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5741_5252_454e;
@@ -267,6 +272,32 @@ impl JobStore for PostgresStore {
             .await?;
         let count: i64 = client.query_one(&statement, &[]).await?.get(0);
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        callbacks::claim(&self.pool, now, lease_until, limit).await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        callbacks::record(&self.pool, id, delivery, callback).await
+    }
+
+    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError> {
+        callbacks::list(&self.pool, id).await
+    }
+
+    async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
+        callbacks::count_pending(&self.pool).await
     }
 
     async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {

@@ -8,13 +8,14 @@ use uuid::Uuid;
 use warren_shared::{JobError, JobId, JobType, Progress};
 
 use super::super::{Job, RawJson, StoreError};
+use crate::webhooks::Callback;
 
 /// The columns of `warren_jobs`, in the order every statement below uses.
 macro_rules! columns {
     () => {
         "id, job_type, status, attempt, max_attempts, attempt_budget, progress, result, error, \
          payload, timeout_ms, callback_url, seq, version, created_at, updated_at, \
-         next_attempt_at, started_at, finished_at, unconfirmed_since, run_at"
+         next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback, callback_due"
     };
 }
 
@@ -56,6 +57,17 @@ pub(super) const LOCK_DUE: &str = concat!(
     " FROM warren_jobs WHERE status = 'scheduled' AND run_at <= $1
      ORDER BY run_at LIMIT $2 FOR UPDATE SKIP LOCKED"
 );
+/// Claims records whose callback is due, moving the due time to the lease's end ($2), skipping
+/// rows another gateway has locked.
+pub(super) const CLAIM_CALLBACKS: &str = concat!(
+    "UPDATE warren_jobs SET callback_due = $2,
+        callback = jsonb_set(callback, '{next_attempt_at}', to_jsonb($2::timestamptz))
+     WHERE id IN (
+        SELECT id FROM warren_jobs WHERE callback_due <= $1
+        ORDER BY callback_due LIMIT $3 FOR UPDATE SKIP LOCKED)
+     RETURNING ",
+    columns!()
+);
 /// Inserts many records; returns the ids that were new.
 pub(super) const INSERT: &str = concat!(
     "INSERT INTO warren_jobs (",
@@ -64,25 +76,28 @@ pub(super) const INSERT: &str = concat!(
         $6::int4[], $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[],
         $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
         $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
-        $21::timestamptz[])
+        $21::timestamptz[], $22::jsonb[], $23::timestamptz[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
 /// Writes back every column a change can touch, for many records. Binds the same arrays as
-/// [`INSERT`] (all twenty-one), so there is one parameter list; the columns a change never
+/// [`INSERT`] (all twenty-three), so there is one parameter list; the columns a change never
 /// touches are not written.
 pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
         result = u.result, error = u.error, seq = u.seq, version = u.version,
         updated_at = u.updated_at, next_attempt_at = u.next_attempt_at,
         started_at = u.started_at, finished_at = u.finished_at,
-        unconfirmed_since = u.unconfirmed_since, run_at = u.run_at
+        unconfirmed_since = u.unconfirmed_since, run_at = u.run_at, callback = u.callback,
+        callback_due = u.callback_due
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[],
         $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[], $12::text[],
         $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-        $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[])
+        $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
+        $22::jsonb[], $23::timestamptz[])
         AS u(id, job_type, status, attempt, max_attempts, attempt_budget, progress, result,
              error, payload, timeout_ms, callback_url, seq, version, created_at, updated_at,
-             next_attempt_at, started_at, finished_at, unconfirmed_since, run_at)
+             next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback,
+             callback_due)
     WHERE j.id = u.id";
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
@@ -118,6 +133,8 @@ pub(super) struct Columns<'a> {
     finished_at: Vec<Stamp>,
     unconfirmed_since: Vec<Stamp>,
     run_at: Vec<Stamp>,
+    callback: Vec<Option<Json<&'a Callback>>>,
+    callback_due: Vec<Stamp>,
 }
 
 impl<'a> Columns<'a> {
@@ -146,6 +163,8 @@ impl<'a> Columns<'a> {
             finished_at: Vec::with_capacity(n),
             unconfirmed_since: Vec::with_capacity(n),
             run_at: Vec::with_capacity(n),
+            callback: Vec::with_capacity(n),
+            callback_due: Vec::with_capacity(n),
         };
         for job in jobs {
             columns.id.push(job.id.as_uuid());
@@ -171,12 +190,16 @@ impl<'a> Columns<'a> {
             columns.finished_at.push(job.finished_at);
             columns.unconfirmed_since.push(job.unconfirmed_since);
             columns.run_at.push(job.run_at);
+            columns.callback.push(job.callback.as_deref().map(Json));
+            columns
+                .callback_due
+                .push(job.callback.as_ref().and_then(|c| c.due_at()));
         }
         columns
     }
 
     /// The parameters of [`INSERT`] and [`UPDATE`].
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 21] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 23] {
         [
             &self.id,
             &self.job_type,
@@ -199,6 +222,8 @@ impl<'a> Columns<'a> {
             &self.finished_at,
             &self.unconfirmed_since,
             &self.run_at,
+            &self.callback,
+            &self.callback_due,
         ]
     }
 }
@@ -226,6 +251,7 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
     }
     let progress: Option<Json<Progress>> = get!("progress");
     let error: Option<Json<JobError>> = get!("error");
+    let callback: Option<Json<Callback>> = get!("callback");
     let job_type: String = get!("job_type");
     let status: String = get!("status");
     Ok(Job {
@@ -250,5 +276,6 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
         finished_at: get!("finished_at"),
         unconfirmed_since: get!("unconfirmed_since"),
         run_at: get!("run_at"),
+        callback: callback.map(|Json(c)| Box::new(c)),
     })
 }

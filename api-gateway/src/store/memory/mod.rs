@@ -20,7 +20,12 @@ use super::{
     Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven,
     StoreError, transition,
 };
-use crate::schedules::{Fired, Schedule};
+use crate::{
+    schedules::{Fired, Schedule},
+    webhooks::{Callback, Delivery},
+};
+
+mod callbacks;
 
 /// Records in a map ordered by id, i.e. by creation time (ids are UUIDv7), and idempotency
 /// keys.
@@ -40,6 +45,28 @@ struct Inner {
     /// Ids of `scheduled` records, so the scheduler need not scan them all.
     scheduled: HashSet<JobId>,
     schedules: HashMap<Uuid, Schedule>,
+    /// Ids of records whose callback is pending, so the deliverer need not scan them all.
+    callbacks_due: HashSet<JobId>,
+    /// Every callback attempt, by job.
+    deliveries: HashMap<JobId, Vec<Delivery>>,
+}
+
+/// Which indexes a record belongs in.
+#[derive(Debug, Clone, Copy)]
+struct Marks {
+    unconfirmed: bool,
+    scheduled: bool,
+    callback_due: bool,
+}
+
+impl Marks {
+    fn of(job: &Job) -> Self {
+        Self {
+            unconfirmed: job.unconfirmed_since.is_some(),
+            scheduled: job.status == JobStatus::Scheduled,
+            callback_due: job.callback.as_ref().is_some_and(|c| c.due_at().is_some()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -54,25 +81,23 @@ impl Inner {
     fn with_job<T>(&mut self, id: JobId, change: impl FnOnce(&mut Job) -> T) -> Option<T> {
         let job = self.jobs.get_mut(&id)?;
         let outcome = change(job);
-        let (unconfirmed, scheduled) = (
-            job.unconfirmed_since.is_some(),
-            job.status == JobStatus::Scheduled,
-        );
-        self.index(id, unconfirmed, scheduled);
+        let marks = Marks::of(job);
+        self.index(id, marks);
         Some(outcome)
     }
 
-    /// Keeps the outbox and scheduled indexes true for record `id`.
-    fn index(&mut self, id: JobId, unconfirmed: bool, scheduled: bool) {
-        if unconfirmed {
-            self.unconfirmed.insert(id);
-        } else {
-            self.unconfirmed.remove(&id);
-        }
-        if scheduled {
-            self.scheduled.insert(id);
-        } else {
-            self.scheduled.remove(&id);
+    /// Keeps the outbox, scheduled and callback indexes true for record `id`.
+    fn index(&mut self, id: JobId, marks: Marks) {
+        for (index, member) in [
+            (&mut self.unconfirmed, marks.unconfirmed),
+            (&mut self.scheduled, marks.scheduled),
+            (&mut self.callbacks_due, marks.callback_due),
+        ] {
+            if member {
+                index.insert(id);
+            } else {
+                index.remove(&id);
+            }
         }
     }
 }
@@ -113,11 +138,7 @@ impl JobStore for MemoryStore {
             };
             inner.keys.insert(claim.key, key);
         }
-        inner.index(
-            job.id,
-            job.unconfirmed_since.is_some(),
-            job.status == JobStatus::Scheduled,
-        );
+        inner.index(job.id, Marks::of(&job));
         inner.jobs.insert(job.id, Box::new(job));
         Ok(Inserted::New)
     }
@@ -225,6 +246,38 @@ impl JobStore for MemoryStore {
         Ok(u64::try_from(self.inner().scheduled.len()).unwrap_or(u64::MAX))
     }
 
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        Ok(self.inner().claim_callbacks(now, lease_until, limit))
+    }
+
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        self.inner().record_delivery(id, delivery, callback);
+        Ok(())
+    }
+
+    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError> {
+        Ok(self
+            .inner()
+            .deliveries
+            .get(&id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.inner().callbacks_due.len()).unwrap_or(u64::MAX))
+    }
+
     async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
         self.inner().schedules.insert(schedule.id, schedule);
         Ok(())
@@ -279,7 +332,7 @@ impl JobStore for MemoryStore {
             if let Some(job) = fired.job
                 && !inner.jobs.contains_key(&job.id)
             {
-                inner.index(job.id, job.unconfirmed_since.is_some(), false);
+                inner.index(job.id, Marks::of(&job));
                 inner.jobs.insert(job.id, Box::new(job.clone()));
                 round.jobs.push(job);
             }
@@ -343,10 +396,14 @@ impl JobStore for MemoryStore {
             jobs,
             unconfirmed,
             scheduled,
+            callbacks_due,
+            deliveries,
             ..
         } = &mut *inner;
         unconfirmed.retain(|id| jobs.contains_key(id));
         scheduled.retain(|id| jobs.contains_key(id));
+        callbacks_due.retain(|id| jobs.contains_key(id));
+        deliveries.retain(|id, _| jobs.contains_key(id));
         let purged = before - inner.jobs.len();
         inner.keys.retain(|_, key| key.created_at >= keys_before);
         Ok(u64::try_from(purged).unwrap_or(u64::MAX))
