@@ -47,6 +47,7 @@ async fn main() {
     let base = args
         .next()
         .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
+    warren_gateway::webhooks::install_tls_provider();
     let client = reqwest::Client::new();
     let (mut client_side, mut server_side) = (Vec::new(), Vec::new());
     for i in 0..jobs {

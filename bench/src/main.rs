@@ -111,6 +111,9 @@ async fn scenario(args: &Args, store: Store, gateways: usize) -> Result<Value, E
 }
 
 async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
+    // The workspace's reqwest has TLS without a built-in provider (see the gateway's
+    // `webhooks::install_tls_provider`): install one before building a client.
+    let _already = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;

@@ -51,8 +51,7 @@ impl Deliverer {
         config: WebhookConfig,
         metrics: Arc<GatewayMetrics>,
     ) -> Result<Self, String> {
-        // Another part of the process may have installed it already; either way one is set.
-        let _already = rustls::crypto::ring::default_provider().install_default();
+        super::install_tls_provider();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout())

@@ -23,6 +23,16 @@ use uuid::Uuid;
 
 pub use signing::Secret;
 
+/// Installs rustls' `ring` crypto provider for the process, if none is yet. The gateway's
+/// `reqwest` has TLS without a built-in provider (aws-lc would cost minutes of C compiling),
+/// and Cargo unifies features: in this workspace every `reqwest::Client` built before a
+/// provider is installed panics, so anything that builds one (tests, the bench, examples)
+/// calls this first.
+pub fn install_tls_provider() {
+    // An error only means a provider is installed already.
+    let _already = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Where a job's callback is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]

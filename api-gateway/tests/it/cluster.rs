@@ -169,7 +169,7 @@ async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
             })),
         ));
     }
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     ready_within(&client, &base, Duration::from_secs(30)).await;
     // The workers have declared the echo queue once an echo job is accepted.
     let started = Instant::now();

@@ -111,6 +111,13 @@ pub struct TestApp {
     pub job_types: Vec<JobType>,
 }
 
+/// An HTTP client for talking to gateways (with the process's TLS provider installed first:
+/// see [`warren_gateway::webhooks::install_tls_provider`]).
+pub fn http_client() -> reqwest::Client {
+    warren_gateway::webhooks::install_tls_provider();
+    reqwest::Client::new()
+}
+
 /// Starts a gateway on port 0 in a fresh namespace.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -179,7 +186,7 @@ async fn spawn_unready_app_on(
     TestApp {
         address,
         broker,
-        client: reqwest::Client::new(),
+        client: http_client(),
         connection,
         channel,
         watchers,
@@ -434,7 +441,7 @@ pub async fn spawn_gateway_process(
         .spawn()
         .unwrap();
     let address = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
+    let client = http_client();
     let started = Instant::now();
     loop {
         let ready = client.get(format!("{address}/readyz")).send().await;

@@ -27,4 +27,5 @@ mod sync;
 mod trace;
 mod validation;
 mod wake;
+mod webhook_crash;
 mod webhooks;

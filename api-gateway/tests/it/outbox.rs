@@ -55,7 +55,7 @@ async fn submit_and_kill_after_store(schema: &TestSchema, namespace: &str, key: 
         .unwrap();
     let (mut child, address) = gateway_that_stops_after_store(&schema.url(), namespace).await;
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let request = reqwest::Client::new()
+    let request = crate::helpers::http_client()
         .post(format!("{address}/v1/jobs"))
         .header("idempotency-key", key)
         .json(&echo_body())

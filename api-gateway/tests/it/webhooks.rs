@@ -26,11 +26,11 @@ use warren_worker::{Worker, handlers};
 use crate::helpers::{DEADLINE, TestApp, TestSchema, spawn_app_with};
 
 /// The secret the tests sign with, and its bytes in base64.
-const SECRET_B64: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const SECRET_B64: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// How the receiver answers one request.
 #[derive(Debug, Clone, Copy)]
-enum Reply {
+pub enum Reply {
     Status(u16),
     /// Never answers.
     Silence,
@@ -38,15 +38,15 @@ enum Reply {
 
 /// One request the receiver got.
 #[derive(Debug)]
-struct Received {
-    headers: HeaderMap,
-    body: Bytes,
-    at: Instant,
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
 }
 
 /// A webhook receiver on a loopback port that answers from a script (then `200`).
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     requests: mpsc::UnboundedReceiver<Received>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -54,7 +54,7 @@ struct Receiver {
 type Script = Arc<(Mutex<VecDeque<Reply>>, mpsc::UnboundedSender<Received>)>;
 
 impl Receiver {
-    async fn start(script: &[Reply]) -> Self {
+    pub async fn start(script: &[Reply]) -> Self {
         let (sender, requests) = mpsc::unbounded_channel();
         let state: Script = Arc::new((Mutex::new(script.iter().copied().collect()), sender));
         let app = axum::Router::new()
@@ -72,7 +72,7 @@ impl Receiver {
         }
     }
 
-    async fn next(&mut self) -> Received {
+    pub async fn next(&mut self) -> Received {
         tokio::time::timeout(DEADLINE, self.requests.recv())
             .await
             .expect("no webhook arrived in time")
@@ -100,7 +100,7 @@ async fn receive(State(script): State<Script>, headers: HeaderMap, body: Bytes) 
 }
 
 /// Verifies a Standard Webhooks signature the way the specification describes it.
-fn verifies(received: &Received) -> bool {
+pub fn verifies(received: &Received) -> bool {
     let header = |name: &str| received.headers[name].to_str().unwrap().to_owned();
     let key = STANDARD.decode(SECRET_B64).unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
@@ -114,7 +114,7 @@ fn verifies(received: &Received) -> bool {
 }
 
 /// Webhook settings for tests: signed, loopback allowed, short timeouts and delays.
-fn webhooks_on(config: &mut GatewayConfig) {
+pub fn webhooks_on(config: &mut GatewayConfig) {
     config.webhooks.secret = Some(Secret::parse(&format!("whsec_{SECRET_B64}")).unwrap());
     config.webhooks.allow_private = true;
     config.webhooks.timeout_ms = 300;
@@ -138,12 +138,12 @@ async fn submit_with_callback(app: &TestApp, url: &str) -> String {
         .await
 }
 
-async fn callback_state(app: &TestApp, id: &str, state: &str) -> Value {
+pub async fn callback_state(app: &TestApp, id: &str, state: &str) -> Value {
     app.wait_for(id, |job| job["callback"]["state"] == state)
         .await
 }
 
-async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
+pub async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
     let response = app.get(&format!("/v1/jobs/{id}/deliveries")).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
