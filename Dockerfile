@@ -32,6 +32,8 @@ RUN find . -name target -prune -o -name '*.rs' -exec touch {} + \
 
 # --- runtime base ------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
+# The CA bundle, so webhooks to https:// receivers can verify certificates.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 RUN useradd --system --uid 10001 --no-create-home warren
 USER warren
 ENV WARREN_LOG_FORMAT=json

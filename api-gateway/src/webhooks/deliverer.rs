@@ -39,8 +39,9 @@ pub struct Deliverer {
     metrics: Arc<GatewayMetrics>,
     slots: Arc<Semaphore>,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Woken when a retry planned here comes due sooner than the next poll.
-    retry_due: Arc<Notify>,
+    /// Wakes the loop when a slot frees up, or a retry planned here comes due sooner than
+    /// the next poll.
+    wake: Arc<Notify>,
 }
 
 impl Deliverer {
@@ -69,7 +70,7 @@ impl Deliverer {
             metrics,
             slots,
             hosts: Mutex::default(),
-            retry_due: Arc::default(),
+            wake: Arc::default(),
         })
     }
 
@@ -91,7 +92,7 @@ impl Deliverer {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = watchers.callback_due() => {}
-                () = self.retry_due.notified() => {}
+                () = self.wake.notified() => {}
                 () = tokio::time::sleep(POLL) => {}
             }
         }
@@ -125,6 +126,8 @@ impl Deliverer {
                 tasks.spawn(async move {
                     this.deliver(job).await;
                     drop(slot);
+                    // A free slot may take the next due callback at once.
+                    this.wake.notify_one();
                 });
             }
             if !full {
@@ -199,10 +202,10 @@ impl Deliverer {
             return;
         };
         if wait < POLL {
-            let retry_due = Arc::clone(&self.retry_due);
+            let wake = Arc::clone(&self.wake);
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                retry_due.notify_one();
+                wake.notify_one();
             });
         }
     }
