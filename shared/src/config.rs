@@ -9,6 +9,15 @@ use std::{fmt, str::FromStr, time::Duration};
 use clap::{Args, ValueEnum};
 use lapin::uri::AMQPUri;
 
+/// The default backoff tiers between attempts.
+pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
+
 /// Heartbeat interval asked for when the URL does not set one: a dead TCP connection is noticed
 /// within two intervals.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
@@ -67,7 +76,7 @@ impl BrokerConfig {
         Ok(Self {
             amqp_url: url.parse()?,
             namespace: parse_namespace(namespace)?,
-            retry_delays: crate::topology::DEFAULT_RETRY_DELAYS.to_vec(),
+            retry_delays: DEFAULT_RETRY_DELAYS.to_vec(),
             queue_max_length: None,
         })
     }

@@ -6,6 +6,8 @@
 use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::ErrorKind;
 use uuid::Uuid;
 
 /// A job's identity: a UUIDv7, so ids sort by creation time.
@@ -231,15 +233,16 @@ pub struct Progress {
 /// Why a job failed: a machine-readable kind and a human message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
-    /// A short stable identifier such as `handler_error`, `panic`, `unroutable`.
-    pub kind: String,
+    /// A short stable identifier such as `timeout`, `panic`, `unroutable`, or a handler's own.
+    #[schema(value_type = String, example = "timeout")]
+    pub kind: ErrorKind,
     /// What went wrong, for humans.
     pub message: String,
 }
 
 impl JobError {
     /// Builds an error from its kind and message.
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(kind: impl Into<ErrorKind>, message: impl Into<String>) -> Self {
         Self {
             kind: kind.into(),
             message: message.into(),

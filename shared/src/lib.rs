@@ -16,6 +16,7 @@
 
 pub mod amqp;
 pub mod config;
+pub mod error_kind;
 pub mod job;
 pub mod message;
 pub mod metrics;
@@ -25,6 +26,7 @@ pub mod telemetry;
 pub mod topology;
 pub mod trace;
 
+pub use error_kind::ErrorKind;
 pub use job::{JobError, JobId, JobStatus, JobType, Progress};
 pub use message::{ControlAction, ControlMessage, JobEvent, JobMessage, V1};
 pub use topology::Topology;

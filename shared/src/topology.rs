@@ -40,15 +40,6 @@ pub const RETRY_DELAY_HEADER: &str = "warren-retry-delay";
 /// The header that says why a message was dead-lettered by Warren.
 pub const DEAD_REASON_HEADER: &str = "x-warren-reason";
 
-/// The default backoff tiers between attempts.
-pub const DEFAULT_RETRY_DELAYS: [Duration; 5] = [
-    Duration::from_secs(1),
-    Duration::from_secs(5),
-    Duration::from_secs(30),
-    Duration::from_secs(120),
-    Duration::from_secs(600),
-];
-
 /// The names of one deployment's exchanges and queues, and the settings that shape them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -63,7 +54,7 @@ impl Topology {
     pub fn new(namespace: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),
-            retry_delays: DEFAULT_RETRY_DELAYS.to_vec(),
+            retry_delays: crate::config::DEFAULT_RETRY_DELAYS.to_vec(),
             queue_max_length: None,
         }
     }

@@ -8,15 +8,13 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use futures_util::StreamExt;
 use lapin::{Channel, Consumer, types::FieldTable};
 use tokio_util::sync::CancellationToken;
 use warren_shared::{ControlAction, ControlMessage, JobId, Topology, message, topology};
-
-use crate::runner::Shared;
 
 /// How many cancel requests a worker remembers.
 pub(crate) const REMEMBERED: usize = 100_000;
@@ -91,7 +89,7 @@ pub(crate) async fn consume_control(
 }
 
 /// Applies cancel requests as they come, until the consumer ends with its session.
-pub(crate) async fn listen(shared: Arc<Shared>, mut control: Consumer) {
+pub(crate) async fn listen(cancels: &Cancels, mut control: Consumer) {
     while let Some(Ok(delivery)) = control.next().await {
         match message::decode::<ControlMessage>(&delivery.data) {
             Ok(ControlMessage {
@@ -100,7 +98,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, mut control: Consumer) {
                 ..
             }) => {
                 tracing::info!(job_id = %id, "cancel requested");
-                shared.cancels.request(id);
+                cancels.request(id);
             }
             Err(error) => tracing::warn!(%error, "unreadable control message ignored"),
         }

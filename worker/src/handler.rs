@@ -9,9 +9,9 @@ use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use warren_shared::{JobId, JobType, Progress};
+use warren_shared::{ErrorKind, JobId, JobType, Progress};
 
-use crate::report::Reporter;
+use crate::events::Reporter;
 
 /// A handler's output: the job's result, or why the attempt failed.
 pub type HandlerResult = Result<Value, HandlerError>;
@@ -30,7 +30,7 @@ pub type Registry = HashMap<JobType, Handler>;
 #[error("{kind}: {message}")]
 pub struct HandlerError {
     /// A short stable identifier, e.g. `invalid_payload`, `not_found`, `upstream_unavailable`.
-    pub kind: String,
+    pub kind: ErrorKind,
     /// What went wrong, for humans.
     pub message: String,
     /// Whether trying again later could succeed.
@@ -39,7 +39,7 @@ pub struct HandlerError {
 
 impl HandlerError {
     /// A failure that another attempt may fix (a timeout talking to something, say).
-    pub fn retryable(kind: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn retryable(kind: impl Into<ErrorKind>, message: impl Into<String>) -> Self {
         Self {
             kind: kind.into(),
             message: message.into(),
@@ -48,7 +48,7 @@ impl HandlerError {
     }
 
     /// A failure no retry can fix (bad input, unknown entity).
-    pub fn permanent(kind: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn permanent(kind: impl Into<ErrorKind>, message: impl Into<String>) -> Self {
         Self {
             kind: kind.into(),
             message: message.into(),

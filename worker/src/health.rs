@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warren_shared::metrics::CONTENT_TYPE;
 
-use crate::runner::Shared;
+use crate::state::Shared;
 
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))

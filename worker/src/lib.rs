@@ -23,23 +23,34 @@
 //! - [`config`]: environment and flags.
 //! - [`handler`]: the handler contract: [`JobContext`], [`HandlerError`].
 //! - [`worker`]: [`WorkerBuilder`] and [`Worker::run`] (shutdown with grace).
-//! - `runner`: the consume loop and running a job's handler.
-//! - `settle`: deciding in one place what an attempt's outcome leads to (event, retry, dead
-//!   letter) and acking or returning the delivery.
+//!
+//! A delivery's path, each step a module that only uses the ones after it:
+//!
+//! - `consume`: the consume loop, one session per connection, a task per delivery;
+//! - `attempt`: one attempt: decode, poison check, run the handler, an `Outcome`;
+//! - `settle`: carries out the settlement (event, retry, dead letter), then acks;
+//! - `decide`: the pure rule from outcome to settlement, tested rule by rule;
+//! - `events`: publishing a job's events with per-attempt sequence numbers;
+//! - `headers`: the delivery's AMQP headers (trace, delivery count, error history);
+//! - `state`: what the loop, the job tasks, cancels and health share;
 //! - `cancel`: cancel requests from `<ns>.control` and the jobs they stop.
-//! - `report`: publishing a job's events with per-attempt sequence numbers.
+//!
 //! - `health`, `metrics`: `/healthz`, `/readyz` and `/metrics` on `WARREN_METRICS_ADDR`.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
 
+mod attempt;
 mod cancel;
 pub mod config;
+mod consume;
+mod decide;
+mod events;
 pub mod handler;
 pub mod handlers;
+mod headers;
 mod health;
 mod metrics;
-mod report;
-mod runner;
 mod settle;
+mod state;
 pub mod worker;
 
 pub use config::WorkerConfig;

@@ -1,12 +1,11 @@
-//! The one place a job delivery is settled: from the attempt's outcome decide what to publish
-//! (outcome event, retry, dead letter) and then ack, or return the delivery to its queue when
-//! a publish was not confirmed.
+//! Carrying out what [`decide`] settled for an attempt, on the broker, then acking; or
+//! returning the delivery to its queue when a publish was not confirmed:
 //!
-//! - succeeded / cancelled → the outcome event, then ack;
-//! - failed, retryable, attempts left → the job again with `attempt + 1` into the retry wait
-//!   queue of its backoff tier, a `retrying` event with the next try's time, then ack;
-//! - failed otherwise → a copy of the job with its error history in `<ns>.dead`, a `failed`
-//!   event, then ack.
+//! - succeed / cancel → the outcome event, then ack;
+//! - retry → the job again with `attempt + 1` into the retry wait queue of its backoff tier, a
+//!   `retrying` event with the next try's time, then ack;
+//! - give up → a copy of the job with its error history in `<ns>.dead`, a `failed` event, then
+//!   ack.
 //!
 //! Each attempt's error is appended to the `x-warren-errors` header (JSON), so the dead letter
 //! carries the whole history.
@@ -18,7 +17,6 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
-use serde_json::{Value, json};
 use warren_shared::{
     JobError, JobMessage, JobStatus, Topology,
     amqp::{self, Outgoing, PublishError},
@@ -27,22 +25,13 @@ use warren_shared::{
 };
 
 use crate::{
-    report::{Change, Reporter},
-    runner::{PUBLISH_TIMEOUT, Shared},
+    decide::{DeadReason, Outcome, Settlement, decide},
+    events::{Change, PUBLISH_TIMEOUT, Reporter},
+    headers::history_headers,
+    state::Shared,
 };
 
-/// The header carrying the errors of the attempts so far (JSON array).
-pub(crate) const ERRORS_HEADER: &str = "x-warren-errors";
-
-/// How an attempt ended.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    Succeeded(Value),
-    Failed { error: JobError, retryable: bool },
-    Cancelled,
-}
-
-/// Settles `delivery` according to `outcome`.
+/// Settles `delivery` as [`decide`] says for `outcome`.
 pub(crate) async fn settle(
     shared: &Shared,
     reporter: &Reporter,
@@ -51,20 +40,19 @@ pub(crate) async fn settle(
     elapsed_ms: f64,
 ) {
     let job = reporter.job();
-    let (status, published) = match outcome {
-        Outcome::Succeeded(result) => {
+    let (status, published) = match decide(outcome, job.attempt, job.max_attempts) {
+        Settlement::Succeed(result) => {
             let change = Change {
                 result: Some(result),
                 ..Change::to(JobStatus::Succeeded)
             };
             (JobStatus::Succeeded, reporter.publish(change).await)
         }
-        Outcome::Cancelled => {
-            let error = JobError::new("cancelled", "cancelled at the client's request");
+        Settlement::Cancel(error) => {
             let change = Change::with_error(JobStatus::Cancelled, error);
             (JobStatus::Cancelled, reporter.publish(change).await)
         }
-        Outcome::Failed { error, retryable } if retryable && job.attempt < job.max_attempts => {
+        Settlement::Retry(error) => {
             shared.metrics.retried(job.job_type.as_str());
             tracing::warn!(error_kind = %error.kind, error = %error.message, "attempt failed; retrying");
             (
@@ -72,12 +60,14 @@ pub(crate) async fn settle(
                 retry(shared, reporter, delivery, error).await,
             )
         }
-        Outcome::Failed { error, .. } => {
+        Settlement::GiveUp {
+            error,
+            reason,
+            dead,
+        } => {
             tracing::warn!(error_kind = %error.kind, error = %error.message, "job failed");
-            (
-                JobStatus::Failed,
-                give_up(shared, reporter, delivery, error).await,
-            )
+            let given_up = give_up(shared, reporter, delivery, error, &reason, dead).await;
+            (JobStatus::Failed, given_up)
         }
     };
     match published {
@@ -150,65 +140,15 @@ async fn give_up(
     reporter: &Reporter,
     delivery: &Delivery,
     error: JobError,
+    reason: &str,
+    dead: DeadReason,
 ) -> Result<(), PublishError> {
-    let job = reporter.job();
-    let reason = format!(
-        "failed on attempt {} of {}: {}: {}",
-        job.attempt, job.max_attempts, error.kind, error.message
-    );
-    let headers = history_headers(delivery, job.attempt, &error);
-    publish_dead(shared, reporter.channel(), delivery, &reason, headers).await?;
-    let kind = if error.kind == "poison" {
-        "poison"
-    } else {
-        "failed"
-    };
-    shared.metrics.dead_lettered(kind);
+    let headers = history_headers(delivery, reporter.job().attempt, &error);
+    publish_dead(shared, reporter.channel(), delivery, reason, headers).await?;
+    shared.metrics.dead_lettered(dead.as_str());
     reporter
         .publish(Change::with_error(JobStatus::Failed, error))
         .await
-}
-
-/// The delivery's error history with this attempt's error appended, as message headers.
-fn history_headers(delivery: &Delivery, attempt: u32, error: &JobError) -> FieldTable {
-    let mut history: Vec<Value> = header_text(delivery, ERRORS_HEADER)
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default();
-    history.push(json!({
-        "attempt": attempt, "kind": error.kind, "message": error.message, "at": Utc::now(),
-    }));
-    let mut headers = FieldTable::default();
-    headers.insert(
-        ERRORS_HEADER.into(),
-        AMQPValue::LongString(Value::Array(history).to_string().as_str().into()),
-    );
-    headers
-}
-
-/// A text header of the delivery, if present.
-pub(crate) fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(&ShortString::from(name))? {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
-}
-
-/// How many times the broker handed this message out before (quorum queues count it in
-/// `x-delivery-count`).
-pub(crate) fn previous_deliveries(delivery: &Delivery) -> u64 {
-    let Some(headers) = delivery.properties.headers().as_ref() else {
-        return 0;
-    };
-    match headers.inner().get(&ShortString::from("x-delivery-count")) {
-        Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongUInt(n)) => u64::from(*n),
-        Some(AMQPValue::ShortInt(n)) => u64::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::ShortShortInt(n)) => u64::try_from(*n).unwrap_or(0),
-        _ => 0,
-    }
 }
 
 /// Publishes the delivery's body to `<ns>.dead` with `reason` and `headers`, confirmed.

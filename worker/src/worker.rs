@@ -9,10 +9,11 @@ use warren_shared::{JobType, Topology, amqp, job::InvalidJobType, readiness::Rea
 use crate::{
     cancel::Cancels,
     config::WorkerConfig,
+    consume::{self, InFlight},
     handler::{Handler, HandlerFuture, HandlerResult, JobContext, Registry},
     health,
     metrics::WorkerMetrics,
-    runner::{self, InFlight, Shared},
+    state::Shared,
 };
 
 /// How long closing the broker connection at shutdown may take.
@@ -177,7 +178,7 @@ impl Worker {
             })
         };
         let in_flight = InFlight::default();
-        runner::consume(&self.shared, &self.pool, &stop, &in_flight).await;
+        consume::consume(&self.shared, &self.pool, &stop, &in_flight).await;
         signal.abort();
 
         let abandoned = in_flight.drain(self.config.shutdown.grace()).await;

@@ -186,18 +186,15 @@ pub async fn get_user(
 }
 
 async fn answer_user(state: &AppState, job: Job, user_id: &str) -> Result<Json<Value>, ApiError> {
-    match (job.status, job.error.as_ref().map(|e| e.kind.as_str())) {
-        (JobStatus::Succeeded, _) => {
+    match job.status {
+        JobStatus::Succeeded => {
             let user = job.result.map_or(Value::Null, |r| r.to_value());
             if user["found"] == Value::Bool(false) {
                 return Err(ApiError::NotFound(format!("no user has id {user_id:?}")));
             }
             Ok(Json(user))
         }
-        (JobStatus::Failed, Some("not_found")) => {
-            Err(ApiError::NotFound(format!("no user has id {user_id:?}")))
-        }
-        (JobStatus::Failed | JobStatus::Cancelled, _) => {
+        JobStatus::Failed | JobStatus::Cancelled => {
             tracing::warn!(job_id = %job.id, error = ?job.error, "user lookup failed");
             Err(ApiError::JobFailed(format!(
                 "the user lookup failed (job {})",

@@ -22,8 +22,8 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use warren_shared::{
-    ControlAction, ControlMessage, JobError, JobId, JobStatus, JobType, V1, amqp::PublishError,
-    trace::TraceContext,
+    ControlAction, ControlMessage, ErrorKind, JobError, JobId, JobStatus, JobType, V1,
+    amqp::PublishError, trace::TraceContext,
 };
 
 use crate::{
@@ -216,8 +216,8 @@ impl JobService {
             Err(error) => error,
         };
         let kind = match &error {
-            PublishError::Unroutable { .. } => "unroutable",
-            _ => "publish_failed",
+            PublishError::Unroutable { .. } => ErrorKind::Unroutable,
+            _ => ErrorKind::PublishFailed,
         };
         tracing::warn!(%error, job_id = %job.id, "job not accepted by RabbitMQ");
         let reason = JobError::new(kind, error.to_string());

@@ -10,7 +10,7 @@
 //!    a status of lower rank (e.g. `running` after `retrying`) would move backwards.
 
 use chrono::Utc;
-use warren_shared::{JobError, JobEvent, JobStatus};
+use warren_shared::{ErrorKind, JobError, JobEvent, JobStatus};
 
 use super::{Job, RawJson};
 use crate::webhooks::Callback;
@@ -134,7 +134,7 @@ pub fn fail(job: &mut Job, error: JobError) -> bool {
 /// Marks a job cancelled at a client's request, unless it is already terminal. Returns
 /// whether the record changed.
 pub fn cancel(job: &mut Job) -> bool {
-    let error = JobError::new("cancelled", "cancelled at the client's request");
+    let error = JobError::new(ErrorKind::Cancelled, "cancelled at the client's request");
     finish(job, JobStatus::Cancelled, Some(error))
 }
 

@@ -55,7 +55,7 @@ async fn a_job_that_kills_every_worker_ends_failed_as_poison_and_dead() {
     let last = WorkerProcess::spawn(&broker, &SLEEP_ONLY);
     let failed = events.next(job.id, JobStatus::Failed).await;
     let error = failed.error.unwrap();
-    assert_eq!(error.kind, "poison");
+    assert_eq!(error.kind, warren_shared::ErrorKind::Poison);
     assert!(
         error.message.contains("delivered 5 times"),
         "{}",

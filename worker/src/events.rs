@@ -19,7 +19,8 @@ use warren_shared::{
     trace::{TRACEPARENT, TraceContext},
 };
 
-use crate::runner::PUBLISH_TIMEOUT;
+/// How long a publish (event, retried job or dead letter) may wait for its confirm.
+pub(crate) const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What an event says happened.
 #[derive(Debug, Clone)]

@@ -1,0 +1,192 @@
+//! One attempt of one delivery, top to bottom: decode the job, check it is not poison, run
+//! its handler (announcing `running` unless it is quick), and hand the [`Outcome`] to
+//! [`settle`].
+
+use std::{future::Future, time::Duration};
+
+use lapin::{Channel, message::Delivery};
+use tokio::time::Instant;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
+use tracing::Instrument;
+use warren_shared::{
+    ErrorKind, JobError, JobMessage, JobStatus, message,
+    trace::{TRACEPARENT, TraceContext},
+};
+
+use crate::{
+    decide::Outcome,
+    events::{Change, Reporter},
+    handler::{Handler, JobContext},
+    headers::{header_text, previous_deliveries},
+    settle::{dead_letter, settle},
+    state::Shared,
+};
+
+/// How long a cancelled handler may take to stop on its own before it is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// A job handed out this many times without an outcome is failed as poison instead of run:
+/// its handler has most likely killed a worker each time. (The queue's delivery limit, above
+/// this, is the broker's own backstop.)
+const POISON_DELIVERIES: u64 = 5;
+
+/// Runs one delivery: reads the job, runs its handler, publishes the outcome, settles.
+pub(crate) async fn process(shared: &Shared, channel: Channel, delivery: Delivery) {
+    let job: JobMessage = match message::decode(&delivery.data) {
+        Ok(job) => job,
+        Err(error) => return dead_letter(shared, &channel, delivery, &error.to_string()).await,
+    };
+    let Some(handler) = shared.handlers.get(&job.job_type).cloned() else {
+        let reason = format!(
+            "this worker has no handler for job type {:?}",
+            job.job_type.as_str()
+        );
+        return dead_letter(shared, &channel, delivery, &reason).await;
+    };
+    // Continue the trace the gateway started for the request (or start one).
+    let trace = header_text(&delivery, TRACEPARENT)
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::new_root);
+    let span = tracing::info_span!(
+        "job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempt,
+        redelivered = delivery.redelivered, trace_id = %trace.trace_id()
+    );
+    run_job(shared, channel, delivery, job, &handler, &trace)
+        .instrument(span)
+        .await;
+}
+
+async fn run_job(
+    shared: &Shared,
+    channel: Channel,
+    delivery: Delivery,
+    job: JobMessage,
+    handler: &Handler,
+    trace: &TraceContext,
+) {
+    let reporter = Reporter::new(
+        channel,
+        &shared.topology,
+        job.clone(),
+        shared.identity.clone(),
+        trace.child(),
+    );
+    let cancel = CancellationToken::new();
+    let _running = shared.cancels.track(job.id, cancel.clone());
+    if cancel.is_cancelled() {
+        tracing::info!("job was cancelled before it started; skipping it");
+        return settle(shared, &reporter, &delivery, Outcome::Cancelled, 0.0).await;
+    }
+    let deliveries = previous_deliveries(&delivery) + 1;
+    if deliveries >= POISON_DELIVERIES {
+        let error = JobError::new(
+            ErrorKind::Poison,
+            format!(
+                "delivered {deliveries} times without an outcome: its handler probably crashes \
+                 the worker; not running it again"
+            ),
+        );
+        let outcome = Outcome::Failed {
+            error,
+            retryable: false,
+        };
+        return settle(shared, &reporter, &delivery, outcome, 0.0).await;
+    }
+    tracing::info!("job started");
+    let _in_flight = shared
+        .metrics
+        .attempt_started(job.job_type.as_str(), job.created_at);
+    let started = Instant::now();
+    let timeout = Duration::from_millis(job.timeout_ms);
+    let context = JobContext {
+        id: job.id,
+        job_type: job.job_type.clone(),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        payload: job.payload,
+        reporter: reporter.clone(),
+        cancel,
+    };
+    let outcome =
+        announce_running_unless_quick(shared, &reporter, execute(handler, context, timeout)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    shared.metrics.attempt_ran(job.job_type.as_str(), elapsed);
+    settle(shared, &reporter, &delivery, outcome, elapsed * 1000.0).await;
+}
+
+/// Runs `attempt`, announcing `running` only once it has taken `WARREN_ANNOUNCE_RUNNING_AFTER_MS`
+/// (default 50 ms; 0 announces every attempt at its start): an attempt
+/// that ends sooner goes straight from `queued` to its outcome (no client could have seen it
+/// running), which spares the broker one confirmed publish and two deliveries per quick job.
+/// A handler that reports progress announces `running` itself.
+async fn announce_running_unless_quick(
+    shared: &Shared,
+    reporter: &Reporter,
+    attempt: impl Future<Output = Outcome>,
+) -> Outcome {
+    let announce = async {
+        if let Err(error) = reporter.publish(Change::to(JobStatus::Running)).await {
+            tracing::warn!(%error, "running event not published; the job goes on");
+        }
+    };
+    if shared.announce_running_after.is_zero() {
+        // Zero means every attempt: announced before the handler starts, not raced with it.
+        announce.await;
+        return attempt.await;
+    }
+    let mut attempt = std::pin::pin!(attempt);
+    tokio::select! {
+        outcome = &mut attempt => return outcome,
+        () = tokio::time::sleep(shared.announce_running_after) => {}
+    }
+    let ((), outcome) = tokio::join!(announce, attempt);
+    outcome
+}
+
+/// Runs the handler on its own task, so a panic is caught as a failed attempt; stops it at
+/// its timeout, or when a cancel request cancels its context (after [`CANCEL_GRACE`] to stop
+/// on its own). Timeouts and panics count as retryable; a handler error says for itself.
+async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> Outcome {
+    let cancel = context.cancel.clone();
+    let mut task = AbortOnDropHandle::new(tokio::spawn(handler(context)));
+    let joined = tokio::select! {
+        joined = &mut task => joined,
+        () = tokio::time::sleep(timeout) => {
+            cancel.cancel();
+            let message = format!("the attempt ran longer than its timeout of {} ms", timeout.as_millis());
+            return Outcome::Failed { error: JobError::new(ErrorKind::Timeout, message), retryable: true };
+        }
+        () = cancel.cancelled() => {
+            let _stopped = tokio::time::timeout(CANCEL_GRACE, &mut task).await;
+            return Outcome::Cancelled;
+        }
+    };
+    match joined {
+        Ok(Ok(result)) => Outcome::Succeeded(result),
+        Ok(Err(error)) => Outcome::Failed {
+            retryable: error.retryable,
+            error: JobError::new(error.kind, error.message),
+        },
+        Err(join_error) if join_error.is_panic() => {
+            let panic = join_error.into_panic();
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic payload".to_owned());
+            let error = JobError::new(ErrorKind::Panic, format!("the handler panicked: {text}"));
+            Outcome::Failed {
+                error,
+                retryable: true,
+            }
+        }
+        Err(_) => {
+            let error = JobError::new(ErrorKind::Aborted, "the handler task was cancelled");
+            Outcome::Failed {
+                error,
+                retryable: true,
+            }
+        }
+    }
+}

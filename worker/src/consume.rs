@@ -1,0 +1,186 @@
+//! The consume loop: one session per broker connection, reconnecting with backoff, handing
+//! each delivery to [`attempt::process`] on its own task under a concurrency limit.
+//!
+//! At-least-once: a job is acked only after its outcome event is confirmed by the broker
+//! ([`crate::settle`]). Any failure before that leaves the delivery unacked (or nacks it
+//! back), so the broker hands it out again; the store keeps the first terminal outcome.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream};
+use lapin::{
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use tokio::sync::Semaphore;
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
+use warren_shared::{
+    JobType,
+    amqp::{self, BrokerError, Pool},
+    topology,
+};
+
+use crate::{attempt, cancel, state::Shared};
+
+/// Why a consuming session ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the broker cancelled the consumer of {0} (queue deleted?)")]
+    ConsumerEnded(String),
+}
+
+impl From<lapin::Error> for SessionError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(error))
+    }
+}
+
+/// The jobs a worker is running: tracked so shutdown can wait for them, and abandoned
+/// together (their futures dropped, their deliveries left unacked) once the grace period is
+/// over.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InFlight {
+    tracker: TaskTracker,
+    abandon: CancellationToken,
+}
+
+impl InFlight {
+    fn spawn(&self, job: impl Future<Output = ()> + Send + 'static) {
+        let abandon = self.abandon.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = job => {}
+                () = abandon.cancelled() => {}
+            }
+        });
+    }
+
+    /// Waits up to `grace` for the running jobs, then abandons the rest; returns how many
+    /// were abandoned.
+    pub(crate) async fn drain(&self, grace: Duration) -> usize {
+        self.tracker.close();
+        let running = self.tracker.len();
+        if running > 0 {
+            tracing::info!(running, ?grace, "waiting for jobs in flight");
+        }
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let unfinished = self.tracker.len();
+        self.abandon.cancel();
+        self.tracker.wait().await;
+        unfinished
+    }
+}
+
+/// Consumes until `stop` is cancelled, reconnecting with backoff; jobs run in `in_flight`.
+pub(crate) async fn consume(
+    shared: &Arc<Shared>,
+    pool: &Pool,
+    stop: &CancellationToken,
+    in_flight: &InFlight,
+) {
+    let permits = Arc::new(Semaphore::new(usize::from(shared.concurrency)));
+    amqp::reconnecting("consuming", stop, || {
+        session(shared, pool, stop, in_flight, &permits)
+    })
+    .await;
+}
+
+/// One connection's worth of consuming; `Ok` only when asked to stop, after cancelling the
+/// consumers so no new deliveries arrive. Jobs in flight keep their channels.
+async fn session(
+    shared: &Arc<Shared>,
+    pool: &Pool,
+    stop: &CancellationToken,
+    in_flight: &InFlight,
+    permits: &Arc<Semaphore>,
+) -> Result<(), SessionError> {
+    let connection = amqp::connection(pool).await?;
+    let consume_channel = connection.create_channel().await?;
+    drop(connection);
+    shared.set_consume_channel(&consume_channel);
+    let publish_channel = amqp::confirm_channel(pool).await?;
+    topology::declare_core(&publish_channel, &shared.topology).await?;
+    consume_channel
+        .basic_qos(shared.concurrency, BasicQosOptions::default())
+        .await?;
+
+    let control = cancel::consume_control(&consume_channel, &shared.topology).await?;
+    let _control = AbortOnDropHandle::new(tokio::spawn({
+        let shared = shared.clone();
+        async move { cancel::listen(&shared.cancels, control).await }
+    }));
+
+    let mut consumers = Vec::new();
+    let mut tags = Vec::new();
+    for job_type in shared.handlers.keys() {
+        let queue =
+            topology::declare_job_queue(&consume_channel, &shared.topology, job_type).await?;
+        let consumer = consume_channel
+            .basic_consume(
+                queue.clone().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tags.push(consumer.tag());
+        // A consumer stream that ends (the broker cancelled it) yields one final `None`.
+        let tagged = consumer
+            .map(Some)
+            .chain(stream::once(async { None }))
+            .map(move |item| (queue.clone(), item));
+        consumers.push(Box::pin(tagged));
+    }
+    let types: Vec<&str> = shared.handlers.keys().map(JobType::as_str).collect();
+    tracing::info!(types = %types.join(","), concurrency = shared.concurrency, "consuming");
+    let mut deliveries = stream::select_all(consumers);
+    let _ready = shared.readiness.up();
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
+        let next = tokio::select! {
+            () = stop.cancelled() => break,
+            next = deliveries.next() => next,
+        };
+        match next {
+            Some((_, Some(Ok(delivery)))) => {
+                let shared = shared.clone();
+                let channels = (consume_channel.clone(), publish_channel.clone());
+                in_flight.spawn(async move {
+                    // The delivery's acker does not keep its channel open: lapin closes a
+                    // channel (requeueing its unacked deliveries) when the last handle drops,
+                    // so the job holds the consume channel until it is settled.
+                    let (consume_channel, publish_channel) = channels;
+                    attempt::process(&shared, publish_channel, delivery).await;
+                    drop((consume_channel, permit));
+                });
+            }
+            Some((_, Some(Err(error)))) => return Err(error.into()),
+            Some((queue, None)) => return Err(SessionError::ConsumerEnded(queue)),
+            None => return Ok(()),
+        }
+    }
+    for tag in tags {
+        if let Err(error) = consume_channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await
+        {
+            tracing::warn!(%error, "cannot cancel a consumer; the channel closes anyway");
+        }
+    }
+    tracing::info!("stopped consuming");
+    Ok(())
+}
