@@ -176,16 +176,27 @@ async fn without_a_broker_submit_answers_503_and_readiness_fails() {
     app.stop().await;
 }
 
+/// `spawn_app` already waited for `200`; what a ready answer must also say is which broker
+/// and node the gateway uses, without the broker's password.
 #[tokio::test]
-async fn readiness_is_ok_with_the_broker_up() {
+async fn readiness_names_the_broker_node_and_hides_the_password() {
     let app = spawn_app().await;
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        (ready["status"].as_str(), ready["broker"].as_str()),
+        (Some("ready"), Some("ok"))
+    );
+    assert_eq!(ready["store"], "ok");
+    let address = ready["broker_address"].as_str().unwrap();
+    assert!(address.contains("127.0.0.1:5672"), "{address}");
+    assert!(
+        !address.contains(":guest@"),
+        "the password shows: {address}"
+    );
+    assert_eq!(
+        ready["broker_node"], "127.0.0.1:5672",
+        "the node the gateway is connected to is named"
+    );
     app.stop().await;
 }
 

@@ -55,30 +55,40 @@ async fn stale_or_duplicate_events_do_not_move_a_terminal_job() {
     app.stop().await;
 }
 
+/// Events reach the store in the order they were published on one queue, so once a later
+/// event of another job shows, the stale ones before it were seen, and must have changed
+/// nothing: the stale ones carry progress that would show if they had been applied.
 #[tokio::test]
 async fn an_older_attempt_or_seq_does_not_overwrite_a_running_job() {
     let mut app = spawn_app().await;
     app.declare_idle_queue("held").await;
     let id = app.submit_ok(&json!({"type": "held"})).await;
+    let sentinel = app.submit_ok(&json!({"type": "held"})).await;
 
     app.publish_event(&event(&id, "held", JobStatus::Running, 2, 5))
         .await;
     let running = app.wait_for(&id, |job| job["attempt"] == 2).await;
-    app.publish_event(&event(&id, "held", JobStatus::Running, 1, 9))
+    let with_progress = |attempt, seq, percent| {
+        let mut stale = event(&id, "held", JobStatus::Running, attempt, seq);
+        stale.progress = Some(warren_shared::Progress {
+            percent,
+            message: None,
+        });
+        stale
+    };
+    app.publish_event(&with_progress(1, 9, 10)).await; // an older attempt
+    app.publish_event(&with_progress(2, 4, 20)).await; // an older seq of this attempt
+    app.publish_event(&event(&sentinel, "held", JobStatus::Running, 1, 1))
         .await;
-    app.publish_event(&event(&id, "held", JobStatus::Running, 2, 4))
-        .await;
-    let mut progress = event(&id, "held", JobStatus::Running, 2, 6);
-    progress.progress = Some(warren_shared::Progress {
-        percent: 60,
-        message: None,
-    });
-    app.publish_event(&progress).await;
-    let job = app
-        .wait_for(&id, |job| job["progress"]["percent"] == 60)
+    app.wait_for(&sentinel, |job| job["status"] == "running")
         .await;
 
-    assert_eq!(job["attempt"], 2);
+    let job = app.job(&id).await;
+    assert_eq!(job["attempt"], 2, "an older attempt moved the job back");
+    assert!(
+        job["progress"].is_null(),
+        "a stale event was applied: {job}"
+    );
     assert_eq!(job["started_at"], running["started_at"]);
     app.stop().await;
 }
