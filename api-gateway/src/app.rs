@@ -133,6 +133,12 @@ impl Application {
         self.state.jobs.watchers().clone()
     }
 
+    /// The gateway's routes over its state, without serving them: tests drive them with
+    /// `tower::ServiceExt::oneshot` (no broker connection is opened until something publishes).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone(), self.config.max_body_bytes)
+    }
+
     /// The port the gateway listens on.
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map_or(0, |addr| addr.port())

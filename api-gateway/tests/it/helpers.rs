@@ -118,6 +118,16 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The routes of a gateway on the memory store, not served and not connected: for requests
+/// the router answers without the broker (validation), driven with `oneshot`.
+pub async fn router() -> axum::Router {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = GatewayConfig::with_broker(test_broker(&unique_namespace()));
+    Application::with_parts(config, listener, Arc::new(MemoryStore::new()))
+        .unwrap()
+        .router()
+}
+
 /// Starts a gateway on port 0 in a fresh namespace.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
