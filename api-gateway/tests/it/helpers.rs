@@ -17,83 +17,10 @@ use warren_shared::{
     config::BrokerConfig,
     message, topology,
 };
+use warren_test_support::Namespace;
 use warren_worker::{Worker, WorkerBuilder, WorkerConfig};
 
-/// How long any awaited condition may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(15);
-
-/// The broker the tests use (`WARREN_TEST_AMQP_URL`, default the local RabbitMQ).
-pub fn amqp_url() -> String {
-    std::env::var("WARREN_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-/// A namespace no other test uses.
-pub fn unique_namespace() -> String {
-    format!("test-{}", uuid::Uuid::now_v7().simple())
-}
-
-/// The PostgreSQL the tests use (`WARREN_TEST_DATABASE_URL`, default the local one).
-pub fn database_url() -> String {
-    std::env::var("WARREN_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A schema of the test's own in the test database, dropped by [`TestSchema::drop_schema`].
-pub struct TestSchema {
-    pub name: String,
-    client: tokio_postgres::Client,
-}
-
-impl TestSchema {
-    /// Creates a fresh, empty schema.
-    pub async fn create() -> Self {
-        let (client, connection) = tokio_postgres::connect(&database_url(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
-        client
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .unwrap();
-        Self { name, client }
-    }
-
-    /// The URL of the test database with this schema as its search path, e.g. through `host`.
-    pub fn url_via(&self, host_port: &str) -> String {
-        let base = database_url();
-        let rest = base.split_once('@').map_or(base.as_str(), |(_, rest)| rest);
-        let path = rest.split_once('/').map_or("test", |(_, path)| path);
-        format!(
-            "postgresql://postgres@{host_port}/{path}?options=-csearch_path%3D{}",
-            self.name
-        )
-    }
-
-    /// The URL of the test database with this schema as its search path.
-    pub fn url(&self) -> String {
-        let base = database_url();
-        let rest = base.split_once('@').map_or(base.as_str(), |(_, rest)| rest);
-        let host_port = rest.split_once('/').map_or(rest, |(host, _)| host);
-        self.url_via(host_port)
-    }
-
-    /// Drops the schema and everything in it.
-    pub async fn drop_schema(self) {
-        self.client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await
-            .unwrap();
-    }
-}
-
-/// The broker settings of a test namespace: fast retry tiers so retries take milliseconds.
-pub fn test_broker(namespace: &str) -> BrokerConfig {
-    let mut broker = BrokerConfig::new(&amqp_url(), namespace).unwrap();
-    broker.retry_delays = [100, 200, 400].map(Duration::from_millis).to_vec();
-    broker
-}
+pub use warren_test_support::{DEADLINE, TestSchema, amqp_url, test_broker, unique_namespace};
 
 /// A running gateway, the workers started for it, and a raw channel for poking the broker.
 pub struct TestApp {
@@ -109,6 +36,21 @@ pub struct TestApp {
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     pub job_types: Vec<JobType>,
+    /// Set once the namespace is removed or handed over; until then `Drop` removes it.
+    released: bool,
+}
+
+impl Drop for TestApp {
+    /// A test that failed before `stop` leaves nothing behind: its namespace is removed here.
+    fn drop(&mut self) {
+        let mut namespace = Namespace::new(self.topology());
+        for job_type in &self.job_types {
+            namespace.uses(job_type);
+        }
+        if self.released {
+            namespace.hand_over();
+        }
+    }
 }
 
 /// An HTTP client for talking to gateways (with the process's TLS provider installed first:
@@ -203,6 +145,7 @@ async fn spawn_unready_app_on(
         stops: vec![stop],
         tasks: vec![task],
         job_types: Vec::new(),
+        released: false,
     }
 }
 
@@ -415,6 +358,7 @@ impl TestApp {
 
     /// Stops workers and gateway but leaves the namespace (another gateway still uses it).
     pub async fn stop_processes(mut self) {
+        self.released = true;
         for stop in self.stops.drain(..).rev() {
             let _ = stop.send(());
         }

@@ -21,14 +21,8 @@ use warren_shared::{
     message, topology,
 };
 
-/// How long any awaited condition may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(15);
-
-/// The broker the tests use (`WARREN_TEST_AMQP_URL`, default the local RabbitMQ).
-pub fn amqp_url() -> String {
-    std::env::var("WARREN_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
+pub use warren_test_support::{DEADLINE, amqp_url};
+use warren_test_support::{Namespace, unique_namespace};
 
 /// The configuration of an in-process worker in `broker`'s namespace (probes on a free port).
 pub fn worker_config(broker: &Broker) -> warren_worker::WorkerConfig {
@@ -45,12 +39,27 @@ pub struct Broker {
     pub connection: Connection,
     pub channel: Channel,
     job_types: Vec<JobType>,
+    /// Set once [`Broker::cleanup`] ran; until then `Drop` removes the namespace.
+    cleaned: bool,
+}
+
+impl Drop for Broker {
+    /// A test that failed before `cleanup` leaves nothing behind.
+    fn drop(&mut self) {
+        let mut namespace = Namespace::new(self.topology.clone());
+        for job_type in &self.job_types {
+            namespace.uses(job_type);
+        }
+        if self.cleaned {
+            namespace.hand_over();
+        }
+    }
 }
 
 impl Broker {
     /// Declares a fresh namespace's core topology.
     pub async fn new() -> Self {
-        let namespace = format!("test-{}", uuid::Uuid::now_v7().simple());
+        let namespace = unique_namespace();
         let topology = Topology::new(namespace.clone());
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
@@ -63,6 +72,7 @@ impl Broker {
             connection,
             channel,
             job_types: Vec::new(),
+            cleaned: false,
         }
     }
 
@@ -184,10 +194,11 @@ impl Broker {
     }
 
     /// Deletes the namespace's exchanges and queues.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
         topology::delete(&self.channel, &self.topology, &self.job_types)
             .await
             .unwrap();
+        self.cleaned = true;
     }
 }
 
