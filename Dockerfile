@@ -28,7 +28,7 @@ COPY . .
 # COPY keeps the context's modification times, which may be older than the stub build:
 # touch every source so cargo rebuilds the workspace's own crates.
 RUN find . -name target -prune -o -name '*.rs' -exec touch {} + \
-    && cargo build --release --locked --bin api-gateway --bin worker
+    && cargo build --release --locked --bin api-gateway --bin warren-admin --bin worker
 
 # --- runtime base ------------------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
@@ -41,6 +41,7 @@ ENV WARREN_LOG_FORMAT=json
 # --- gateway -----------------------------------------------------------------------------
 FROM runtime AS gateway
 COPY --from=build /src/target/release/api-gateway /usr/local/bin/api-gateway
+COPY --from=build /src/target/release/warren-admin /usr/local/bin/warren-admin
 EXPOSE 8080
 # bash's /dev/tcp: no curl needed in the image.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

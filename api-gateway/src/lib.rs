@@ -19,6 +19,7 @@
 //!   stores.
 //! - [`watch`]: the registry that wakes requests waiting on a job.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod events;

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Stdio};
 
 use tokio::process::{Child, Command};
-use warren_shared::JobType;
+use warren_shared::{JobType, removal};
 
 use crate::Error;
 
@@ -162,9 +162,9 @@ impl Stack {
         let connection =
             lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
                 .await?;
-        let channel = connection.create_channel().await?;
         let topology = warren_shared::Topology::new(&self.namespace);
-        warren_shared::topology::delete(&channel, &topology, &[JobType::parse("echo")?]).await?;
+        let names = removal::Names::declared(&topology, &[JobType::parse("echo")?]);
+        removal::remove(&connection, &names, true).await?;
         if let Some((client, schema)) = self.schema {
             client
                 .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))

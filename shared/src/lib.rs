@@ -21,6 +21,7 @@ pub mod job;
 pub mod message;
 pub mod metrics;
 pub mod readiness;
+pub mod removal;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

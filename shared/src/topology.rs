@@ -19,10 +19,7 @@ use std::time::Duration;
 
 use lapin::{
     Channel, Consumer, ExchangeKind,
-    options::{
-        BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
-    },
+    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 
@@ -370,40 +367,6 @@ pub async fn subscribe_exclusive(
     channel
         .basic_consume(name.into(), "".into(), no_ack, FieldTable::default())
         .await
-}
-
-/// Deletes a deployment's exchanges and queues, including the job queues of `job_types`, with
-/// whatever messages they hold. For tearing down test namespaces and retired deployments.
-pub async fn delete(
-    channel: &Channel,
-    topology: &Topology,
-    job_types: &[JobType],
-) -> lapin::Result<()> {
-    let mut queues: Vec<String> = job_types.iter().map(|t| topology.job_queue(t)).collect();
-    queues.extend(
-        topology
-            .retry_delays()
-            .iter()
-            .map(|d| topology.retry_queue(*d)),
-    );
-    queues.extend([topology.dead_queue(), topology.events_store_queue()]);
-    for queue in queues {
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    for exchange in [
-        topology.jobs_exchange(),
-        topology.retry_exchange(),
-        topology.dead_exchange(),
-        topology.events_exchange(),
-        topology.control_exchange(),
-    ] {
-        channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use std::{future::Future, time::Duration};
 
 use lapin::{Connection, ConnectionProperties};
-use warren_shared::{JobType, Topology, config::BrokerConfig, topology};
+use warren_shared::{JobType, Topology, config::BrokerConfig, removal};
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -58,9 +58,8 @@ async fn delete_topology(topology: Topology, job_types: Vec<JobType>) {
     else {
         return;
     };
-    if let Ok(channel) = connection.create_channel().await {
-        let _ = topology::delete(&channel, &topology, &job_types).await;
-    }
+    let names = removal::Names::declared(&topology, &job_types);
+    let _ = removal::remove(&connection, &names, true).await;
     let _ = connection.close(200, "test cleanup".into()).await;
 }
 

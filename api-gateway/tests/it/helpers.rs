@@ -15,7 +15,7 @@ use warren_shared::{
     JobEvent, JobType, Topology,
     amqp::{self, Outgoing},
     config::BrokerConfig,
-    message, topology,
+    message, removal, topology,
 };
 use warren_test_support::Namespace;
 use warren_worker::{Worker, WorkerBuilder, WorkerConfig};
@@ -347,18 +347,25 @@ impl TestApp {
     }
 
     /// Stops workers and gateway, then deletes the namespace's exchanges and queues.
-    pub async fn stop(self) {
-        let (channel, topology) = (self.channel.clone(), self.topology());
-        let job_types = self.job_types.clone();
-        self.stop_processes().await;
-        topology::delete(&channel, &topology, &job_types)
+    pub async fn stop(mut self) {
+        self.halt().await;
+        // What an operator runs (`warren-admin remove-namespace`), unforced: it also checks
+        // that nothing consumes any more.
+        let names = removal::Names::declared(&self.topology(), &self.job_types);
+        removal::remove(&self.connection, &names, false)
             .await
             .unwrap();
+        self.released = true;
     }
 
     /// Stops workers and gateway but leaves the namespace (another gateway still uses it).
     pub async fn stop_processes(mut self) {
         self.released = true;
+        self.halt().await;
+    }
+
+    /// Stops workers, then the gateway, and waits for them.
+    async fn halt(&mut self) {
         for stop in self.stops.drain(..).rev() {
             let _ = stop.send(());
         }

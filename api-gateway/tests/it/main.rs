@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod admin;
 mod article;
 mod cancel;
 mod cluster;

@@ -18,7 +18,7 @@ use tokio::{process::Child, time::Instant};
 use warren_shared::{
     JobEvent, JobId, JobMessage, JobStatus, JobType, Topology, V1,
     amqp::{self, Outgoing},
-    message, topology,
+    message, removal, topology,
 };
 
 pub use warren_test_support::{DEADLINE, amqp_url};
@@ -195,7 +195,8 @@ impl Broker {
 
     /// Deletes the namespace's exchanges and queues.
     pub async fn cleanup(mut self) {
-        topology::delete(&self.channel, &self.topology, &self.job_types)
+        let names = removal::Names::declared(&self.topology, &self.job_types);
+        removal::remove(&self.connection, &names, true)
             .await
             .unwrap();
         self.cleaned = true;
