@@ -56,3 +56,9 @@ pub mod worker;
 pub use config::WorkerConfig;
 pub use handler::{HandlerError, HandlerResult, JobContext};
 pub use worker::{BuildError, RunError, Worker, WorkerBuilder};
+
+/// The README's Rust example, compiled as a doctest so it cannot drift from the code (it is
+/// also `examples/custom_handler.rs`).
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeExample;
