@@ -25,7 +25,8 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
-use tracing::Instrument;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use warren_shared::{
@@ -101,7 +102,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(method_not_allowed))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), trace_request))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response),
+        )
+        .layer(middleware::from_fn(continue_trace))
         .with_state(state)
 }
 
@@ -139,47 +147,65 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
 }
 
-/// One span per request with method, route and `trace_id` (the client's `traceparent`, or a
-/// new trace, handed to handlers as an extension); one log line and the HTTP metrics when it
-/// finishes.
-async fn trace_request(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// The request's trace: the client's `traceparent`, or a new trace. Handed to handlers (and
+/// to the request's span) as an extension.
+async fn continue_trace(mut request: Request, next: Next) -> Response {
     let trace = request
         .headers()
         .get(TRACEPARENT)
         .and_then(|value| value.to_str().ok())
         .and_then(TraceContext::parse)
         .unwrap_or_else(TraceContext::new_root);
-    let route = request
+    request.extensions_mut().insert(trace);
+    next.run(request).await
+}
+
+/// The matched route template, e.g. `/v1/jobs/{id}` (`unmatched` for the fallback).
+fn route_of<B>(request: &axum::http::Request<B>) -> String {
+    request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = request.method().to_string();
-    let span =
-        tracing::info_span!("http", method = %method, route = %route, trace_id = %trace.trace_id());
-    request.extensions_mut().insert(trace);
+        .to_owned()
+}
+
+/// One span per request (tower-http's `TraceLayer`) with method, route and `trace_id`.
+fn request_span<B>(request: &axum::http::Request<B>) -> Span {
+    let trace_id = request
+        .extensions()
+        .get::<TraceContext>()
+        .map(|trace| trace.trace_id().to_string())
+        .unwrap_or_default();
+    let route = route_of(request);
+    tracing::info_span!("http", method = %request.method(), route = %route, trace_id = %trace_id)
+}
+
+/// One log line per finished request, in its span.
+fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &Span) {
+    let elapsed_ms = latency.as_secs_f64() * 1000.0;
+    tracing::info!(
+        status = response.status().as_u16(),
+        elapsed_ms,
+        "request finished"
+    );
+}
+
+/// The HTTP metrics: requests by route, method and status, and duration by route.
+async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (route, method) = (route_of(&request), request.method().to_string());
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = next.run(request).await;
     let status = response.status().as_u16();
-    let elapsed = started.elapsed().as_secs_f64();
-    let elapsed_ms = elapsed * 1000.0;
-    span.in_scope(|| tracing::info!(status, elapsed_ms, "request finished"));
     let metrics = &state.metrics;
-    metrics
-        .http_requests
-        .get_or_create(&HttpLabels {
-            route: route.clone(),
-            method,
-            status,
-        })
-        .inc();
+    let labels = HttpLabels {
+        route: route.clone(),
+        method,
+        status,
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
     metrics
         .http_duration
         .get_or_create(&RouteLabels { route })
-        .observe(elapsed);
+        .observe(started.elapsed().as_secs_f64());
     response
 }
