@@ -41,6 +41,7 @@ const PERIODS: [&str; 3] = ["daily", "weekly", "monthly"];
 pub struct ReportRequest {
     /// `daily`, `weekly` or `monthly`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^(daily|weekly|monthly)$", example = "monthly")]
     period: String,
 }
 

@@ -32,6 +32,9 @@ use crate::{
 
 /// Attempts a job gets when the request does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The largest `?wait=` accepted (the largest `WARREN_MAX_WAIT_SECS` allows).
+const MAX_WAIT_PARAM: u64 = 3600;
+
 /// Most attempts a job may ask for.
 pub const MAX_MAX_ATTEMPTS: u32 = 100;
 
@@ -63,7 +66,7 @@ pub struct SubmitRequest {
     /// The handler's input (kept as the client's JSON text, unparsed, all the way to the
     /// job message).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = serde_json::Value)]
     pub payload: Option<Box<RawValue>>,
     /// Attempts allowed, 1 to 100 (default 3).
     #[serde(default)]
@@ -79,6 +82,7 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(
         format = "uri",
+        pattern = "^https?://",
         max_length = 2048,
         example = "https://example.com/hooks/warren"
     )]
@@ -236,9 +240,9 @@ impl SubmitRequest {
     description = "Accepts a job: `202` once it is stored and RabbitMQ has confirmed it. With `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).",
     request_body = SubmitRequest,
     params(
-        ("Prefer" = Option<String>, Header, description = "`wait=N` to wait up to N seconds for the outcome; `respond-async` to answer at once"),
+        ("Prefer" = Option<String>, Header, nullable = false, description = "`wait=N` to wait up to N seconds for the outcome; `respond-async` to answer at once"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "The same key and body give the same job; kept at least 24 h; 1 to 255 visible ASCII characters"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context to continue"),
+        ("traceparent" = Option<String>, Header, nullable = false, description = "W3C trace context to continue"),
     ),
     responses(
         (status = 202, description = "Accepted; poll `Location`", body = Job),
@@ -362,7 +366,7 @@ pub struct GetQuery {
 /// seconds (capped) have passed.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     description = "The job. With `?wait=N`, answers once it is terminal or after N seconds (capped).",
-    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("wait" = Option<u64>, Query, description = "Seconds to wait for a terminal status")),
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("wait" = Option<u64>, Query, minimum = 0, maximum = 3600, nullable = false, description = "Seconds to wait for a terminal status, 0 to 3600 (cut to `WARREN_MAX_WAIT_SECS`)")),
     responses((status = 200, body = Job), (status = 400, description = "Malformed id or wait", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
@@ -373,9 +377,17 @@ pub async fn get(
     let Query(query) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
     let wait = match query.wait.as_deref() {
         None => Duration::ZERO,
-        Some(raw) => raw.parse().map(Duration::from_secs).map_err(|_| {
-            ApiError::BadParameter(format!("wait={raw:?} is not a whole number of seconds"))
-        })?,
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|secs| *secs <= MAX_WAIT_PARAM)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                ApiError::BadParameter(format!(
+                    "wait={raw:?} is not a whole number of seconds from 0 to {MAX_WAIT_PARAM} \
+                     (waits are also cut to WARREN_MAX_WAIT_SECS)"
+                ))
+            })?,
     };
     let wait = wait.min(state.max_wait);
     if wait.is_zero() {
@@ -409,7 +421,7 @@ pub async fn cancel(
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
     description = "Re-drives a failed job as a new attempt series (same id, fresh attempt budget).",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
-    responses((status = 202, description = "Queued again", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not failed", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Queued again", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "No worker consumes the job's type any more (no queue is bound for it)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(name = "redrive", skip_all, fields(job_id = %raw_id))]
 pub async fn retry(
     State(state): State<AppState>,

@@ -94,13 +94,16 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(openapi::spec))
         .routes(routes!(openapi::docs))
         .split_for_parts();
-    if let Some(document) = openapi::render(&api) {
+    if let Some(document) = openapi::render(&api, &state.limits) {
         // Set once per state; a second router over the same state serves the first document.
         let _ = state.openapi.set(document);
     }
     routes
         .fallback(not_found)
         .layer(middleware::from_fn(method_not_allowed))
+        .layer(middleware::from_fn(move |request, next| {
+            require_object_body(request, next, max_body_bytes)
+        }))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .layer(
@@ -111,6 +114,35 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         )
         .layer(middleware::from_fn(continue_trace))
         .with_state(state)
+}
+
+/// Refuses a JSON body that is not an object with a `422`: every body Warren takes is one, and
+/// serde would otherwise read an array positionally as a struct's fields (`["echo"]` as
+/// `{"type": "echo"}`). Other content types and malformed JSON go on to the handler's own
+/// answers (`415`, `400`).
+async fn require_object_body(request: Request, next: Next, max_body_bytes: usize) -> Response {
+    let is_json = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json") || value.contains("+json"));
+    if !is_json {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, max_body_bytes).await else {
+        return ApiError::BodyTooLarge.into_response();
+    };
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    // Only a body that does not start with `{` is parsed here, to tell a JSON value that is not
+    // an object (422) from malformed JSON (the handler's 400).
+    let other_json = first.is_some_and(|byte| *byte != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+    if other_json {
+        return ApiError::InvalidBody("the body must be a JSON object".into()).into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// Gives the router's bare `405` a problem body like every other error, keeping its `Allow`.

@@ -10,7 +10,7 @@ use axum::{
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use super::AppState;
+use super::{AppState, jobs::SubmitLimits};
 
 /// The document's header; paths and schemas are added as routes are registered.
 #[derive(OpenApi)]
@@ -53,13 +53,34 @@ pub async fn spec(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document)
 }
 
-/// The document as JSON, with what utoipa's annotations cannot say: the webhook a job's
-/// `callback_url` receives, as the `callbacks` of `POST /v1/jobs`.
+/// The document as JSON, with what utoipa's annotations cannot say:
+/// - the webhook a job's `callback_url` receives, as the `callbacks` of `POST /v1/jobs`;
+/// - that `run_at` and `delay_ms` exclude each other;
+/// - this gateway's own limits (`WARREN_MAX_TIMEOUT_MS`, `WARREN_MAX_DELAY`) as maxima;
+/// - the time zones a schedule takes, as an enum of the IANA names the server knows.
 #[must_use]
-pub fn render(api: &utoipa::openapi::OpenApi) -> Option<String> {
+pub fn render(api: &utoipa::openapi::OpenApi, limits: &SubmitLimits) -> Option<String> {
     let mut document = serde_json::to_value(api).ok()?;
     let submit = document.pointer_mut("/paths/~1v1~1jobs/post")?;
     submit["callbacks"] = job_finished_callback();
+    let max_delay_ms = u64::try_from(limits.max_delay.as_millis()).unwrap_or(u64::MAX);
+    let request = document.pointer_mut("/components/schemas/SubmitRequest")?;
+    request["not"] = serde_json::json!({"required": ["run_at", "delay_ms"]});
+    request["properties"]["timeout_ms"]["maximum"] = limits.max_timeout_ms.into();
+    request["properties"]["delay_ms"]["maximum"] = max_delay_ms.into();
+    // `null` (or no field) means UTC for a new schedule and "unchanged" for a change.
+    let mut zones: Vec<serde_json::Value> = chrono_tz::TZ_VARIANTS
+        .iter()
+        .map(|tz| tz.name().into())
+        .collect();
+    zones.push(serde_json::Value::Null);
+    for schema in ["NewSchedule", "ScheduleChange"] {
+        let properties =
+            document.pointer_mut(&format!("/components/schemas/{schema}/properties"))?;
+        properties["timezone"]["enum"] = serde_json::json!(zones);
+        properties["timezone"]["type"] = serde_json::json!(["string", "null"]);
+        properties["timeout_ms"]["maximum"] = limits.max_timeout_ms.into();
+    }
     serde_json::to_string_pretty(&document).ok()
 }
 

@@ -34,19 +34,27 @@ pub struct NewSchedule {
     pub timezone: Option<String>,
     /// The type of the jobs it makes.
     #[serde(rename = "type")]
+    #[schema(
+        pattern = "^[a-z0-9][a-z0-9._-]{0,99}$",
+        min_length = 1,
+        max_length = 100
+    )]
     pub job_type: String,
     /// The payload of the jobs it makes.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = serde_json::Value)]
     pub payload: Option<Box<RawValue>>,
-    /// `max_attempts` of its jobs.
+    /// `max_attempts` of its jobs, 1 to 100.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
-    /// `timeout_ms` of its jobs.
+    /// `timeout_ms` of its jobs, at least 1 and at most `WARREN_MAX_TIMEOUT_MS`.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// `callback_url` of its jobs.
     #[serde(default)]
+    #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     pub callback_url: Option<String>,
     /// Start paused.
     #[serde(default)]
@@ -66,16 +74,19 @@ pub struct ScheduleChange {
     pub timezone: Option<String>,
     /// A new payload.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = serde_json::Value)]
     pub payload: Option<Box<RawValue>>,
-    /// New `max_attempts`.
+    /// New `max_attempts`, 1 to 100.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
-    /// New `timeout_ms`.
+    /// New `timeout_ms`, at least 1 and at most `WARREN_MAX_TIMEOUT_MS`.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
     /// New `callback_url`.
     #[serde(default)]
+    #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     pub callback_url: Option<String>,
     /// Pause (`true`) or resume (`false`); a resumed schedule is next due after now.
     #[serde(default)]
@@ -123,6 +134,7 @@ fn not_found(id: Uuid) -> ApiError {
     request_body = NewSchedule,
     responses((status = 201, description = "Made; `Location` names it", body = Schedule),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid cron, time zone or job field", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -201,7 +213,7 @@ pub async fn get(
     description = "Pauses, resumes or changes a schedule; its next due time is computed again from now.",
     params(("id" = String, Path, format = Uuid, description = "The schedule id")),
     request_body = ScheduleChange,
-    responses((status = 200, body = Schedule), (status = 400, description = "Malformed id or JSON", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Schedule), (status = 400, description = "Malformed id or JSON", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn update(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,

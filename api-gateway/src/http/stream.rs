@@ -49,7 +49,7 @@ struct Cursor {
 /// `GET /v1/jobs/{id}/events`.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     description = "Server-Sent Events: one per change (`event:` the status, `data:` the job, `id:` its change count); ends after the terminal one. `Last-Event-ID` resumes.",
-    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("Last-Event-ID" = Option<String>, Header, description = "The last event id seen")),
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("Last-Event-ID" = Option<u64>, Header, minimum = 0, nullable = false, description = "The last event id seen")),
     responses((status = 200, description = "The event stream", content_type = "text/event-stream"),
         (status = 204, description = "The job finished and the client has seen its last change"),
         (status = 400, description = "Malformed id or Last-Event-ID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json")))]
@@ -65,7 +65,8 @@ pub async fn events(
             value
                 .to_str()
                 .ok()
-                .and_then(|v| v.trim().parse().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .and_then(|v| u64::try_from(v).ok())
                 .ok_or_else(|| {
                     ApiError::BadParameter(
                         "Last-Event-ID must be an event id this stream sent".into(),

@@ -42,8 +42,8 @@ pub struct Schedule {
     #[serde(rename = "type")]
     #[schema(value_type = String)]
     pub job_type: JobType,
-    /// The payload of the jobs it makes.
-    #[schema(value_type = Object)]
+    /// The payload of the jobs it makes (any JSON value).
+    #[schema(value_type = serde_json::Value)]
     pub payload: RawJson,
     /// `max_attempts` of the jobs it makes (the default if unset).
     pub max_attempts: Option<u32>,

@@ -20,6 +20,13 @@ pub fn parse(url: &str) -> Result<Url, String> {
             url.len()
         ));
     }
+    if !url.is_ascii() {
+        return Err(
+            "must be ASCII, as URIs are: write an international host name in \
+                    punycode (xn--…) and percent-encode the path"
+                .into(),
+        );
+    }
     let parsed = Url::parse(url).map_err(|error| format!("is not a URL: {error}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
@@ -220,6 +227,7 @@ mod tests {
         assert!(parse("file:///etc/passwd").unwrap_err().contains("http"));
         assert!(parse("ftp://example.com/").is_err());
         assert!(parse("not a url").is_err());
+        assert!(parse("https://\u{cf}/").unwrap_err().contains("ASCII"));
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         assert!(parse(&long).unwrap_err().contains("2048"));
     }

@@ -120,6 +120,12 @@ async fn wrong_shapes_and_unknown_fields_are_422_in_warrens_words() {
             "not in Warren's words: {detail}"
         );
     }
+    // serde would read an array positionally as the struct's fields.
+    let (_, refused) = problem(call(submit(&json!(["echo"]))).await, 422);
+    assert!(
+        refused["detail"].as_str().unwrap().contains("JSON object"),
+        "{refused}"
+    );
     let typo = json!({"type": "echo", "max_attempt": 3});
     let (_, refused) = problem(call(submit(&typo)).await, 422);
     let detail = refused["detail"].as_str().unwrap();
