@@ -406,7 +406,7 @@ pub async fn get(
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
     description = "Cancels the job: a queued job is never run, a running one is told to stop.",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
-    responses((status = 202, description = "Cancelled", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, description = "Cancelled", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 #[tracing::instrument(name = "cancel", skip_all, fields(job_id = %raw_id))]
 pub async fn cancel(
     State(state): State<AppState>,

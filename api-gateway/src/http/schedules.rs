@@ -198,7 +198,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ScheduleList>, A
 #[utoipa::path(get, path = "/v1/schedules/{id}", tag = "schedules",
     description = "One schedule, with `next_run_at`, `last_run_at`, `last_job_id` and its misfires.",
     params(("id" = String, Path, format = Uuid, description = "The schedule id")),
-    responses((status = 200, body = Schedule), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Schedule), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -270,7 +270,7 @@ pub async fn update(
 #[utoipa::path(delete, path = "/v1/schedules/{id}", tag = "schedules",
     description = "Removes a schedule; jobs it already made are not touched.",
     params(("id" = String, Path, format = Uuid, description = "The schedule id")),
-    responses((status = 204, description = "Removed"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Removed"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
