@@ -133,6 +133,12 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -u "$user:wrong" "$management/api/
 [ "$code" = 401 ] || fail "the management API answered $code to a wrong password"
 ok "answers $user with the configured password, refuses a wrong one"
 
+step "warren-admin (in the gateway image) refuses to remove the running namespace"
+out=$(compose exec -T gateway warren-admin remove-namespace --management-url http://rabbitmq:15672 2>&1) &&
+    fail "warren-admin removed the namespace of a running stack: $out"
+grep -q "consumer(s)" <<<"$out" || fail "warren-admin failed for another reason: $out"
+ok "refused, listing through the management API: ${out#warren-admin: }"
+
 step "scaling to 3 workers"
 compose up -d --no-recreate --scale worker=3 || fail "scaling to 3 workers failed"
 consumers() { [ "$(curl -sf -u "$user:$password" "$management/api/queues/%2f/warren.jobs.echo" | jq .consumers)" = 3 ]; }

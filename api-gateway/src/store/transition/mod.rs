@@ -1,0 +1,205 @@
+//! The lifecycle rules, as one pure function every store uses.
+//!
+//! An event moves a job only forward:
+//! 1. a terminal job never changes (first terminal outcome wins; duplicates after a crash
+//!    and redelivery are ignored);
+//! 2. an event of an older attempt is stale;
+//! 3. a terminal event of the current or a newer attempt is applied, whatever its `seq`: a
+//!    redelivered attempt restarts its `seq` at 1, and its outcome must still land;
+//! 4. within an attempt, a `seq` at or below the last applied one is stale or a duplicate, and
+//!    a status of lower rank (e.g. `running` after `retrying`) would move backwards.
+
+use chrono::Utc;
+use warren_shared::{ErrorKind, JobError, JobEvent, JobStatus};
+
+use super::{Job, RawJson};
+use crate::webhooks::Callback;
+
+/// Why an event was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// The job is already terminal.
+    AlreadyTerminal,
+    /// The event belongs to an attempt before the job's current one.
+    StaleAttempt,
+    /// The event's `seq` is not newer than the last applied one of its attempt.
+    StaleSeq,
+    /// The event would move the status backwards within an attempt.
+    Backwards,
+    /// The event names another job type than the record (a bug or a forged event).
+    TypeMismatch,
+    /// Workers never report `queued` (or `scheduled`).
+    Queued,
+    /// The event says nothing new (same status and attempt, no new progress, result or
+    /// error), e.g. a delayed `running` announcement after a progress report already said so.
+    Unchanged,
+}
+
+impl Ignored {
+    /// A short label for logs and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyTerminal => "already_terminal",
+            Self::StaleAttempt => "stale_attempt",
+            Self::StaleSeq => "stale_seq",
+            Self::Backwards => "backwards",
+            Self::TypeMismatch => "type_mismatch",
+            Self::Queued => "queued_from_worker",
+            Self::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Decides whether `event` applies to `job` and, if so, applies it.
+pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
+    check(job, event)?;
+    let new_attempt = event.attempt > job.attempt;
+    job.status = event.status;
+    job.attempt = event.attempt;
+    job.seq = if new_attempt || event.seq > job.seq {
+        event.seq
+    } else {
+        job.seq
+    };
+    if let Some(progress) = &event.progress {
+        job.progress = Some(Box::new(progress.clone()));
+    }
+    if let Some(result) = &event.result {
+        job.result = Some(RawJson::from_value(result));
+    }
+    if let Some(error) = &event.error {
+        job.error = Some(Box::new(error.clone()));
+    }
+    job.next_attempt_at = event
+        .next_attempt_at
+        .filter(|_| event.status == JobStatus::Retrying);
+    // A quick attempt is not announced as running: its outcome is also its start.
+    let started = event.status == JobStatus::Running || event.status.is_terminal();
+    if started && job.started_at.is_none() {
+        job.started_at = Some(event.at);
+    }
+    if event.status.is_terminal() {
+        job.finished_at = Some(event.at);
+        arm_callback(job, event.at);
+    }
+    job.updated_at = event.at;
+    // A worker reported on the job, so its message was delivered: nothing left to relay.
+    job.unconfirmed_since = None;
+    job.version += 1;
+    Ok(())
+}
+
+fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {
+    if job.status.is_terminal() {
+        return Err(Ignored::AlreadyTerminal);
+    }
+    if event.job_type != job.job_type {
+        return Err(Ignored::TypeMismatch);
+    }
+    if matches!(event.status, JobStatus::Queued | JobStatus::Scheduled) {
+        return Err(Ignored::Queued);
+    }
+    if event.attempt < job.attempt {
+        return Err(Ignored::StaleAttempt);
+    }
+    if event.status.is_terminal() || event.attempt > job.attempt {
+        return Ok(());
+    }
+    if event.seq <= job.seq {
+        return Err(Ignored::StaleSeq);
+    }
+    if event.status.rank() < job.status.rank() {
+        return Err(Ignored::Backwards);
+    }
+    let says_nothing_new = event.status == job.status
+        && event.result.is_none()
+        && event.error.is_none()
+        && event
+            .progress
+            .as_ref()
+            .is_none_or(|progress| job.progress.as_deref() == Some(progress));
+    if says_nothing_new {
+        return Err(Ignored::Unchanged);
+    }
+    Ok(())
+}
+
+/// Marks a job failed for a reason found by the gateway (not by a worker), unless it is
+/// already terminal. Returns whether the record changed.
+pub fn fail(job: &mut Job, error: JobError) -> bool {
+    finish(job, JobStatus::Failed, Some(error))
+}
+
+/// Marks a job cancelled at a client's request, unless it is already terminal. Returns
+/// whether the record changed.
+pub fn cancel(job: &mut Job) -> bool {
+    let error = JobError::new(ErrorKind::Cancelled, "cancelled at the client's request");
+    finish(job, JobStatus::Cancelled, Some(error))
+}
+
+/// Releases a `scheduled` job that is due: `queued`, with an outbox mark so that it is
+/// published (by the scheduler now, or by the relay if that dies first). Returns whether the
+/// record changed.
+pub fn release(job: &mut Job, now: chrono::DateTime<Utc>) -> bool {
+    if job.status != JobStatus::Scheduled {
+        return false;
+    }
+    job.status = JobStatus::Queued;
+    job.unconfirmed_since = Some(now);
+    job.updated_at = now;
+    job.version += 1;
+    true
+}
+
+/// Re-drives a `failed` job: `queued` again with the next attempt number and a fresh budget
+/// of attempts. Returns whether the record changed (only failed jobs can be re-driven).
+pub fn redrive(job: &mut Job) -> bool {
+    if job.status != JobStatus::Failed {
+        return false;
+    }
+    job.attempt += 1;
+    job.max_attempts = job.attempt - 1 + job.attempt_budget;
+    job.status = JobStatus::Queued;
+    job.seq = 0;
+    job.progress = None;
+    job.result = None;
+    job.error = None;
+    job.next_attempt_at = None;
+    job.finished_at = None;
+    // The earlier outcome's delivery stops; the next outcome gets its own.
+    job.callback = None;
+    job.updated_at = Utc::now();
+    // The new attempt's message is not published yet: the outbox mark says so.
+    job.unconfirmed_since = Some(job.updated_at);
+    job.version += 1;
+    true
+}
+
+/// A job that just finished at `at` owes its `callback_url` a delivery, due at once: armed in
+/// the same write as the terminal status, so no crash can lose it.
+fn arm_callback(job: &mut Job, at: chrono::DateTime<Utc>) {
+    if job.callback_url.is_some() {
+        job.callback = Some(Box::new(Callback::due_now(at)));
+    }
+}
+
+fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
+    if job.status.is_terminal() {
+        return false;
+    }
+    let now = Utc::now();
+    job.status = status;
+    job.error = error.map(Box::new);
+    job.next_attempt_at = None;
+    job.finished_at = Some(now);
+    arm_callback(job, now);
+    job.updated_at = now;
+    // A finished job is never published again.
+    job.unconfirmed_since = None;
+    job.version += 1;
+    true
+}
+
+#[cfg(test)]
+mod tests;
