@@ -111,8 +111,18 @@ limit=$(compose exec -T rabbitmq sh -c 'ulimit -n' | tr -d '\r') || fail "cannot
 ok "RabbitMQ runs with $limit open files"
 
 step "an echo job succeeds"
-id=$(curl -sf -X POST "$gateway/v1/jobs" -H 'content-type: application/json' \
-    -d '{"type": "echo", "payload": {"smoke": true}}' | jq -r .id) || fail "submitting an echo job failed"
+# A worker may still be declaring its queues when the gateway is ready (then: 422, no queue
+# for the type), so the first submit is retried for a while.
+submit_echo() {
+    response=$(curl -s -w '\n%{http_code}' -X POST "$gateway/v1/jobs" \
+        -H 'content-type: application/json' -d '{"type": "echo", "payload": {"smoke": true}}')
+    code=${response##*$'\n'}
+    body=${response%$'\n'*}
+    [ "$code" = 202 ]
+}
+wait_until 60 "an echo job accepted" submit_echo ||
+    fail "submitting an echo job failed: $code $body"
+id=$(jq -r .id <<<"$body")
 job_status() { curl -sf "$gateway/v1/jobs/$id?wait=10" | jq -r .status; }
 status=$(job_status) || status=unreachable
 [ "$status" = succeeded ] || fail "echo job $id ended $status, expected succeeded"
