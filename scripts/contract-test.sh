@@ -50,7 +50,10 @@ for store in "${STORES[@]}"; do
     export WARREN_NAMESPACE=$NAMESPACE RUST_LOG=error
     gateway_env=(WARREN_HTTP_ADDR="127.0.0.1:$port"
         WARREN_WEBHOOK_SECRET="whsec_Y29udHJhY3QtdGVzdC1vbmx5LXNlY3JldC0xMjM0"
-        WARREN_WEBHOOK_ALLOW_PRIVATE=true WARREN_WEBHOOK_TIMEOUT_MS=500)
+        WARREN_WEBHOOK_ALLOW_PRIVATE=true WARREN_WEBHOOK_TIMEOUT_MS=500
+        # Long polls (`?wait=`, `Prefer: wait`) on jobs that never finish are cut to this,
+        # as documented, so none outlasts schemathesis' request timeout.
+        WARREN_MAX_WAIT_SECS=2)
     if [[ $store == postgres ]]; then
         SCHEMA="contract_$$"
         psql -q "$DATABASE_URL" -c "CREATE SCHEMA $SCHEMA" >/dev/null
