@@ -350,11 +350,22 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.halt().await;
         // What an operator runs (`warren-admin remove-namespace`), unforced: it also checks
-        // that nothing consumes any more.
+        // that nothing consumes any more. The broker hears of a stopped process's consumers
+        // a moment after the process is gone, so a consumer may show for a little while.
         let names = removal::Names::declared(&self.topology(), &self.job_types);
-        removal::remove(&self.connection, &names, false)
-            .await
-            .unwrap();
+        let started = Instant::now();
+        loop {
+            match removal::remove(&self.connection, &names, false).await {
+                Ok(_) => break,
+                Err(removal::RemovalError::InUse { queue, consumers })
+                    if started.elapsed() < DEADLINE =>
+                {
+                    tracing::debug!(queue, consumers, "still consumed; waiting");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("the namespace could not be removed: {error}"),
+            }
+        }
         self.released = true;
     }
 
