@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use warren_shared::{Topology, amqp, readiness::ReadyFlag};
 
 use crate::{
+    auth::{AdminKey, Authenticator},
     config::GatewayConfig,
     events,
     http::{self, AppState, CallbackPolicy, jobs::SubmitLimits},
@@ -93,6 +94,14 @@ impl Application {
         let publisher = Arc::new(publisher);
         let deliverer = Deliverer::new(store.clone(), config.webhooks.clone(), metrics.clone())
             .map_err(StartupError::Webhooks)?;
+        if config.admin_key.is_none() {
+            tracing::warn!(
+                "WARREN_ADMIN_KEY is not set: Warren is open, and anyone who can reach this port \
+                 can submit, read and cancel every job"
+            );
+        }
+        let admin_key = config.admin_key.as_ref().map(AdminKey::expose);
+        let auth = Arc::new(Authenticator::new(admin_key, store.clone()));
         let jobs = JobService::new(
             store,
             publisher.clone(),
@@ -117,6 +126,7 @@ impl Application {
                 signing: config.webhooks.secret.is_some(),
                 allow_private: config.webhooks.allow_private,
             },
+            auth,
         };
         Ok(Self {
             listener,

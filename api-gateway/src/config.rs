@@ -26,6 +26,18 @@ pub struct GatewayConfig {
     #[command(flatten)]
     pub webhooks: crate::webhooks::WebhookConfig,
 
+    /// The operator's API key. Set, every `/v1` route (and the article's) needs
+    /// `Authorization: Bearer <key>`, and keys for tenants are made with it; unset, Warren is
+    /// open to anyone who can reach it.
+    #[arg(
+        long = "admin-key",
+        env = "WARREN_ADMIN_KEY",
+        value_name = "WARREN_ADMIN_KEY",
+        value_parser = crate::auth::AdminKey::parse,
+        hide_env_values = true
+    )]
+    pub admin_key: Option<crate::auth::AdminKey>,
+
     /// PostgreSQL URL of the job store (unset: an in-memory store that a restart forgets).
     #[arg(
         long = "database-url",

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`auth`]: API keys, tenants and rate limits.
 //! - [`config`]: environment and flags.
 //! - [`app`]: startup ([`Application::build`]), serving and graceful shutdown.
 //! - [`http`]: the router, handlers and problem+json errors.
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod events;
 pub mod fault;

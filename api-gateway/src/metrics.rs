@@ -1,6 +1,8 @@
 //! The gateway's Prometheus series, served on `GET /metrics`:
 //!
-//! - `warren_jobs_submitted_total{job_type}`: jobs accepted (stored and confirmed);
+//! - `warren_jobs_submitted_total{job_type,tenant}`: jobs accepted (stored and confirmed);
+//! - `warren_http_refused_total{tenant,reason}`: requests refused by authentication or a
+//!   key's limits (`unauthorized`, `forbidden`, `rate_limited`, `at_capacity`);
 //! - `warren_jobs_finished_total{job_type,status}`: jobs that reached a terminal status in this
 //!   gateway's store writes;
 //! - `warren_events_applied_total{outcome}`: worker events applied or ignored (and why);
@@ -14,8 +16,8 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use warren_shared::metrics::{
-    Counter, Family, Gauge, Histogram, JobLabels, OutcomeLabels, ReasonLabels, Registry,
-    duration_family, duration_histogram, render,
+    Counter, Family, Gauge, Histogram, OutcomeLabels, ReasonLabels, Registry, duration_family,
+    duration_histogram, render,
 };
 
 use crate::{
@@ -32,6 +34,24 @@ pub struct HttpLabels {
     pub method: String,
     /// The response status code.
     pub status: u16,
+}
+
+/// An accepted job's labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubmittedLabels {
+    /// The job's type.
+    pub job_type: String,
+    /// The job's tenant.
+    pub tenant: String,
+}
+
+/// A refused request's labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The caller's tenant (`operator`, or `unknown` before a key was recognised).
+    pub tenant: String,
+    /// `unauthorized`, `forbidden`, `rate_limited` or `at_capacity`.
+    pub reason: &'static str,
 }
 
 /// A route's label.
@@ -60,7 +80,9 @@ pub struct OutcomeLabel {
 pub struct GatewayMetrics {
     registry: Registry,
     /// Jobs accepted.
-    pub submitted: Family<JobLabels, Counter>,
+    pub submitted: Family<SubmittedLabels, Counter>,
+    /// Requests refused by authentication or a key's limits.
+    pub refused: Family<RefusedLabels, Counter>,
     /// Jobs that became terminal here.
     pub finished: Family<OutcomeLabels, Counter>,
     /// Events by outcome.
@@ -94,6 +116,7 @@ impl Default for GatewayMetrics {
         let mut registry = Registry::with_prefix("warren");
         let metrics = Self {
             submitted: Family::default(),
+            refused: Family::default(),
             finished: Family::default(),
             events: Family::default(),
             publish_confirm: duration_histogram(),
@@ -113,6 +136,11 @@ impl Default for GatewayMetrics {
             "jobs_submitted",
             "Jobs accepted (stored and confirmed by RabbitMQ)",
             metrics.submitted.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "Requests refused by authentication (unauthorized, forbidden) or by an API key's limits (rate_limited, at_capacity), by tenant",
+            metrics.refused.clone(),
         );
         registry.register(
             "jobs_finished",
@@ -195,10 +223,20 @@ impl GatewayMetrics {
 
     /// Counts an accepted job.
     pub fn job_submitted(&self, job: &Job) {
-        let labels = JobLabels {
+        let labels = SubmittedLabels {
             job_type: job.job_type.to_string(),
+            tenant: job.tenant.clone(),
         };
         self.submitted.get_or_create(&labels).inc();
+    }
+
+    /// Counts a request refused for `reason` (the tenant, never the key).
+    pub fn refused(&self, tenant: &str, reason: &'static str) {
+        let labels = RefusedLabels {
+            tenant: tenant.to_owned(),
+            reason,
+        };
+        self.refused.get_or_create(&labels).inc();
     }
 
     /// Counts a webhook attempt: what it led to, how long it took and, once delivered, how

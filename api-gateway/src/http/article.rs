@@ -24,6 +24,7 @@ use super::{
     problem::ApiError,
 };
 use crate::{
+    auth::Caller,
     jobs::{Accepted, JobsError},
     store::{Job, RawJson},
 };
@@ -53,6 +54,7 @@ pub struct ReportRequest {
 pub async fn generate_report(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<ReportRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
@@ -68,7 +70,7 @@ pub async fn generate_report(
     let job = SubmitRequest::new(REPORT_TYPE, &json!({"period": request.period}))
         .into_job(&state.limits)?;
     let (Accepted::New(job) | Accepted::Replayed(job)) =
-        state.jobs.submit(job, None, &trace).await?;
+        state.jobs.submit(job, None, &caller, &trace).await?;
     let location = format!("/report-status/{}", job.id);
     let body = json!({"status": "processing", "jobId": job.id});
     Ok((
@@ -79,10 +81,10 @@ pub async fn generate_report(
         .into_response())
 }
 
-/// A report job, or 404 for an unknown id or a job of another type.
-async fn load_report(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
+/// A report job, or 404 for an unknown id, a job of another type or of another tenant.
+async fn load_report(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Job, ApiError> {
     let id = parse_id(raw_id)?;
-    let job = load(state, id).await?;
+    let job = load(state, caller, id).await?;
     if job.job_type.as_str() == REPORT_TYPE {
         Ok(job)
     } else {
@@ -97,10 +99,11 @@ async fn load_report(state: &AppState, raw_id: &str) -> Result<Job, ApiError> {
     responses((status = 200, description = "The report's status"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown report", body = Problem, content_type = "application/problem+json")))]
 pub async fn report_status(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let job = load_report(&state, &raw_id).await?;
+    let job = load_report(&state, &caller, &raw_id).await?;
     Ok(Json(match job.status {
         JobStatus::Scheduled | JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => {
             json!({"status": "processing"})
@@ -128,6 +131,7 @@ pub async fn report_status(
     responses((status = 200, description = "The report", content_type = "text/csv"), (status = 404, description = "Unknown or failed report", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not ready yet", body = Problem, content_type = "application/problem+json")))]
 pub async fn report_csv(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let raw_id = file.strip_suffix(".csv").ok_or_else(|| {
@@ -135,7 +139,7 @@ pub async fn report_csv(
             "no report named {file:?}; reports are /reports/<jobId>.csv"
         ))
     })?;
-    let job = load_report(&state, raw_id).await?;
+    let job = load_report(&state, &caller, raw_id).await?;
     match job.status {
         JobStatus::Succeeded => {
             let result = job
@@ -165,6 +169,7 @@ pub async fn report_csv(
 pub async fn get_user(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
+    Extension(caller): Extension<Caller>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let mut request = SubmitRequest::new(USER_TYPE, &json!({"id": user_id}));
@@ -172,7 +177,7 @@ pub async fn get_user(
     request.timeout_ms = u64::try_from(state.user_timeout.as_millis()).ok();
     let job = request.into_job(&state.limits)?;
     let subscription = state.jobs.watchers().subscribe(job.id);
-    let job = match state.jobs.submit(job, None, &trace).await {
+    let job = match state.jobs.submit(job, None, &caller, &trace).await {
         Err(JobsError::UnknownJobType(_)) => {
             return Err(ApiError::Unavailable("no worker handles user lookups"));
         }
@@ -181,7 +186,7 @@ pub async fn get_user(
     };
     let job = state
         .jobs
-        .wait_until_terminal(subscription, job.id, state.user_timeout)
+        .wait_until_terminal(subscription, &caller, job.id, state.user_timeout)
         .await?;
     answer_user(&state, job, &user_id).await
 }
@@ -212,9 +217,10 @@ async fn answer_user(state: &AppState, job: Job, user_id: &str) -> Result<Json<V
     }
 }
 
-/// Cancels a lookup nobody waits for any more, so a worker that turns up later skips it.
+/// Cancels a lookup nobody waits for any more, so a worker that turns up later skips it (the
+/// gateway does this itself, as the operator, whatever the caller's rights).
 async fn give_up(state: &AppState, id: JobId) {
-    if let Err(error) = state.jobs.cancel(id).await {
+    if let Err(error) = state.jobs.cancel(&Caller::operator(), id).await {
         tracing::warn!(%error, job_id = %id, "cannot cancel an unanswered user lookup");
     }
 }

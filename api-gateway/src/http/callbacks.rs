@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Extension, Path, State},
 };
 use serde::Serialize;
 
@@ -13,7 +13,10 @@ use super::{
     openapi::Problem,
     problem::ApiError,
 };
-use crate::webhooks::{Delivery, guard};
+use crate::{
+    auth::Caller,
+    webhooks::{Delivery, guard},
+};
 
 /// What the gateway allows as a `callback_url`.
 #[derive(Debug, Clone, Copy)]
@@ -62,10 +65,11 @@ pub struct Deliveries {
     responses((status = 200, body = Deliveries), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn deliveries(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Deliveries>, ApiError> {
     let id = parse_id(&id)?;
-    load(&state, id).await?;
+    load(&state, &caller, id).await?;
     let deliveries = state.jobs.store().deliveries(id).await?;
     Ok(Json(Deliveries { deliveries }))
 }

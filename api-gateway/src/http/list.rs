@@ -6,13 +6,16 @@
 
 use axum::{
     Json,
-    extract::{Query, State, rejection::QueryRejection},
+    extract::{Extension, Query, State, rejection::QueryRejection},
 };
 use serde::{Deserialize, Serialize};
 use warren_shared::{JobId, JobStatus, JobType};
 
 use super::{AppState, openapi::Problem, problem::ApiError};
-use crate::store::{Job, ListQuery};
+use crate::{
+    auth::Caller,
+    store::{Job, ListQuery},
+};
 
 /// Jobs per page when the client does not say.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -39,7 +42,7 @@ pub struct ListParams {
 }
 
 impl ListParams {
-    fn into_query(self) -> Result<ListQuery, ApiError> {
+    fn into_query(self, caller: &Caller) -> Result<ListQuery, ApiError> {
         let bad = |message: String| ApiError::BadParameter(message);
         let status = self
             .status
@@ -71,6 +74,7 @@ impl ListParams {
             })
             .transpose()?;
         Ok(ListQuery {
+            tenant: caller.tenant().map(str::to_owned),
             status,
             job_type,
             limit,
@@ -81,7 +85,7 @@ impl ListParams {
 
 /// `GET /v1/jobs`.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
-    description = "Jobs newest first, one page at a time; pass `next_cursor` back as `cursor` until it is null.",
+    description = "The caller's tenant's jobs (every tenant's for the operator) newest first, one page at a time; pass `next_cursor` back as `cursor` until it is null.",
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs with this status"),
         ("type" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9._-]{0,99}$", description = "Only jobs of this type"),
@@ -91,10 +95,11 @@ impl ListParams {
     responses((status = 200, body = JobPage), (status = 400, description = "A bad parameter", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadParameter(e.body_text()))?;
-    let query = params.into_query()?;
+    let query = params.into_query(&caller)?;
     let jobs = state.jobs.store().list(&query).await.map_err(|error| {
         tracing::error!(%error, "cannot list jobs");
         ApiError::Unavailable("the job store is unavailable")

@@ -4,9 +4,11 @@
 //! driven in tests with `tower::ServiceExt::oneshot`.
 
 pub mod article;
+pub mod auth;
 pub mod callbacks;
 pub mod health;
 pub mod jobs;
+pub mod keys;
 pub mod list;
 pub mod openapi;
 pub mod prefer;
@@ -35,6 +37,7 @@ use warren_shared::{
 };
 
 use crate::{
+    auth::Authenticator,
     jobs::JobService,
     metrics::{GatewayMetrics, HttpLabels, RouteLabels},
     publisher::Publisher,
@@ -66,6 +69,8 @@ pub struct AppState {
     pub user_timeout: Duration,
     /// What a `callback_url` may be.
     pub callbacks: CallbackPolicy,
+    /// Who may call which route (API keys, tenants, rate limits).
+    pub auth: Arc<Authenticator>,
 }
 
 /// The gateway's routes over `state`, with a body limit of `max_body_bytes`. Each handler is
@@ -78,6 +83,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(jobs::retry))
         .routes(routes!(stream::events))
         .routes(routes!(callbacks::deliveries))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
         .routes(routes!(schedules::create, schedules::list))
         .routes(routes!(
             schedules::get,
@@ -105,6 +112,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             require_object_body(request, next, max_body_bytes)
         }))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .layer(
             TraceLayer::new_for_http()
@@ -201,7 +212,8 @@ fn route_of<B>(request: &axum::http::Request<B>) -> String {
         .to_owned()
 }
 
-/// One span per request (tower-http's `TraceLayer`) with method, route and `trace_id`.
+/// One span per request (tower-http's `TraceLayer`) with method, route and `trace_id`, and
+/// the caller's tenant once authenticated.
 fn request_span<B>(request: &axum::http::Request<B>) -> Span {
     let trace_id = request
         .extensions()
@@ -209,7 +221,7 @@ fn request_span<B>(request: &axum::http::Request<B>) -> Span {
         .map(|trace| trace.trace_id().to_string())
         .unwrap_or_default();
     let route = route_of(request);
-    tracing::info_span!("http", method = %request.method(), route = %route, trace_id = %trace_id)
+    tracing::info_span!("http", method = %request.method(), route = %route, trace_id = %trace_id, tenant = tracing::field::Empty)
 }
 
 /// One log line per finished request, in its span.

@@ -23,6 +23,8 @@ use super::{AppState, jobs::SubmitLimits};
     tags(
         (name = "jobs", description = "Submitting and following jobs"),
         (name = "article", description = "The article's example routes"),
+        (name = "schedules", description = "Recurring jobs"),
+        (name = "keys", description = "API keys for tenants (the admin right)"),
         (name = "operations", description = "Probes, metrics and this description"),
     ),
     components(schemas(Problem))
@@ -57,10 +59,12 @@ pub async fn spec(State(state): State<AppState>) -> impl IntoResponse {
 /// - the webhook a job's `callback_url` receives, as the `callbacks` of `POST /v1/jobs`;
 /// - that `run_at` and `delay_ms` exclude each other;
 /// - this gateway's own limits (`WARREN_MAX_TIMEOUT_MS`, `WARREN_MAX_DELAY`) as maxima;
-/// - the time zones a schedule takes, as an enum of the IANA names the server knows.
+/// - the time zones a schedule takes, as an enum of the IANA names the server knows;
+/// - the bearer scheme, and which operations need it (with their `401`, `403` and `429`).
 #[must_use]
 pub fn render(api: &utoipa::openapi::OpenApi, limits: &SubmitLimits) -> Option<String> {
     let mut document = serde_json::to_value(api).ok()?;
+    declare_security(&mut document)?;
     let submit = document.pointer_mut("/paths/~1v1~1jobs/post")?;
     submit["callbacks"] = job_finished_callback();
     let max_delay_ms = u64::try_from(limits.max_delay.as_millis()).unwrap_or(u64::MAX);
@@ -82,6 +86,39 @@ pub fn render(api: &utoipa::openapi::OpenApi, limits: &SubmitLimits) -> Option<S
         properties["timeout_ms"]["maximum"] = limits.max_timeout_ms.into();
     }
     serde_json::to_string_pretty(&document).ok()
+}
+
+/// The bearer scheme, and on each operation whether it needs a key (as
+/// [`super::auth::required_right`] decides) and the answers a key can lead to.
+fn declare_security(document: &mut serde_json::Value) -> Option<()> {
+    document["components"]["securitySchemes"] = serde_json::json!({"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key: WARREN_ADMIN_KEY (the operator), or one made with POST /v1/keys. Needed only when the gateway has WARREN_ADMIN_KEY set."}});
+    let problem = |description: &str| {
+        serde_json::json!({"description": description, "content": {"application/problem+json":
+            {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+    };
+    for (path, item) in document.get_mut("paths")?.as_object_mut()? {
+        for (method, operation) in item.as_object_mut()? {
+            let method = axum::http::Method::from_bytes(method.to_uppercase().as_bytes()).ok()?;
+            let Some(right) = super::auth::required_right(&method, path) else {
+                operation["security"] = serde_json::json!([]);
+                continue;
+            };
+            operation["security"] = serde_json::json!([{"bearer": []}]);
+            let responses = operation.get_mut("responses")?.as_object_mut()?;
+            responses.insert(
+                "401".into(),
+                problem("No API key, or an unknown or revoked one"),
+            );
+            responses.insert(
+                "403".into(),
+                problem(&format!("The API key lacks the `{}` right", right.as_str())),
+            );
+            responses.insert("429".into(), problem("The API key is past its rate limit (see `Retry-After`, `RateLimit-Policy` and `RateLimit`) or its cap on jobs in flight"));
+        }
+    }
+    Some(())
 }
 
 /// The webhook Warren POSTs to `callback_url` when the job finishes.

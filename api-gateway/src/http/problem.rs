@@ -87,6 +87,20 @@ pub enum ApiError {
         /// The methods it takes.
         allowed: String,
     },
+    /// No API key, or one that is unknown or revoked (`WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The API key lacks the right this route needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The API key is past its rate limit or its cap on jobs in flight.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// Which limit, and what to do.
+        detail: String,
+        /// Seconds until a retry may succeed.
+        retry_after_secs: u64,
+    },
     /// A bug on our side (the cause is logged); retrying will not help.
     #[error("the gateway failed to handle this request; the cause is in its log")]
     Internal,
@@ -112,6 +126,9 @@ impl ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -135,6 +152,9 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Internal => "internal",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::TooManyRequests { .. } => "too-many-requests",
         }
     }
 }
@@ -160,8 +180,19 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        match &self {
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }
@@ -238,6 +269,10 @@ impl From<JobsError> for ApiError {
                 Self::Conflict(error.to_string())
             }
             JobsError::KeyReused => Self::IdempotencyMismatch,
+            error @ JobsError::AtCapacity(_) => Self::TooManyRequests {
+                detail: error.to_string(),
+                retry_after_secs: 1,
+            },
             JobsError::UnknownJobType(job_type) => Self::UnknownJobType(job_type),
             JobsError::NotConfirmed(_) => Self::Unavailable("RabbitMQ did not confirm the job"),
             JobsError::Store(error) => error.into(),

@@ -1,11 +1,12 @@
 //! `/v1/schedules`: recurring jobs. `POST` makes one, `GET` lists them or shows one (with
 //! `next_run_at`, `last_run_at`, `last_job_id` and the misfires), `PATCH` pauses, resumes or
 //! changes one, `DELETE` removes it. Every field is checked as a submit would check it, so a
-//! schedule never fires a job that a submit would have refused.
+//! schedule never fires a job that a submit would have refused. A schedule belongs to the
+//! tenant of the key that made it, as do the jobs it makes.
 
 use axum::{
     Json,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{Extension, Path, State, rejection::JsonRejection},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -17,6 +18,7 @@ use warren_shared::JobType;
 
 use super::{AppState, jobs::SubmitRequest, openapi::Problem, problem::ApiError};
 use crate::{
+    auth::Caller,
     schedules::{Cadence, Schedule},
     store::RawJson,
 };
@@ -128,6 +130,17 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no schedule has id {id}"))
 }
 
+/// Schedule `id`, if `caller` sees it (another tenant's schedule does not exist for it).
+async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<Schedule, ApiError> {
+    state
+        .jobs
+        .store()
+        .get_schedule(id)
+        .await?
+        .filter(|schedule| caller.sees(&schedule.tenant))
+        .ok_or_else(|| not_found(id))
+}
+
 /// `POST /v1/schedules`.
 #[utoipa::path(post, path = "/v1/schedules", tag = "schedules",
     description = "Makes a recurring schedule: each due time of `cron` (read in `timezone`) makes a normal job.",
@@ -140,6 +153,7 @@ fn not_found(id: Uuid) -> ApiError {
         (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<NewSchedule>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(new) = body?;
@@ -150,6 +164,7 @@ pub async fn create(
     })?;
     let mut schedule = Schedule {
         id: Uuid::now_v7(),
+        tenant: caller.tenant_of_new_jobs().to_owned(),
         cron: new.cron,
         timezone: new.timezone.unwrap_or_else(|| "UTC".to_owned()),
         job_type,
@@ -189,8 +204,12 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
     description = "Every schedule, oldest first.",
     responses((status = 200, body = ScheduleList), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
-    let schedules = state.jobs.store().list_schedules().await?;
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<ScheduleList>, ApiError> {
+    let mut schedules = state.jobs.store().list_schedules().await?;
+    schedules.retain(|schedule| caller.sees(&schedule.tenant));
     Ok(Json(ScheduleList { schedules }))
 }
 
@@ -201,11 +220,11 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<ScheduleList>, A
     responses((status = 200, body = Schedule), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<Schedule>, ApiError> {
     let id = parse_schedule_id(&raw_id)?;
-    let schedule = state.jobs.store().get_schedule(id).await?;
-    schedule.map(Json).ok_or_else(|| not_found(id))
+    load(&state, &caller, id).await.map(Json)
 }
 
 /// `PATCH /v1/schedules/{id}`.
@@ -216,17 +235,13 @@ pub async fn get(
     responses((status = 200, body = Schedule), (status = 400, description = "Malformed id or JSON", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn update(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     body: Result<Json<ScheduleChange>, JsonRejection>,
 ) -> Result<Json<Schedule>, ApiError> {
     let id = parse_schedule_id(&raw_id)?;
     let Json(change) = body?;
-    let current = state
-        .jobs
-        .store()
-        .get_schedule(id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+    let current = load(&state, &caller, id).await?;
     let mut changed = current;
     if let Some(cron) = change.cron {
         changed.cron = cron;
@@ -273,9 +288,11 @@ pub async fn update(
     responses((status = 204, description = "Removed"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_schedule_id(&raw_id)?;
+    load(&state, &caller, id).await?;
     if state.jobs.store().delete_schedule(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

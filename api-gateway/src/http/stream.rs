@@ -10,7 +10,7 @@
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    extract::{Path, State},
+    extract::{Extension, Path, State},
     http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
@@ -26,6 +26,7 @@ use super::{
     problem::ApiError,
 };
 use crate::{
+    auth::Caller,
     store::Job,
     watch::{Snapshot, Subscription},
 };
@@ -39,6 +40,7 @@ const RESYNC: Duration = Duration::from_secs(15);
 /// The stream's progress between two events.
 struct Cursor {
     state: AppState,
+    caller: Caller,
     subscription: Subscription,
     /// The version of the last change sent (or seen by the client before reconnecting).
     last_sent: Option<u64>,
@@ -55,6 +57,7 @@ struct Cursor {
         (status = 400, description = "Malformed id or Last-Event-ID", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json")))]
 pub async fn events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -75,12 +78,13 @@ pub async fn events(
         ),
     };
     let subscription = state.jobs.watchers().subscribe(id);
-    let job = load(&state, id).await?;
+    let job = load(&state, &caller, id).await?;
     if job.status.is_terminal() && last_seen.is_some_and(|seen| seen >= job.version) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let cursor = Cursor {
         state,
+        caller,
         subscription,
         last_sent: last_seen,
         pending: Some(job),
@@ -100,7 +104,9 @@ async fn next_event(cursor: Option<Cursor>) -> Option<(Result<Event, Infallible>
             None => match tokio::time::timeout(RESYNC, cursor.subscription.next()).await {
                 Ok(Snapshot::Job(job)) => Job::clone(&job),
                 Ok(Snapshot::Lagged) | Err(_) => {
-                    load(&cursor.state, cursor.subscription.id()).await.ok()?
+                    load(&cursor.state, &cursor.caller, cursor.subscription.id())
+                        .await
+                        .ok()?
                 }
             },
         };

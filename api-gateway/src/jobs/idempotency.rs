@@ -29,6 +29,20 @@ pub fn claim(key: &str, canonical_request: &str) -> Result<KeyClaim, BadKey> {
     })
 }
 
+/// The claim as the store keeps it: the same key sent by two tenants names two jobs. The
+/// `default` tenant's keys are stored as sent (as they were before tenants existed); another
+/// tenant's are prefixed with its name and a space, which no key or tenant name contains.
+#[must_use]
+pub fn scoped(claim: KeyClaim, tenant: &str) -> KeyClaim {
+    if tenant == crate::auth::keys::DEFAULT_TENANT {
+        return claim;
+    }
+    KeyClaim {
+        key: format!("{tenant} {}", claim.key),
+        ..claim
+    }
+}
+
 /// SHA-256 in lowercase hex (stored, so it must not change between releases).
 fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
@@ -53,6 +67,14 @@ mod tests {
             a.request_hash,
             claim("k", r#"{"type":"echo "}"#).unwrap().request_hash
         );
+    }
+
+    #[test]
+    fn keys_are_scoped_to_their_tenant() {
+        let sent = claim("order-42", "{}").unwrap();
+        assert_eq!(scoped(sent.clone(), "default"), sent);
+        assert_eq!(scoped(sent.clone(), "acme").key, "acme order-42");
+        assert_ne!(scoped(sent.clone(), "acme"), scoped(sent, "globex"));
     }
 
     #[test]

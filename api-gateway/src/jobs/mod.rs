@@ -10,6 +10,8 @@
 //! - **Later**: a job with `run_at`/`delay_ms` is stored `scheduled` and not published; the
 //!   [`scheduler`] in every gateway releases it when due.
 //! - **Cancel**, **re-drive** and **waiting** ([`JobService::wait_until_terminal`]).
+//! - **Tenancy**: every method takes the [`Caller`]; a job of a tenant the caller does not
+//!   see is [`JobsError::NotFound`], and idempotency keys are scoped to the tenant.
 //! - Waiters are woken by whoever changes a job in this process, and by the store's change
 //!   feed ([`wake`]) for changes made by other gateways.
 
@@ -27,6 +29,7 @@ use warren_shared::{
 };
 
 use crate::{
+    auth::Caller,
     fault,
     metrics::GatewayMetrics,
     publisher::Publisher,
@@ -56,6 +59,12 @@ pub enum JobsError {
         /// Its status.
         status: JobStatus,
     },
+    /// The submitting API key already has its cap of jobs in flight.
+    #[error(
+        "this API key already has {0} jobs in flight (scheduled, queued, running or retrying), \
+         its cap; submit again when one has finished"
+    )]
+    AtCapacity(u32),
     /// The `Idempotency-Key` was used with another request.
     #[error("this Idempotency-Key was used with a different request body")]
     KeyReused,
@@ -123,23 +132,42 @@ impl JobService {
         &self.watchers
     }
 
-    /// The job with `id`.
-    pub async fn get(&self, id: JobId) -> Result<Job, JobsError> {
-        self.store.get(id).await?.ok_or(JobsError::NotFound(id))
+    /// The job with `id`, if `caller` sees it (another tenant's job does not exist for it).
+    pub async fn get(&self, caller: &Caller, id: JobId) -> Result<Job, JobsError> {
+        self.store
+            .get(id)
+            .await?
+            .filter(|job| caller.sees(&job.tenant))
+            .ok_or(JobsError::NotFound(id))
     }
 
-    /// Accepts `job` (a new `queued` record with its outbox mark set), or finds the job an
-    /// earlier request with the same key and body made.
+    /// Accepts `job` for `caller` (a new `queued` record with its outbox mark set, in the
+    /// caller's tenant, within its key's cap on jobs in flight), or finds the job an earlier
+    /// request of the same tenant with the same key and body made.
     pub async fn submit(
         &self,
-        job: Job,
+        mut job: Job,
         key: Option<KeyClaim>,
+        caller: &Caller,
         trace: &TraceContext,
     ) -> Result<Accepted, JobsError> {
+        caller.tenant_of_new_jobs().clone_into(&mut job.tenant);
+        job.key_id = caller.key().map(|key| key.id);
+        let cap = caller.key().and_then(|key| key.max_in_flight);
+        let key = key.map(|claim| idempotency::scoped(claim, &job.tenant));
         let key_name = key.as_ref().map(|claim| claim.key.clone());
         let mut forgot_stale_key = false;
         loop {
-            match self.store.insert(job.clone(), key.clone()).await? {
+            let inserted = match cap {
+                Some(max) => {
+                    self.store
+                        .insert_capped(job.clone(), key.clone(), max)
+                        .await?
+                }
+                None => self.store.insert(job.clone(), key.clone()).await?,
+            };
+            match inserted {
+                Inserted::AtCapacity => return Err(JobsError::AtCapacity(cap.unwrap_or(0))),
                 Inserted::New if job.status == JobStatus::Scheduled => {
                     tracing::info!(job_id = %job.id, run_at = ?job.run_at, "job scheduled");
                     return Ok(Accepted::New(job));
@@ -238,7 +266,8 @@ impl JobService {
     /// Marks a job cancelled in the store (final at once, whatever happens next), then tells
     /// the workers (a queued job is skipped, a running one stopped) and wakes this gateway's
     /// waiters; other gateways hear it from the store's change feed.
-    pub async fn cancel(&self, id: JobId) -> Result<Job, JobsError> {
+    pub async fn cancel(&self, caller: &Caller, id: JobId) -> Result<Job, JobsError> {
+        self.get(caller, id).await?;
         let job = match self.store.cancel(id).await? {
             Cancelled::Now(job) => *job,
             Cancelled::AlreadyTerminal(job) => {
@@ -265,7 +294,13 @@ impl JobService {
     }
 
     /// Re-drives a `failed` job as a new attempt series and publishes it.
-    pub async fn redrive(&self, id: JobId, trace: &TraceContext) -> Result<Job, JobsError> {
+    pub async fn redrive(
+        &self,
+        caller: &Caller,
+        id: JobId,
+        trace: &TraceContext,
+    ) -> Result<Job, JobsError> {
+        self.get(caller, id).await?;
         let job = match self.store.redrive(id).await? {
             Redriven::Now(job) => *job,
             Redriven::NotFailed(job) => {
@@ -280,24 +315,26 @@ impl JobService {
         self.publish(job, None, trace).await
     }
 
-    /// Waits until job `id` is terminal or `wait` has passed, woken by `subscription` (taken
-    /// before the job could change); returns the job's latest state either way.
+    /// Waits until job `id` (which `caller` must see) is terminal or `wait` has passed, woken
+    /// by `subscription` (taken before the job could change); returns the job's latest state
+    /// either way.
     pub async fn wait_until_terminal(
         &self,
         mut subscription: Subscription,
+        caller: &Caller,
         id: JobId,
         wait: Duration,
     ) -> Result<Job, JobsError> {
         let deadline = Instant::now() + wait;
-        let mut job = self.get(id).await?;
+        let mut job = self.get(caller, id).await?;
         while !job.status.is_terminal() {
             match tokio::time::timeout_at(deadline, subscription.next()).await {
                 Ok(Snapshot::Job(snapshot)) if snapshot.version > job.version => {
                     job = Job::clone(&snapshot);
                 }
                 Ok(Snapshot::Job(_)) => {}
-                Ok(Snapshot::Lagged) => job = self.get(id).await?,
-                Err(_deadline) => return self.get(id).await,
+                Ok(Snapshot::Lagged) => job = self.get(caller, id).await?,
+                Err(_deadline) => return self.get(caller, id).await,
             }
         }
         Ok(job)

@@ -32,6 +32,7 @@ pub fn job_for(schedule: &Schedule, id: JobId, limits: &SubmitLimits) -> Option<
     match request.into_job(limits) {
         Ok(mut job) => {
             job.id = id;
+            job.tenant.clone_from(&schedule.tenant);
             Some(job)
         }
         Err(error) => {

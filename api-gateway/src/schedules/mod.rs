@@ -32,6 +32,9 @@ pub struct Schedule {
     /// The schedule's id.
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
+    /// The tenant it belongs to, and the jobs it makes.
+    #[schema(example = "default")]
+    pub tenant: String,
     /// The cron pattern.
     #[schema(example = "0 6 * * 1")]
     pub cron: String,
@@ -245,6 +248,7 @@ mod tests {
 
     fn every_minute(next_run_at: DateTime<Utc>) -> Schedule {
         Schedule {
+            tenant: "default".into(),
             id: Uuid::now_v7(),
             cron: "* * * * *".into(),
             timezone: "UTC".into(),

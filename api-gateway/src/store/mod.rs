@@ -17,6 +17,7 @@ use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobMessage, JobStatus, JobType, Progress, V1};
 
 use crate::{
+    auth::keys::ApiKey,
     schedules::{Fired, Schedule},
     webhooks::{Callback, Delivery},
 };
@@ -34,6 +35,9 @@ pub struct Job {
     /// The job's id (UUIDv7).
     #[schema(value_type = String, format = Uuid)]
     pub id: JobId,
+    /// The tenant it belongs to: the submitting key's (`default` without a tenant's key).
+    #[schema(example = "default")]
+    pub tenant: String,
     /// The job's type.
     #[serde(rename = "type")]
     #[schema(value_type = String, example = "report.generate")]
@@ -68,6 +72,10 @@ pub struct Job {
     /// `callback_url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback: Option<Box<Callback>>,
+    /// The API key that submitted it, whose cap on jobs in flight counts it (not part of the
+    /// resource).
+    #[serde(skip)]
+    pub key_id: Option<Uuid>,
     /// The handler's input (kept to re-publish the job; not part of the resource).
     #[serde(skip)]
     pub payload: RawJson,
@@ -149,6 +157,8 @@ pub enum Redriven {
 /// Which jobs `GET /v1/jobs` asks for: newest first, optionally filtered, one page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListQuery {
+    /// Only this tenant's jobs (`None`: every tenant's, for the operator).
+    pub tenant: Option<String>,
     /// Only jobs with this status.
     pub status: Option<JobStatus>,
     /// Only jobs of this type.
@@ -187,6 +197,8 @@ pub enum Inserted {
     Replay(JobId),
     /// The key was used before with another request body; nothing was stored.
     KeyMismatch,
+    /// The submitting key already has its cap of jobs in flight; nothing was stored.
+    AtCapacity,
 }
 
 /// A boxed error kept as the cause of a [`StoreError`] (shared, so a batch's failure can be
@@ -240,6 +252,17 @@ pub type ChangeFeed = tokio::sync::mpsc::Receiver<Vec<JobId>>;
 pub trait JobStore: Send + Sync + 'static {
     /// Stores a new record and its idempotency key together (or finds the key's earlier job).
     async fn insert(&self, job: Job, key: Option<KeyClaim>) -> Result<Inserted, StoreError>;
+
+    /// Stores a new record as [`JobStore::insert`] does, unless the API key that submits it
+    /// (`job.key_id`) already has `max_in_flight` jobs that are not finished: then
+    /// [`Inserted::AtCapacity`]. The count and the insert are atomic across gateways. A replay
+    /// of an idempotency key is answered whatever the count.
+    async fn insert_capped(
+        &self,
+        job: Job,
+        key: Option<KeyClaim>,
+        max_in_flight: u32,
+    ) -> Result<Inserted, StoreError>;
 
     /// The record with this id, if any.
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError>;
@@ -316,6 +339,23 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// How many callbacks wait for delivery (for the metrics).
     async fn count_pending_callbacks(&self) -> Result<u64, StoreError>;
+
+    /// Stores a new API key.
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// The API key with this id (revoked or not), if any.
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Every API key (revoked ones too), oldest first.
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Revokes API key `id` at `at` (a key already revoked keeps its time); the record after,
+    /// or `None` when there is no such key.
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError>;
 
     /// Stores a new schedule.
     async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError>;

@@ -242,7 +242,10 @@ async fn metrics_expose_the_named_series_and_they_move_when_a_job_runs() {
     );
     let after = response.text().await.unwrap();
     for (series, moved_by) in [
-        (r#"warren_jobs_submitted_total{job_type="echo"}"#, 1.0),
+        (
+            r#"warren_jobs_submitted_total{job_type="echo",tenant="default"}"#,
+            1.0,
+        ),
         (
             r#"warren_jobs_finished_total{job_type="echo",status="succeeded"}"#,
             1.0,

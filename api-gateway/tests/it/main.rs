@@ -9,6 +9,7 @@
 
 mod admin;
 mod article;
+mod auth;
 mod cancel;
 mod cluster;
 mod helpers;
@@ -25,6 +26,7 @@ mod schedules;
 mod store_write;
 mod stream;
 mod sync;
+mod tenancy;
 mod trace;
 mod validation;
 mod wake;

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::helpers::spawn_app;
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 21] = [
+const ROUTES: [(&str, &str); 24] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -27,6 +27,9 @@ const ROUTES: [(&str, &str); 21] = [
     ("get", "/v1/schedules/{id}"),
     ("patch", "/v1/schedules/{id}"),
     ("delete", "/v1/schedules/{id}"),
+    ("post", "/v1/keys"),
+    ("get", "/v1/keys"),
+    ("delete", "/v1/keys/{id}"),
 ];
 
 /// Every `$ref` anywhere in `value`.
@@ -69,6 +72,27 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         "#/components/schemas/Job",
         "the callback a job's callback_url receives is described"
     );
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "the bearer scheme is declared"
+    );
+    for (method, path, protected) in [
+        ("post", "/v1/jobs", true),
+        ("get", "/report-status/{id}", true),
+        ("delete", "/v1/keys/{id}", true),
+        ("get", "/healthz", false),
+        ("get", "/openapi.json", false),
+    ] {
+        let operation = &spec["paths"][path][method];
+        assert_eq!(
+            !operation["security"].as_array().unwrap().is_empty(),
+            protected,
+            "{method} {path}: {}",
+            operation["security"]
+        );
+        assert_eq!(operation["responses"]["401"].is_object(), protected);
+        assert_eq!(operation["responses"]["429"].is_object(), protected);
+    }
     let operations: usize = spec["paths"]
         .as_object()
         .unwrap()

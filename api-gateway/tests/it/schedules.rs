@@ -203,6 +203,7 @@ fn schedule(next_run_at: chrono::DateTime<Utc>) -> Schedule {
     let now = Utc::now();
     Schedule {
         id: Uuid::now_v7(),
+        tenant: "default".into(),
         cron: "0 3 * * *".into(),
         timezone: "UTC".into(),
         job_type: "tick".parse().unwrap(),

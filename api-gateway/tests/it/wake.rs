@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::{sync::Semaphore, time::Instant};
 use uuid::Uuid;
 use warren_gateway::{
+    auth::keys::ApiKey,
     schedules::{Fired, Schedule},
     store::{
         Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, MemoryStore,
@@ -36,8 +37,32 @@ impl JobStore for SlowApply {
     async fn insert(&self, job: Job, key: Option<KeyClaim>) -> Result<Inserted, StoreError> {
         self.inner.insert(job, key).await
     }
+    async fn insert_capped(
+        &self,
+        job: Job,
+        key: Option<KeyClaim>,
+        max_in_flight: u32,
+    ) -> Result<Inserted, StoreError> {
+        self.inner.insert_capped(job, key, max_in_flight).await
+    }
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.inner.get(id).await
+    }
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.inner.insert_api_key(key).await
+    }
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        self.inner.api_key(id).await
+    }
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.inner.api_keys().await
+    }
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        self.inner.revoke_api_key(id, at).await
     }
     async fn get_many(&self, ids: &[JobId]) -> Result<Vec<Job>, StoreError> {
         self.inner.get_many(ids).await

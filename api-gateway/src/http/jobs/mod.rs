@@ -24,6 +24,7 @@ use super::{
     problem::ApiError,
 };
 use crate::{
+    auth::Caller,
     jobs::{Accepted, idempotency},
     store::{Job, KeyClaim},
 };
@@ -57,6 +58,7 @@ const MAX_WAIT_PARAM: u64 = 3600;
 pub async fn submit(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -75,7 +77,7 @@ pub async fn submit(
     let watchers = state.jobs.watchers();
     // Subscribe before publishing, so not even the fastest outcome is missed.
     let subscription = wait.map(|_| watchers.subscribe(job.id));
-    let (job, replayed) = match state.jobs.submit(job, key, &trace).await? {
+    let (job, replayed) = match state.jobs.submit(job, key, &caller, &trace).await? {
         Accepted::New(job) => (job, false),
         Accepted::Replayed(job) => (job, true),
     };
@@ -92,7 +94,7 @@ pub async fn submit(
     };
     let job = state
         .jobs
-        .wait_until_terminal(subscription, job.id, wait)
+        .wait_until_terminal(subscription, &caller, job.id, wait)
         .await?;
     if !job.status.is_terminal() {
         return Ok(with_replay_mark(accepted(job, true), replayed));
@@ -151,9 +153,10 @@ pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::MalformedId(raw.to_owned()))
 }
 
-/// Reads a job, mapping absence to 404 and store failure to what it means.
-pub async fn load(state: &AppState, id: JobId) -> Result<Job, ApiError> {
-    Ok(state.jobs.get(id).await?)
+/// Reads a job `caller` sees, mapping absence (or another tenant's job) to 404 and store
+/// failure to what it means.
+pub async fn load(state: &AppState, caller: &Caller, id: JobId) -> Result<Job, ApiError> {
+    Ok(state.jobs.get(caller, id).await?)
 }
 
 /// The query of `GET /v1/jobs/{id}`.
@@ -171,6 +174,7 @@ pub struct GetQuery {
     responses((status = 200, body = Job), (status = 400, description = "Malformed id or wait", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     query: Result<Query<GetQuery>, QueryRejection>,
 ) -> Result<Json<Job>, ApiError> {
@@ -192,13 +196,13 @@ pub async fn get(
     };
     let wait = wait.min(state.max_wait);
     if wait.is_zero() {
-        return load(&state, id).await.map(Json);
+        return load(&state, &caller, id).await.map(Json);
     }
     let subscription = state.jobs.watchers().subscribe(id);
     Ok(Json(
         state
             .jobs
-            .wait_until_terminal(subscription, id, wait)
+            .wait_until_terminal(subscription, &caller, id, wait)
             .await?,
     ))
 }
@@ -211,10 +215,14 @@ pub async fn get(
 #[tracing::instrument(name = "cancel", skip_all, fields(job_id = %raw_id))]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let id = parse_id(&raw_id)?;
-    Ok((StatusCode::ACCEPTED, Json(state.jobs.cancel(id).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.jobs.cancel(&caller, id).await?),
+    ))
 }
 
 /// `POST /v1/jobs/{id}/retry`: re-drives a `failed` job as a new attempt series; `202` with
@@ -227,8 +235,12 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceContext>,
+    Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw_id)?;
-    Ok(accepted(state.jobs.redrive(id, &trace).await?, false))
+    Ok(accepted(
+        state.jobs.redrive(&caller, id, &trace).await?,
+        false,
+    ))
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, value::RawValue};
 use warren_shared::{JobId, JobStatus, JobType};
 
 use crate::{
+    auth::keys::DEFAULT_TENANT,
     http::problem::ApiError,
     store::{Job, RawJson},
 };
@@ -166,6 +167,9 @@ impl SubmitRequest {
         }
         Ok(Job {
             id: JobId::new(),
+            // The job service sets the submitting caller's tenant and key.
+            tenant: DEFAULT_TENANT.to_owned(),
+            key_id: None,
             job_type,
             status: if run_at.is_some() {
                 JobStatus::Scheduled

@@ -12,7 +12,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use warren_shared::{JobError, JobEvent, JobId, JobStatus};
+use warren_shared::{JobError, JobEvent, JobId};
 
 use uuid::Uuid;
 
@@ -21,11 +21,16 @@ use super::{
     StoreError, transition,
 };
 use crate::{
+    auth::keys::ApiKey,
     schedules::{Fired, Schedule},
     webhooks::{Callback, Delivery},
 };
 
 mod callbacks;
+mod keys;
+mod records;
+
+use records::{Key, Marks};
 
 /// Records in a map ordered by id, i.e. by creation time (ids are UUIDv7), and idempotency
 /// keys.
@@ -49,57 +54,10 @@ struct Inner {
     callbacks_due: HashSet<JobId>,
     /// Every callback attempt, by job.
     deliveries: HashMap<JobId, Vec<Delivery>>,
-}
-
-/// Which indexes a record belongs in.
-#[derive(Debug, Clone, Copy)]
-struct Marks {
-    unconfirmed: bool,
-    scheduled: bool,
-    callback_due: bool,
-}
-
-impl Marks {
-    fn of(job: &Job) -> Self {
-        Self {
-            unconfirmed: job.unconfirmed_since.is_some(),
-            scheduled: job.status == JobStatus::Scheduled,
-            callback_due: job.callback.as_ref().is_some_and(|c| c.due_at().is_some()),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Key {
-    request_hash: String,
-    job: JobId,
-    created_at: DateTime<Utc>,
-}
-
-impl Inner {
-    /// Runs `change` on the record with `id`, if there is one, keeping the outbox index true.
-    fn with_job<T>(&mut self, id: JobId, change: impl FnOnce(&mut Job) -> T) -> Option<T> {
-        let job = self.jobs.get_mut(&id)?;
-        let outcome = change(job);
-        let marks = Marks::of(job);
-        self.index(id, marks);
-        Some(outcome)
-    }
-
-    /// Keeps the outbox, scheduled and callback indexes true for record `id`.
-    fn index(&mut self, id: JobId, marks: Marks) {
-        for (index, member) in [
-            (&mut self.unconfirmed, marks.unconfirmed),
-            (&mut self.scheduled, marks.scheduled),
-            (&mut self.callbacks_due, marks.callback_due),
-        ] {
-            if member {
-                index.insert(id);
-            } else {
-                index.remove(&id);
-            }
-        }
-    }
+    /// Ids of unfinished records by the API key that submitted them, for in-flight caps.
+    in_flight: HashMap<Uuid, HashSet<JobId>>,
+    /// API keys, oldest first (ids are UUIDv7).
+    api_keys: BTreeMap<Uuid, ApiKey>,
 }
 
 impl MemoryStore {
@@ -119,28 +77,27 @@ impl MemoryStore {
 #[async_trait]
 impl JobStore for MemoryStore {
     async fn insert(&self, job: Job, claim: Option<KeyClaim>) -> Result<Inserted, StoreError> {
+        self.inner().insert(job, claim)
+    }
+
+    async fn insert_capped(
+        &self,
+        job: Job,
+        claim: Option<KeyClaim>,
+        max_in_flight: u32,
+    ) -> Result<Inserted, StoreError> {
         let mut inner = self.inner();
-        if inner.jobs.contains_key(&job.id) {
-            return Err(StoreError::Duplicate(job.id));
+        let replay = claim
+            .as_ref()
+            .is_some_and(|c| inner.keys.contains_key(&c.key));
+        let in_flight = job
+            .key_id
+            .and_then(|key| inner.in_flight.get(&key))
+            .map_or(0, HashSet::len);
+        if !replay && in_flight >= usize::try_from(max_in_flight).unwrap_or(usize::MAX) {
+            return Ok(Inserted::AtCapacity);
         }
-        if let Some(claim) = claim {
-            if let Some(existing) = inner.keys.get(&claim.key) {
-                return Ok(if existing.request_hash == claim.request_hash {
-                    Inserted::Replay(existing.job)
-                } else {
-                    Inserted::KeyMismatch
-                });
-            }
-            let key = Key {
-                request_hash: claim.request_hash,
-                job: job.id,
-                created_at: Utc::now(),
-            };
-            inner.keys.insert(claim.key, key);
-        }
-        inner.index(job.id, Marks::of(&job));
-        inner.jobs.insert(job.id, Box::new(job));
-        Ok(Inserted::New)
+        inner.insert(job, claim)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -278,6 +235,26 @@ impl JobStore for MemoryStore {
         Ok(u64::try_from(self.inner().callbacks_due.len()).unwrap_or(u64::MAX))
     }
 
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.insert_key(key)
+    }
+
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.key(id))
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        Ok(self.all_keys())
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.revoke_key(id, at))
+    }
+
     async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
         self.inner().schedules.insert(schedule.id, schedule);
         Ok(())
@@ -370,6 +347,7 @@ impl JobStore for MemoryStore {
             .range((Bound::Unbounded, upper))
             .rev()
             .map(|(_, job)| job)
+            .filter(|job| query.tenant.as_ref().is_none_or(|t| &job.tenant == t))
             .filter(|job| query.status.is_none_or(|status| job.status == status))
             .filter(|job| query.job_type.as_ref().is_none_or(|t| &job.job_type == t))
             .take(query.limit)

@@ -18,6 +18,8 @@ mod callbacks;
 mod changes;
 mod committer;
 mod errors;
+mod keys;
+mod migrations;
 mod rows;
 mod schedules;
 mod writes;
@@ -38,22 +40,14 @@ use super::{
     Redriven, StoreError, transition,
 };
 use crate::{
+    auth::keys::ApiKey,
     schedules::{Fired, Schedule},
     webhooks::{Callback, Delivery},
 };
 use committer::{Committer, Unmarker};
+use migrations::migrate;
 use rows::from_row;
 
-/// The schema's versions, applied in order.
-const MIGRATIONS: &[(i32, &str)] = &[
-    (1, include_str!("../migrations/0001_jobs.sql")),
-    (2, include_str!("../migrations/0002_outbox.sql")),
-    (3, include_str!("../migrations/0003_scheduled.sql")),
-    (4, include_str!("../migrations/0004_schedules.sql")),
-    (5, include_str!("../migrations/0005_callbacks.sql")),
-];
-/// The advisory lock that serialises migrations ("WARREN" in ASCII).
-const MIGRATION_LOCK: i64 = 0x5741_5252_454e;
 /// How long to wait for a connection (to get one from the pool, or to open one).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -150,37 +144,6 @@ fn discard_on_error(client: deadpool_postgres::Object, error: Option<&StoreError
     if error.is_some() {
         drop(deadpool_postgres::Object::take(client));
     }
-}
-
-async fn migrate(pool: &Pool) -> Result<(), StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS warren_schema_migrations (
-            version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .await?;
-    let applied: Vec<i32> = tx
-        .query("SELECT version FROM warren_schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    for (version, sql) in MIGRATIONS {
-        if !applied.contains(version) {
-            tx.batch_execute(sql).await?;
-            tx.execute(
-                "INSERT INTO warren_schema_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await?;
-            tracing::info!(version, "database migration applied");
-        }
-    }
-    tx.commit().await?;
-    Ok(())
 }
 
 fn saturating_i64<T: TryInto<i64>>(value: T) -> i64 {
@@ -300,6 +263,35 @@ impl JobStore for PostgresStore {
         callbacks::count_pending(&self.pool).await
     }
 
+    async fn insert_capped(
+        &self,
+        job: Job,
+        claim: Option<KeyClaim>,
+        max_in_flight: u32,
+    ) -> Result<Inserted, StoreError> {
+        keys::insert_capped(&self.pool, &job, claim.as_ref(), max_in_flight).await
+    }
+
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        keys::insert(&self.pool, key).await
+    }
+
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        keys::get(&self.pool, id).await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        keys::list(&self.pool).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        keys::revoke(&self.pool, id, at).await
+    }
+
     async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
         schedules::insert(&self.pool, &schedule).await
     }
@@ -355,8 +347,9 @@ impl JobStore for PostgresStore {
         let job_type = query.job_type.as_ref().map(JobType::as_str);
         let before = query.before.map(|id| id.as_uuid());
         let limit = saturating_i64(query.limit);
+        let tenant = query.tenant.as_deref();
         let rows = client
-            .query(&statement, &[&status, &job_type, &before, &limit])
+            .query(&statement, &[&status, &job_type, &before, &limit, &tenant])
             .await?;
         rows.iter().map(from_row).collect()
     }

@@ -15,7 +15,8 @@ macro_rules! columns {
     () => {
         "id, job_type, status, attempt, max_attempts, attempt_budget, progress, result, error, \
          payload, timeout_ms, callback_url, seq, version, created_at, updated_at, \
-         next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback, callback_due"
+         next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback, callback_due, \
+         tenant, key_id"
     };
 }
 
@@ -40,6 +41,7 @@ pub(super) const LIST: &str = concat!(
     columns!(),
     " FROM warren_jobs WHERE ($1::text IS NULL OR status = $1)
        AND ($2::text IS NULL OR job_type = $2) AND ($3::uuid IS NULL OR id < $3)
+       AND ($5::text IS NULL OR tenant = $5)
      ORDER BY id DESC LIMIT $4"
 );
 /// Claims unconfirmed records for the relay, skipping rows another gateway has locked.
@@ -76,12 +78,12 @@ pub(super) const INSERT: &str = concat!(
         $6::int4[], $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[],
         $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
         $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
-        $21::timestamptz[], $22::jsonb[], $23::timestamptz[])
+        $21::timestamptz[], $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
 /// Writes back every column a change can touch, for many records. Binds the same arrays as
-/// [`INSERT`] (all twenty-three), so there is one parameter list; the columns a change never
-/// touches are not written.
+/// [`INSERT`] (all twenty-five), so there is one parameter list; the columns a change never
+/// touches (type, payload, tenant, key, …) are not written.
 pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
         result = u.result, error = u.error, seq = u.seq, version = u.version,
@@ -93,11 +95,11 @@ pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[], $12::text[],
         $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
         $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
-        $22::jsonb[], $23::timestamptz[])
+        $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[])
         AS u(id, job_type, status, attempt, max_attempts, attempt_budget, progress, result,
              error, payload, timeout_ms, callback_url, seq, version, created_at, updated_at,
              next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback,
-             callback_due)
+             callback_due, tenant, key_id)
     WHERE j.id = u.id";
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
@@ -135,6 +137,8 @@ pub(super) struct Columns<'a> {
     run_at: Vec<Stamp>,
     callback: Vec<Option<Json<&'a Callback>>>,
     callback_due: Vec<Stamp>,
+    tenant: Vec<&'a str>,
+    key_id: Vec<Option<Uuid>>,
 }
 
 impl<'a> Columns<'a> {
@@ -165,6 +169,8 @@ impl<'a> Columns<'a> {
             run_at: Vec::with_capacity(n),
             callback: Vec::with_capacity(n),
             callback_due: Vec::with_capacity(n),
+            tenant: Vec::with_capacity(n),
+            key_id: Vec::with_capacity(n),
         };
         for job in jobs {
             columns.id.push(job.id.as_uuid());
@@ -194,12 +200,14 @@ impl<'a> Columns<'a> {
             columns
                 .callback_due
                 .push(job.callback.as_ref().and_then(|c| c.due_at()));
+            columns.tenant.push(job.tenant.as_str());
+            columns.key_id.push(job.key_id);
         }
         columns
     }
 
     /// The parameters of [`INSERT`] and [`UPDATE`].
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 23] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 25] {
         [
             &self.id,
             &self.job_type,
@@ -224,6 +232,8 @@ impl<'a> Columns<'a> {
             &self.run_at,
             &self.callback,
             &self.callback_due,
+            &self.tenant,
+            &self.key_id,
         ]
     }
 }
@@ -277,5 +287,7 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
         unconfirmed_since: get!("unconfirmed_since"),
         run_at: get!("run_at"),
         callback: callback.map(|Json(c)| Box::new(c)),
+        tenant: get!("tenant"),
+        key_id: get!("key_id"),
     })
 }

@@ -17,14 +17,15 @@ use crate::schedules::{Fired, Schedule};
 macro_rules! columns {
     () => {
         "id, cron, timezone, job_type, payload, max_attempts, timeout_ms, callback_url, paused, \
-         next_run_at, last_run_at, last_job_id, misfires, last_misfire_at, created_at, updated_at"
+         next_run_at, last_run_at, last_job_id, misfires, last_misfire_at, created_at, updated_at, \
+         tenant"
     };
 }
 
 const INSERT: &str = concat!(
     "INSERT INTO warren_schedules (",
     columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
 );
 const SELECT_ONE: &str = concat!(
     "SELECT ",
@@ -46,7 +47,7 @@ const LOCK_DUE: &str = concat!(
 const UPDATE: &str = "UPDATE warren_schedules SET cron = $2, timezone = $3, job_type = $4,
     payload = $5, max_attempts = $6, timeout_ms = $7, callback_url = $8, paused = $9,
     next_run_at = $10, last_run_at = $11, last_job_id = $12, misfires = $13,
-    last_misfire_at = $14, created_at = $15, updated_at = $16 WHERE id = $1";
+    last_misfire_at = $14, created_at = $15, updated_at = $16, tenant = $17 WHERE id = $1";
 
 fn from_row(row: &Row) -> Result<Schedule, StoreError> {
     let corrupt =
@@ -79,6 +80,7 @@ fn from_row(row: &Row) -> Result<Schedule, StoreError> {
         last_misfire_at: get!("last_misfire_at"),
         created_at: get!("created_at"),
         updated_at: get!("updated_at"),
+        tenant: get!("tenant"),
     })
 }
 
@@ -113,6 +115,7 @@ async fn write(
                 &schedule.last_misfire_at,
                 &schedule.created_at,
                 &schedule.updated_at,
+                &schedule.tenant,
             ],
         )
         .await?)

@@ -9,6 +9,8 @@ use super::*;
 fn queued_job() -> Job {
     let now = Utc::now();
     Job {
+        tenant: "default".into(),
+        key_id: None,
         id: JobId::new(),
         job_type: JobType::parse("echo").unwrap(),
         status: JobStatus::Queued,

@@ -1,0 +1,125 @@
+//! `/v1/keys`: API keys (the `admin` right). `POST` makes one and shows its secret once,
+//! `GET` lists them without secrets, `DELETE /v1/keys/{id}` revokes one. The operator
+//! (`WARREN_ADMIN_KEY`) manages every tenant's keys; a tenant's key with the `admin` right
+//! manages its own tenant's.
+
+use axum::{
+    Json,
+    extract::{Extension, Path, State, rejection::JsonRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{AppState, openapi::Problem, problem::ApiError};
+use crate::auth::{
+    Caller,
+    keys::{ApiKey, NewKey},
+};
+
+/// A new key: its record and, this once, its secret.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    /// The key's record.
+    #[serde(flatten)]
+    pub record: ApiKey,
+    /// The secret to send as `Authorization: Bearer <key>`. Shown only now: Warren keeps
+    /// only its SHA-256.
+    #[schema(example = "wrn_0193a3f07c1a7b0e8f000123456789ab_q9J3...")]
+    pub key: String,
+}
+
+/// Every key the caller manages.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    /// Oldest first, revoked ones too (with `revoked_at`).
+    pub keys: Vec<ApiKey>,
+}
+
+/// `POST /v1/keys`.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys",
+    description = "Makes an API key for a tenant. The answer is the only time its secret (`key`) is shown.",
+    request_body = NewKey,
+    responses((status = 201, description = "Made; `key` is the secret", body = CreatedKey),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(new) = body?;
+    if !caller.sees(&new.tenant) {
+        return Err(ApiError::Forbidden(format!(
+            "this key manages the keys of tenant {:?} only",
+            caller.label()
+        )));
+    }
+    let (record, secret) = new
+        .issue(Utc::now())
+        .map_err(|bad| ApiError::InvalidField {
+            field: bad.field,
+            message: bad.message,
+        })?;
+    state.jobs.store().insert_api_key(&record).await?;
+    tracing::info!(key_id = %record.id, tenant = %record.tenant, rights = ?record.rights, "API key made");
+    let location = format!("/v1/keys/{}", record.id);
+    let created = CreatedKey {
+        record,
+        key: secret,
+    };
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(created),
+    )
+        .into_response())
+}
+
+/// `GET /v1/keys`.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    description = "The keys the caller manages (every tenant's for the operator), without secrets.",
+    responses((status = 200, body = KeyList), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<KeyList>, ApiError> {
+    let mut keys = state.jobs.store().api_keys().await?;
+    keys.retain(|key| caller.sees(&key.tenant));
+    Ok(Json(KeyList { keys }))
+}
+
+/// `DELETE /v1/keys/{id}`.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
+    description = "Revokes a key: this gateway refuses it at once, every other gateway within half a second.",
+    params(("id" = String, Path, format = Uuid, description = "The key id")),
+    responses((status = 204, description = "Revoked"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = |id| ApiError::NotFound(format!("no API key has id {id}"));
+    let id: Uuid = raw_id.parse().map_err(|_| {
+        ApiError::BadParameter(format!("{raw_id:?} is not a key id: ids are UUIDs"))
+    })?;
+    let store = state.jobs.store();
+    let key = store
+        .api_key(id)
+        .await?
+        .filter(|key| caller.sees(&key.tenant));
+    if key.is_none() {
+        return Err(not_found(id));
+    }
+    store
+        .revoke_api_key(id, Utc::now())
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    state.auth.forget(id);
+    tracing::info!(key_id = %id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
