@@ -61,6 +61,21 @@ pub(crate) async fn submit(
     Ok((status, body["id"].as_str().map(str::to_owned)))
 }
 
+/// Waits (up to 30 s) until a sync submit succeeds on every gateway: they are up and a
+/// worker consumes.
+pub(crate) async fn wait_until_up(client: &reqwest::Client, bases: &[String]) -> Result<(), Error> {
+    let started = Instant::now();
+    for base in bases {
+        while submit(client, base, 0, true).await.map_or(0, |r| r.0) != 200 {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err("the gateways and worker did not come up within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `work(i)` for every `i < count` on `concurrency` tasks.
 pub(crate) async fn fan_out<F, Fut, T>(
     count: usize,

@@ -8,7 +8,9 @@
 //! clients spread over the gateways (completion by the gateways' counters, and as a client
 //! sees it: a long poll of every job, from another gateway than the one that took it), the
 //! long-poll phase after the burst, the submit-only rate, sync latency (`--sync-samples`
-//! sequential `Prefer: wait` submits), and peak RSS. Then the raw floor on the same broker:
+//! sequential `Prefer: wait` submits), and peak RSS; then, on a stack of its own with keys on,
+//! sync latency again with a tenant's API key (`sync_with_key_ms`, the cost of
+//! authentication; one-gateway scenarios only). Then the raw floor on the same broker:
 //! publisher with confirms → consumer that publishes a persistent result with confirm, then
 //! acks → collector. It prints everything with ratios and writes JSON (`--json`).
 //!
@@ -18,12 +20,13 @@
 
 #![allow(clippy::print_stdout, missing_docs)]
 
+mod auth;
 mod floor;
 mod load;
 mod stack;
 mod webhooks;
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
@@ -103,11 +106,21 @@ async fn scenario(args: &Args, store: Store, gateways: usize) -> Result<Value, E
         worker_concurrency: args.worker_concurrency,
         amqp_url: &args.amqp_url,
         database_url: &args.database_url,
+        admin_key: None,
     };
     let stack = Stack::start(&spec).await?;
     let measured = measure(args, &stack).await;
     stack.stop().await?;
-    measured
+    let mut figures = measured?;
+    if gateways == 1 && args.sync_samples > 0 {
+        println!(
+            "sync latency with an API key: {} sequential submits, keys on...",
+            args.sync_samples
+        );
+        let keyed = auth::sync_latency_with_key(&spec, args.sync_samples).await?;
+        figures["sync_with_key_ms"] = json!({"p50": percentile(&keyed, 50.0), "p90": percentile(&keyed, 90.0), "p99": percentile(&keyed, 99.0)});
+    }
+    Ok(figures)
 }
 
 async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
@@ -117,19 +130,7 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
-    let started = std::time::Instant::now();
-    for base in &stack.bases {
-        while load::submit(&client, base, 0, true)
-            .await
-            .map_or(0, |r| r.0)
-            != 200
-        {
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err("the gateways and worker did not come up within 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    load::wait_until_up(&client, &stack.bases).await?;
     println!("warming up...");
     load::throughput(
         &client,
@@ -244,7 +245,7 @@ fn print_report(results: &Value) {
         print!(" {:>20}", s["scenario"].as_str().unwrap_or("?"));
     }
     println!(" {:>12}", "raw floor");
-    let rows: [(&str, &str, Option<&Value>); 13] = [
+    let rows: [(&str, &str, Option<&Value>); 14] = [
         (
             "throughput, counter (jobs/s)",
             "/throughput_jobs_per_s",
@@ -272,6 +273,7 @@ fn print_report(results: &Value) {
             "/sync_ms/p99",
             Some(&floor["round_trip_ms"]["p99"]),
         ),
+        ("sync p50, API key (ms)", "/sync_with_key_ms/p50", None),
         ("gateway peak RSS (MiB)", "/gateway_peak_rss_mib", None),
         ("worker peak RSS (MiB)", "/worker_peak_rss_mib", None),
         (
@@ -310,5 +312,12 @@ fn print_report(results: &Value) {
             num(&f["sync_ms"]["p50"]) / num(&first["figures"]["sync_ms"]["p50"]),
             num(&f["sync_ms"]["p50"]) / num(&floor["round_trip_ms"]["p50"]),
         );
+        if f["sync_with_key_ms"].is_object() {
+            println!(
+                "  {:<22} sync p50 with an API key {:.2} x without",
+                "",
+                num(&f["sync_with_key_ms"]["p50"]) / num(&f["sync_ms"]["p50"]),
+            );
+        }
     }
 }

@@ -38,6 +38,7 @@ pub(crate) struct Stack {
 }
 
 /// How to start a stack.
+#[derive(Clone, Copy)]
 pub(crate) struct StackSpec<'a> {
     pub(crate) store: Store,
     pub(crate) gateways: usize,
@@ -45,6 +46,8 @@ pub(crate) struct StackSpec<'a> {
     pub(crate) worker_concurrency: u16,
     pub(crate) amqp_url: &'a str,
     pub(crate) database_url: &'a str,
+    /// `WARREN_ADMIN_KEY` for the gateways (keys on), or none (open).
+    pub(crate) admin_key: Option<&'a str>,
 }
 
 fn binary(name: &str) -> Result<PathBuf, Error> {
@@ -134,6 +137,9 @@ impl Stack {
             env.push(("WARREN_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()));
             if let Some(url) = &database {
                 env.push(("WARREN_DATABASE_URL", url.clone()));
+            }
+            if let Some(key) = spec.admin_key {
+                env.push(("WARREN_ADMIN_KEY", key.to_owned()));
             }
             stack.gateways.push(spawn(&binary("api-gateway")?, &env)?);
             stack.bases.push(format!("http://127.0.0.1:{port}"));
