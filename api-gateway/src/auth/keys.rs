@@ -127,13 +127,14 @@ pub struct NewKey {
     #[serde(default)]
     #[schema(exclusive_minimum = 0, maximum = 1_000_000)]
     pub rate_per_sec: Option<f64>,
-    /// Requests at once above the rate (needs `rate_per_sec`); one second's worth unless given.
+    /// Requests at once above the rate (needs `rate_per_sec`), 1 to 1,000,000; one second's
+    /// worth unless given.
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub burst: Option<u32>,
-    /// Jobs in flight at once.
+    /// Jobs in flight at once, 1 to 1,000,000,000.
     #[serde(default)]
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub max_in_flight: Option<u32>,
 }
 
@@ -182,12 +183,14 @@ impl NewKey {
             ));
         }
         match (self.burst, self.rate_per_sec) {
-            (Some(0), _) => return Err(bad("burst", "must be at least 1")),
+            (Some(0 | 1_000_001..), _) => {
+                return Err(bad("burst", "must be from 1 to 1000000"));
+            }
             (Some(_), None) => return Err(bad("burst", "needs rate_per_sec")),
             _ => {}
         }
-        if self.max_in_flight == Some(0) {
-            return Err(bad("max_in_flight", "must be at least 1"));
+        if matches!(self.max_in_flight, Some(0 | 1_000_000_001..)) {
+            return Err(bad("max_in_flight", "must be from 1 to 1000000000"));
         }
         let id = Uuid::now_v7();
         let secret = new_secret(id).map_err(|e| BadKeyRequest {
