@@ -19,6 +19,15 @@ use warren_shared::{
     trace::TRACEPARENT,
 };
 
+/// What a passive declare says of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready for delivery (not those delivered and unacked).
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
 /// Publishes jobs to `<ns>.jobs` with confirms.
 #[derive(Debug)]
 pub struct Publisher {
@@ -117,6 +126,45 @@ impl Publisher {
         tokio::time::timeout(self.timeout, publish)
             .await
             .map_err(|_| PublishError::Timeout(self.timeout))?
+    }
+
+    /// Messages ready and consumers of each queue in `names` that exists (a passive declare
+    /// each, on a channel of its own: a missing queue closes its channel).
+    pub async fn probe_queues(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, QueueState)>, BrokerError> {
+        let connection = amqp::connection(&self.pool).await?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let mut found = Vec::with_capacity(names.len());
+        for name in names {
+            let channel = connection.create_channel().await?;
+            let declared = channel
+                .queue_declare(
+                    name.as_str().into(),
+                    passive,
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            if let Ok(queue) = declared {
+                let state = QueueState {
+                    messages: queue.message_count(),
+                    consumers: queue.consumer_count(),
+                };
+                found.push((name.clone(), state));
+                let _closed = channel.close(200, "probed".into()).await;
+            }
+        }
+        Ok(found)
+    }
+
+    /// The names it publishes under.
+    #[must_use]
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// The RabbitMQ node (`host:port`) of the latest connection, if any.

@@ -13,6 +13,7 @@ pub mod list;
 pub mod openapi;
 pub mod prefer;
 pub mod problem;
+pub mod queues;
 pub mod schedules;
 pub mod stream;
 
@@ -85,6 +86,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(callbacks::deliveries))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
+        .routes(routes!(queues::overview))
         .routes(routes!(schedules::create, schedules::list))
         .routes(routes!(
             schedules::get,

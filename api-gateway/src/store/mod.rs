@@ -170,6 +170,17 @@ pub struct ListQuery {
     pub before: Option<JobId>,
 }
 
+/// How many jobs of one type have one status (for `GET /v1/queues`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeCount {
+    /// The job type.
+    pub job_type: JobType,
+    /// The status.
+    pub status: JobStatus,
+    /// How many jobs.
+    pub count: u64,
+}
+
 /// What firing due schedules did.
 #[derive(Debug, Default)]
 pub struct FireRound {
@@ -395,6 +406,14 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// One page of jobs, newest first.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
+
+    /// Jobs by type and status, of `tenant` only (every tenant's for `None`): every unfinished
+    /// one, and those that finished since `finished_since`.
+    async fn count_by_type(
+        &self,
+        tenant: Option<&str>,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<TypeCount>, StoreError>;
 
     /// Forgets an idempotency key (its job was purged while the key lived on).
     async fn forget_key(&self, key: &str) -> Result<(), StoreError>;

@@ -21,6 +21,7 @@ mod outage;
 mod outbox;
 mod postgres;
 mod proxy;
+mod queues;
 mod retry;
 mod schedules;
 mod store_write;

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::helpers::spawn_app;
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 24] = [
+const ROUTES: [(&str, &str); 25] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -30,6 +30,7 @@ const ROUTES: [(&str, &str); 24] = [
     ("post", "/v1/keys"),
     ("get", "/v1/keys"),
     ("delete", "/v1/keys/{id}"),
+    ("get", "/v1/queues"),
 ];
 
 /// Every `$ref` anywhere in `value`.

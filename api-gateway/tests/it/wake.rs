@@ -14,7 +14,7 @@ use warren_gateway::{
     schedules::{Fired, Schedule},
     store::{
         Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, MemoryStore,
-        Redriven, StoreError,
+        Redriven, StoreError, TypeCount,
     },
     webhooks::{Callback, Delivery},
 };
@@ -47,6 +47,13 @@ impl JobStore for SlowApply {
     }
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.inner.get(id).await
+    }
+    async fn count_by_type(
+        &self,
+        tenant: Option<&str>,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<TypeCount>, StoreError> {
+        self.inner.count_by_type(tenant, finished_since).await
     }
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         self.inner.insert_api_key(key).await

@@ -12,13 +12,13 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use warren_shared::{JobError, JobEvent, JobId};
+use warren_shared::{JobError, JobEvent, JobId, JobStatus, JobType};
 
 use uuid::Uuid;
 
 use super::{
     Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, Redriven,
-    StoreError, transition,
+    StoreError, TypeCount, transition,
 };
 use crate::{
     auth::keys::ApiKey,
@@ -352,6 +352,33 @@ impl JobStore for MemoryStore {
             .filter(|job| query.job_type.as_ref().is_none_or(|t| &job.job_type == t))
             .take(query.limit)
             .map(|job| Job::clone(job))
+            .collect())
+    }
+
+    async fn count_by_type(
+        &self,
+        tenant: Option<&str>,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<TypeCount>, StoreError> {
+        let inner = self.inner();
+        let mut counts: HashMap<(JobType, JobStatus), u64> = HashMap::new();
+        let counted = inner.jobs.values().filter(|job| {
+            tenant.is_none_or(|t| job.tenant == t)
+                && (!job.status.is_terminal()
+                    || job.finished_at.is_some_and(|at| at >= finished_since))
+        });
+        for job in counted {
+            *counts
+                .entry((job.job_type.clone(), job.status))
+                .or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((job_type, status), count)| TypeCount {
+                job_type,
+                status,
+                count,
+            })
             .collect())
     }
 

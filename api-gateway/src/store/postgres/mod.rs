@@ -22,6 +22,7 @@ mod keys;
 mod migrations;
 mod rows;
 mod schedules;
+mod stats;
 mod writes;
 
 use std::time::Duration;
@@ -37,7 +38,7 @@ use warren_shared::{JobError, JobEvent, JobId, JobType};
 
 use super::{
     Applied, Cancelled, ChangeFeed, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery,
-    Redriven, StoreError, transition,
+    Redriven, StoreError, TypeCount, transition,
 };
 use crate::{
     auth::keys::ApiKey,
@@ -352,6 +353,14 @@ impl JobStore for PostgresStore {
             .query(&statement, &[&status, &job_type, &before, &limit, &tenant])
             .await?;
         rows.iter().map(from_row).collect()
+    }
+
+    async fn count_by_type(
+        &self,
+        tenant: Option<&str>,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<TypeCount>, StoreError> {
+        stats::count_by_type(&self.pool, tenant, finished_since).await
     }
 
     async fn forget_key(&self, key: &str) -> Result<(), StoreError> {

@@ -1,0 +1,43 @@
+//! Counts for the queue overview (`GET /v1/queues`): unfinished jobs by type and status (the
+//! status index), and the ones finished since a time (the `finished_at` index), in one query.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use warren_shared::JobType;
+
+use super::super::{StoreError, TypeCount};
+
+const COUNT_BY_TYPE: &str = "
+    SELECT job_type, status, count(*) FROM warren_jobs
+     WHERE status IN ('scheduled', 'queued', 'running', 'retrying')
+       AND ($1::text IS NULL OR tenant = $1)
+     GROUP BY job_type, status
+    UNION ALL
+    SELECT job_type, status, count(*) FROM warren_jobs
+     WHERE finished_at >= $2 AND ($1::text IS NULL OR tenant = $1)
+     GROUP BY job_type, status";
+
+pub(super) async fn count_by_type(
+    pool: &Pool,
+    tenant: Option<&str>,
+    finished_since: DateTime<Utc>,
+) -> Result<Vec<TypeCount>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(COUNT_BY_TYPE).await?;
+    let corrupt = |column: &str| StoreError::Corrupt(format!("unreadable {column} in warren_jobs"));
+    client
+        .query(&statement, &[&tenant, &finished_since])
+        .await?
+        .iter()
+        .map(|row| {
+            let job_type: String = row.try_get(0).map_err(|_| corrupt("job_type"))?;
+            let status: String = row.try_get(1).map_err(|_| corrupt("status"))?;
+            let count: i64 = row.try_get(2).map_err(|_| corrupt("count"))?;
+            Ok(TypeCount {
+                job_type: JobType::parse(job_type).map_err(|_| corrupt("job_type"))?,
+                status: status.parse().map_err(|_| corrupt("status"))?,
+                count: u64::try_from(count).unwrap_or(0),
+            })
+        })
+        .collect()
+}
