@@ -55,6 +55,10 @@ pub struct Job {
     pub result: Option<RawJson>,
     /// Why the job failed, once `failed` (or the last attempt's error while `retrying`).
     pub error: Option<Box<JobError>>,
+    /// Every attempt's error, oldest first (the last [`MAX_ERRORS`]), so a job that failed
+    /// after retries shows why each attempt failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<AttemptError>,
     /// When the gateway accepted the job.
     pub created_at: DateTime<Utc>,
     /// When the record last changed.
@@ -101,6 +105,21 @@ pub struct Job {
     /// once a worker reported on the job (not part of the resource).
     #[serde(skip)]
     pub unconfirmed_since: Option<DateTime<Utc>>,
+}
+
+/// How many attempt errors a record keeps (the newest).
+pub const MAX_ERRORS: usize = 25;
+
+/// One attempt's error, in a job's error history.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AttemptError {
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// When its failure was reported.
+    pub at: DateTime<Utc>,
+    /// What went wrong.
+    #[serde(flatten)]
+    pub error: JobError,
 }
 
 impl Job {

@@ -10,7 +10,7 @@ use lapin::{options::BasicGetOptions, types::AMQPValue};
 use serde_json::{Value, json};
 use warren_worker::{HandlerError, Worker, handlers};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, TestSchema, spawn_app, spawn_app_with};
 
 /// A handler that fails (retryably) its first `failures` calls, then succeeds.
 fn flaky(
@@ -99,7 +99,18 @@ async fn a_job_that_fails_twice_then_succeeds_ends_succeeded_on_attempt_3() {
 
 #[tokio::test]
 async fn a_job_that_always_fails_ends_failed_and_dead_with_its_error_history() {
-    let mut app = spawn_app().await;
+    always_failing(spawn_app().await).await;
+}
+
+#[tokio::test]
+async fn the_error_history_is_kept_on_postgres_too() {
+    let schema = TestSchema::create().await;
+    let url = schema.url();
+    always_failing(spawn_app_with(|config| config.database_url = Some(url.clone())).await).await;
+    schema.drop_schema().await;
+}
+
+async fn always_failing(mut app: TestApp) {
     let (calls, handler) = flaky(u32::MAX);
     app.spawn_worker(Worker::builder().handler("flaky", handler))
         .await;
@@ -111,6 +122,21 @@ async fn a_job_that_always_fails_ends_failed_and_dead_with_its_error_history() {
     assert_eq!(job["attempt"], 3);
     assert_eq!(job["error"]["message"], "call 3 failed");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let errors: Vec<(&Value, &Value)> = job["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (&e["attempt"], &e["message"]))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (&json!(1), &json!("call 1 failed")),
+            (&json!(2), &json!("call 2 failed")),
+            (&json!(3), &json!("call 3 failed"))
+        ],
+        "the record keeps every attempt's error: {job}"
+    );
 
     let (body, headers) = next_dead(&app).await;
     assert_eq!(body["id"], id);

@@ -181,6 +181,7 @@ impl SubmitRequest {
             progress: None,
             result: None,
             error: None,
+            errors: Vec::new(),
             created_at: now,
             updated_at: now,
             next_attempt_at: None,

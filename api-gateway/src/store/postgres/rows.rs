@@ -7,7 +7,7 @@ use tokio_postgres::{Row, types::Json, types::ToSql};
 use uuid::Uuid;
 use warren_shared::{JobError, JobId, JobType, Progress};
 
-use super::super::{Job, RawJson, StoreError};
+use super::super::{AttemptError, Job, RawJson, StoreError};
 use crate::webhooks::Callback;
 
 /// The columns of `warren_jobs`, in the order every statement below uses.
@@ -16,7 +16,7 @@ macro_rules! columns {
         "id, job_type, status, attempt, max_attempts, attempt_budget, progress, result, error, \
          payload, timeout_ms, callback_url, seq, version, created_at, updated_at, \
          next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback, callback_due, \
-         tenant, key_id"
+         tenant, key_id, errors"
     };
 }
 
@@ -78,11 +78,12 @@ pub(super) const INSERT: &str = concat!(
         $6::int4[], $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[],
         $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
         $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
-        $21::timestamptz[], $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[])
+        $21::timestamptz[], $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[],
+        $26::jsonb[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
 /// Writes back every column a change can touch, for many records. Binds the same arrays as
-/// [`INSERT`] (all twenty-five), so there is one parameter list; the columns a change never
+/// [`INSERT`] (all twenty-six), so there is one parameter list; the columns a change never
 /// touches (type, payload, tenant, key, …) are not written.
 pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
@@ -90,16 +91,16 @@ pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         updated_at = u.updated_at, next_attempt_at = u.next_attempt_at,
         started_at = u.started_at, finished_at = u.finished_at,
         unconfirmed_since = u.unconfirmed_since, run_at = u.run_at, callback = u.callback,
-        callback_due = u.callback_due
+        callback_due = u.callback_due, errors = u.errors
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[],
         $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[], $12::text[],
         $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
         $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
-        $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[])
+        $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[], $26::jsonb[])
         AS u(id, job_type, status, attempt, max_attempts, attempt_budget, progress, result,
              error, payload, timeout_ms, callback_url, seq, version, created_at, updated_at,
              next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback,
-             callback_due, tenant, key_id)
+             callback_due, tenant, key_id, errors)
     WHERE j.id = u.id";
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
@@ -139,6 +140,7 @@ pub(super) struct Columns<'a> {
     callback_due: Vec<Stamp>,
     tenant: Vec<&'a str>,
     key_id: Vec<Option<Uuid>>,
+    errors: Vec<Option<Json<&'a [AttemptError]>>>,
 }
 
 impl<'a> Columns<'a> {
@@ -171,6 +173,7 @@ impl<'a> Columns<'a> {
             callback_due: Vec::with_capacity(n),
             tenant: Vec::with_capacity(n),
             key_id: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
         };
         for job in jobs {
             columns.id.push(job.id.as_uuid());
@@ -202,12 +205,15 @@ impl<'a> Columns<'a> {
                 .push(job.callback.as_ref().and_then(|c| c.due_at()));
             columns.tenant.push(job.tenant.as_str());
             columns.key_id.push(job.key_id);
+            columns
+                .errors
+                .push((!job.errors.is_empty()).then_some(Json(job.errors.as_slice())));
         }
         columns
     }
 
     /// The parameters of [`INSERT`] and [`UPDATE`].
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 25] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 26] {
         [
             &self.id,
             &self.job_type,
@@ -234,6 +240,7 @@ impl<'a> Columns<'a> {
             &self.callback_due,
             &self.tenant,
             &self.key_id,
+            &self.errors,
         ]
     }
 }
@@ -262,6 +269,7 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
     let progress: Option<Json<Progress>> = get!("progress");
     let error: Option<Json<JobError>> = get!("error");
     let callback: Option<Json<Callback>> = get!("callback");
+    let errors: Option<Json<Vec<AttemptError>>> = get!("errors");
     let job_type: String = get!("job_type");
     let status: String = get!("status");
     Ok(Job {
@@ -289,5 +297,6 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
         callback: callback.map(|Json(c)| Box::new(c)),
         tenant: get!("tenant"),
         key_id: get!("key_id"),
+        errors: errors.map(|Json(errors)| errors).unwrap_or_default(),
     })
 }

@@ -12,7 +12,7 @@
 use chrono::Utc;
 use warren_shared::{ErrorKind, JobError, JobEvent, JobStatus};
 
-use super::{Job, RawJson};
+use super::{AttemptError, Job, MAX_ERRORS, RawJson};
 use crate::webhooks::Callback;
 
 /// Why an event was not applied.
@@ -70,6 +70,7 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     }
     if let Some(error) = &event.error {
         job.error = Some(Box::new(error.clone()));
+        record_error(job, event.attempt, event.at, error);
     }
     job.next_attempt_at = event
         .next_attempt_at
@@ -128,7 +129,24 @@ fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {
 /// Marks a job failed for a reason found by the gateway (not by a worker), unless it is
 /// already terminal. Returns whether the record changed.
 pub fn fail(job: &mut Job, error: JobError) -> bool {
-    finish(job, JobStatus::Failed, Some(error))
+    let (attempt, now) = (job.attempt, Utc::now());
+    let failed = finish(job, JobStatus::Failed, Some(error.clone()));
+    if failed {
+        record_error(job, attempt, now, &error);
+    }
+    failed
+}
+
+/// Appends an attempt's error to the job's history, keeping the newest [`MAX_ERRORS`].
+fn record_error(job: &mut Job, attempt: u32, at: chrono::DateTime<Utc>, error: &JobError) {
+    if job.errors.len() >= MAX_ERRORS {
+        job.errors.remove(0);
+    }
+    job.errors.push(AttemptError {
+        attempt,
+        at,
+        error: error.clone(),
+    });
 }
 
 /// Marks a job cancelled at a client's request, unless it is already terminal. Returns

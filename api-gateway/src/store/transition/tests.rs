@@ -11,6 +11,7 @@ fn queued_job() -> Job {
     Job {
         tenant: "default".into(),
         key_id: None,
+        errors: Vec::new(),
         id: JobId::new(),
         job_type: JobType::parse("echo").unwrap(),
         status: JobStatus::Queued,
@@ -241,4 +242,29 @@ fn finishing_a_job_with_a_callback_url_arms_its_delivery_and_redrive_drops_it() 
     cancelled.callback_url = job.callback_url.clone();
     assert!(cancel(&mut cancelled));
     assert!(cancelled.callback.is_some_and(|c| c.due_at().is_some()));
+}
+
+#[test]
+fn every_attempts_error_is_kept_up_to_the_cap() {
+    let mut job = queued_job();
+    for attempt in 1..=(MAX_ERRORS as u32 + 2) {
+        let error = JobError::new(ErrorKind::Timeout, format!("attempt {attempt} timed out"));
+        let mut event = event(&job, JobStatus::Retrying, attempt, 1);
+        event.error = Some(error);
+        apply(&mut job, &event).unwrap();
+    }
+    assert_eq!(job.errors.len(), MAX_ERRORS);
+    assert_eq!(job.errors[0].attempt, 3, "the oldest go first");
+    assert_eq!(
+        job.errors.last().unwrap().error.message,
+        "attempt 27 timed out"
+    );
+    assert!(fail(
+        &mut job,
+        JobError::new(ErrorKind::PublishFailed, "nack")
+    ));
+    assert_eq!(
+        job.errors.last().unwrap().error.kind,
+        ErrorKind::PublishFailed
+    );
 }
