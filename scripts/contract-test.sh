@@ -43,6 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+ADMIN_KEY="contract-test-admin-key-$$-0123456789"
 for store in "${STORES[@]}"; do
     echo "== contract test, $store store"
     NAMESPACE="contract-$store-$$"
@@ -53,7 +54,10 @@ for store in "${STORES[@]}"; do
         WARREN_WEBHOOK_ALLOW_PRIVATE=true WARREN_WEBHOOK_TIMEOUT_MS=500
         # Long polls (`?wait=`, `Prefer: wait`) on jobs that never finish are cut to this,
         # as documented, so none outlasts schemathesis' request timeout.
-        WARREN_MAX_WAIT_SECS=2)
+        WARREN_MAX_WAIT_SECS=2
+        # Keys on, as a production gateway runs: schemathesis sends the operator's key, and
+        # checks that a missing or made-up key is refused with 401.
+        WARREN_ADMIN_KEY="$ADMIN_KEY")
     if [[ $store == postgres ]]; then
         SCHEMA="contract_$$"
         psql -q "$DATABASE_URL" -c "CREATE SCHEMA $SCHEMA" >/dev/null
@@ -70,7 +74,7 @@ for store in "${STORES[@]}"; do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: the gateway never became ready"; exit 1; }
     started=$(date +%s)
     "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --no-color \
-        --wait-for-schema 10 --seed 1
+        --wait-for-schema 10 --seed 1 --header "Authorization: Bearer $ADMIN_KEY"
     echo "   schemathesis took $(( $(date +%s) - started )) s"
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: the gateway is not ready after the run"; exit 1; }
     echo "   ok: the gateway is ready after the run"

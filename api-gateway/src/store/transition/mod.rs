@@ -129,12 +129,11 @@ fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {
 /// Marks a job failed for a reason found by the gateway (not by a worker), unless it is
 /// already terminal. Returns whether the record changed.
 pub fn fail(job: &mut Job, error: JobError) -> bool {
-    let (attempt, now) = (job.attempt, Utc::now());
-    let failed = finish(job, JobStatus::Failed, Some(error.clone()));
-    if failed {
-        record_error(job, attempt, now, &error);
+    if job.status.is_terminal() {
+        return false;
     }
-    failed
+    record_error(job, job.attempt, Utc::now(), &error);
+    finish(job, JobStatus::Failed, Some(error))
 }
 
 /// Appends an attempt's error to the job's history, keeping the newest [`MAX_ERRORS`].
