@@ -136,6 +136,15 @@ wait_until 30 "report $report completed" report_done || fail "report $report did
 curl -sf "$gateway/reports/$report.csv" | head -1 | grep -q '^day,' || fail "the report is not a CSV"
 ok "the CSV downloads"
 
+step "the dashboard"
+page=$(curl -sf "$gateway/ui") || fail "GET /ui failed"
+grep -q 'src="/ui/app.js"' <<<"$page" || fail "/ui is not the dashboard"
+grep -q "localhost:$RABBITMQ_UI_PORT/" <<<"$page" || fail "/ui does not link the management UI"
+curl -sf "$gateway/ui/app.js" >/dev/null || fail "GET /ui/app.js failed"
+[ "$(curl -sf "$gateway/v1/queues" | jq -r '.broker_answered')" = true ] ||
+    fail "GET /v1/queues did not read RabbitMQ's numbers"
+ok "/ui serves the dashboard (linking the management UI), /v1/queues reads the broker"
+
 step "the RabbitMQ management UI"
 code=$(curl -s -o /dev/null -w '%{http_code}' -u "$user:$password" "$management/api/overview")
 [ "$code" = 200 ] || fail "the management API answered $code to the configured credentials"

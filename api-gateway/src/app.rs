@@ -127,6 +127,7 @@ impl Application {
                 allow_private: config.webhooks.allow_private,
             },
             auth,
+            management_url: config.management_url.as_deref().map(Arc::from),
         };
         Ok(Self {
             listener,

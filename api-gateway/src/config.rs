@@ -38,6 +38,16 @@ pub struct GatewayConfig {
     )]
     pub admin_key: Option<crate::auth::AdminKey>,
 
+    /// The RabbitMQ management UI, linked from the dashboard (`/ui`) when set, e.g.
+    /// `http://localhost:15672`.
+    #[arg(
+        long = "management-url",
+        env = "WARREN_MANAGEMENT_URL",
+        value_name = "WARREN_MANAGEMENT_URL",
+        value_parser = parse_http_url
+    )]
+    pub management_url: Option<String>,
+
     /// PostgreSQL URL of the job store (unset: an in-memory store that a restart forgets).
     #[arg(
         long = "database-url",
@@ -209,5 +219,15 @@ impl GatewayConfig {
     #[must_use]
     pub fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// An `http(s)` URL, for links.
+fn parse_http_url(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("{value:?} is not a URL: {e}"))?;
+    if matches!(url.scheme(), "http" | "https") {
+        Ok(url.to_string())
+    } else {
+        Err(format!("{value:?} must be an http:// or https:// URL"))
     }
 }

@@ -21,7 +21,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::http::HeaderValue;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -180,32 +179,23 @@ impl Authenticator {
         self.admin.is_none()
     }
 
-    /// Who sent a request with this `Authorization` header.
-    pub async fn identify(&self, authorization: Option<&HeaderValue>) -> Result<Caller, AuthError> {
+    /// Who presented `secret` (the key from `Authorization: Bearer`, or the dashboard's
+    /// cookie); `None` when the request carried none.
+    pub async fn identify(&self, secret: Option<&str>) -> Result<Caller, AuthError> {
         let Some(admin) = &self.admin else {
             return Ok(Caller::operator());
         };
-        let header = authorization.ok_or(AuthError::Denied(
+        let secret = secret.ok_or(AuthError::Denied(
             "this route needs an API key: send Authorization: Bearer <key>",
         ))?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, secret)| secret.trim())
-            .ok_or(AuthError::Denied(
-                "the Authorization header must read: Bearer <key>",
-            ))?;
-        let unknown = AuthError::Denied("the API key is unknown or revoked");
+        let unknown = || AuthError::Denied("the API key is unknown or revoked");
         if bool::from(keys::digest(secret).ct_eq(admin)) {
             return Ok(Caller::operator());
         }
-        let id = keys::key_id_of(secret)
-            .ok_or(AuthError::Denied("the API key is unknown or revoked"))?;
-        let key = self.lookup(id).await?.ok_or(unknown)?;
+        let id = keys::key_id_of(secret).ok_or_else(unknown)?;
+        let key = self.lookup(id).await?.ok_or_else(unknown)?;
         if key.revoked_at.is_some() || !keys::matches(secret, &key.secret_sha256) {
-            return Err(AuthError::Denied("the API key is unknown or revoked"));
+            return Err(unknown());
         }
         Ok(Caller { key: Some(key) })
     }

@@ -4,27 +4,38 @@
 //! an extension, records the tenant on the request's span, and counts refusals by tenant.
 //!
 //! `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` stay open, as do paths that
-//! match no route (their `404` says nothing about jobs).
+//! match no route (their `404` says nothing about jobs). A key comes in `Authorization: Bearer`
+//! or, for the dashboard, in an HTTP-only cookie ([`Credentials`]).
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderValue, Method, header::AUTHORIZATION},
+    http::{
+        HeaderMap, HeaderValue, Method,
+        header::{AUTHORIZATION, COOKIE},
+    },
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tracing::Span;
 
 use super::{AppState, problem::ApiError, route_of};
 use crate::auth::{AuthError, keys::Right, rate::Quota};
 
-/// Routes anyone may call, keys on or not.
-const OPEN_ROUTES: [&str; 6] = [
+/// Routes anyone may call, keys on or not. (The dashboard's page checks the key itself, to
+/// answer a browser without one with a sign-in form; its assets hold no data.)
+const OPEN_ROUTES: [&str; 11] = [
     "/healthz",
     "/readyz",
     "/metrics",
     "/docs",
     "/openapi.json",
     "unmatched",
+    "/ui",
+    "/ui/app.js",
+    "/ui/style.css",
+    "/ui/login",
+    "/ui/logout",
 ];
 
 /// The right a route needs; `None` for the open ones.
@@ -54,11 +65,23 @@ pub async fn authenticate(
         return next.run(request).await;
     };
     let metrics = state.jobs.metrics();
-    let caller = match state
-        .auth
-        .identify(request.headers().get(AUTHORIZATION))
-        .await
-    {
+    let presented = match Credentials::of(request.headers()) {
+        Ok(presented) => presented,
+        Err(why) => {
+            metrics.refused("unknown", "unauthorized");
+            return ApiError::Unauthorized(why).into_response();
+        }
+    };
+    if presented.needs_csrf_check(request.method(), request.headers()) {
+        metrics.refused("unknown", "forbidden");
+        return ApiError::Forbidden(
+            "a request authenticated by the dashboard's cookie must carry the header \
+             x-warren-ui: 1 (cross-site requests are refused)"
+                .into(),
+        )
+        .into_response();
+    }
+    let caller = match state.auth.identify(presented.secret()).await {
         Ok(caller) => caller,
         Err(AuthError::Denied(why)) => {
             metrics.refused("unknown", "unauthorized");
@@ -108,6 +131,71 @@ pub async fn authenticate(
         add_rate_headers(&mut response, &quota);
     }
     response
+}
+
+/// The name of the dashboard's cookie: the key, base64url-encoded.
+pub const KEY_COOKIE: &str = "warren_key";
+
+/// The key a request presents, and where it came from.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    secret: Option<String>,
+    from_cookie: bool,
+}
+
+impl Credentials {
+    /// The key in `Authorization: Bearer <key>`, else in the dashboard's cookie. A malformed
+    /// `Authorization` header is refused, whatever the cookie says.
+    pub fn of(headers: &HeaderMap) -> Result<Self, &'static str> {
+        if let Some(header) = headers.get(AUTHORIZATION) {
+            let secret = header
+                .to_str()
+                .ok()
+                .and_then(|value| value.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, secret)| secret.trim().to_owned())
+                .ok_or("the Authorization header must read: Bearer <key>")?;
+            return Ok(Self {
+                secret: Some(secret),
+                from_cookie: false,
+            });
+        }
+        let cookie = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(KEY_COOKIE)?.strip_prefix('='))
+            .and_then(|encoded| URL_SAFE_NO_PAD.decode(encoded).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        Ok(Self {
+            from_cookie: cookie.is_some(),
+            secret: cookie,
+        })
+    }
+
+    /// The key presented, if any.
+    #[must_use]
+    pub fn secret(&self) -> Option<&str> {
+        self.secret.as_deref()
+    }
+
+    /// A cookie travels with cross-site requests too: a change it authenticates must carry
+    /// `x-warren-ui: 1`, which a cross-site form cannot set (and a cross-site script could only
+    /// after a CORS preflight, which the gateway never answers).
+    fn needs_csrf_check(&self, method: &Method, headers: &HeaderMap) -> bool {
+        let safe = method == Method::GET || method == Method::HEAD;
+        self.from_cookie && !safe && headers.get("x-warren-ui").is_none_or(|v| v != "1")
+    }
+}
+
+/// The cookie that carries `secret` for the dashboard: HTTP only, same-site only, 12 hours.
+#[must_use]
+pub fn key_cookie(secret: &str) -> String {
+    format!(
+        "{KEY_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200",
+        URL_SAFE_NO_PAD.encode(secret)
+    )
 }
 
 /// The `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers).

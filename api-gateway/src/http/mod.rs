@@ -16,6 +16,7 @@ pub mod problem;
 pub mod queues;
 pub mod schedules;
 pub mod stream;
+pub mod ui;
 
 use std::{
     sync::{Arc, OnceLock},
@@ -72,6 +73,8 @@ pub struct AppState {
     pub callbacks: CallbackPolicy,
     /// Who may call which route (API keys, tenants, rate limits).
     pub auth: Arc<Authenticator>,
+    /// The RabbitMQ management UI, linked from the dashboard.
+    pub management_url: Option<Arc<str>>,
 }
 
 /// The gateway's routes over `state`, with a body limit of `max_body_bytes`. Each handler is
@@ -80,6 +83,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let (routes, api) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(jobs::submit, list::list))
         .routes(routes!(jobs::get))
+        .routes(routes!(jobs::payload))
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(stream::events))
@@ -108,6 +112,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         let _ = state.openapi.set(document);
     }
     routes
+        .merge(ui::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(method_not_allowed))
         .layer(middleware::from_fn(move |request, next| {

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::helpers::spawn_app;
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 25] = [
+const ROUTES: [(&str, &str); 26] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -31,6 +31,7 @@ const ROUTES: [(&str, &str); 25] = [
     ("get", "/v1/keys"),
     ("delete", "/v1/keys/{id}"),
     ("get", "/v1/queues"),
+    ("get", "/v1/jobs/{id}/payload"),
 ];
 
 /// Every `$ref` anywhere in `value`.

@@ -207,6 +207,22 @@ pub async fn get(
     ))
 }
 
+/// `GET /v1/jobs/{id}/payload`: the job's input, as it was submitted (not part of the job
+/// resource, which lists and streams send often and which should stay small).
+#[utoipa::path(get, path = "/v1/jobs/{id}/payload", tag = "jobs",
+    description = "The job's `payload`, as submitted (any JSON value).",
+    params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
+    responses((status = 200, description = "The payload", body = serde_json::Value), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn payload(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = load(&state, &caller, parse_id(&raw_id)?).await?;
+    let body = job.payload.as_raw().get().to_owned();
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
 /// `POST /v1/jobs/{id}/cancel`: `202` with the cancelled job; `409` if it already finished.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
     description = "Cancels the job: a queued job is never run, a running one is told to stop.",

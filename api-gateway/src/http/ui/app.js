@@ -1,0 +1,294 @@
+// Warren's dashboard: three views over the public API, routed by the URL's hash.
+//   #/            overview: /v1/queues every 2 s, and a chart of jobs finished per interval
+//   #/jobs?...    the job list with the API's filters (status, type) and paging
+//   #/jobs/<id>   one job: fields, payload, result or error, error history, deliveries, and
+//                 live progress over SSE; cancel and re-drive buttons, with confirmation
+// The page is built with textContent only, never innerHTML: ids and payloads are data.
+"use strict";
+
+const POLL_MS = 2000;
+const CHART_POINTS = 60;
+const SVG = "http://www.w3.org/2000/svg";
+const STATUSES = ["scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled"];
+
+/** Stops whatever the current view runs (timers, event streams) when the view changes. */
+let stopView = () => {};
+
+/** An element with attributes and children (strings become text nodes). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "onclick" || name === "onsubmit") node.addEventListener(name.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function say(message) {
+  document.getElementById("status").textContent = message;
+}
+
+/** A call to the API; a 401 (key revoked, cookie expired) reloads into the sign-in form. */
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { accept: "application/json", "x-warren-ui": "1", ...(options.headers || {}) },
+  });
+  if (response.status === 401) {
+    location.reload();
+    throw new Error("signed out");
+  }
+  const text = await response.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = text; }
+  if (!response.ok) {
+    const detail = body && body.detail ? body.detail : `${response.status} ${response.statusText}`;
+    throw new Error(detail);
+  }
+  return body;
+}
+
+function when(stamp) {
+  return stamp ? new Date(stamp).toLocaleString() : "";
+}
+
+function statusCell(status) {
+  return el("td", { class: `status-${status}` }, status);
+}
+
+function show(title, ...content) {
+  const app = document.getElementById("app");
+  app.replaceChildren(el("h1", {}, title), ...content);
+  document.title = `${title} · Warren`;
+}
+
+// ---- Overview ------------------------------------------------------------------------------
+
+function overview() {
+  const finished = [];
+  let previous = null;
+  const chart = document.createElementNS(SVG, "svg");
+  for (const [name, value] of Object.entries({ class: "chart", viewBox: `0 0 ${CHART_POINTS} 100`, preserveAspectRatio: "none", role: "img", "aria-label": "Jobs finished per 2 seconds" })) {
+    chart.setAttribute(name, value);
+  }
+  const chartNote = el("p", { class: "muted" });
+  const cards = el("div", { class: "cards" });
+  const table = el("div", { class: "scroll" });
+  show("Overview", cards, el("h2", {}, "Throughput"), chart, chartNote, el("h2", {}, "Job types"), table);
+
+  async function refresh() {
+    let data;
+    try { data = await api("/v1/queues"); } catch (error) { say(`Overview: ${error.message}`); return; }
+    say("");
+    const total = (key) => data.queues.reduce((sum, q) => sum + q[key], 0);
+    const done = total("succeeded_last_hour") + total("failed_last_hour") + total("cancelled_last_hour");
+    if (previous !== null) finished.push(Math.max(0, done - previous));
+    previous = done;
+    if (finished.length > CHART_POINTS) finished.shift();
+    drawChart(chart, finished);
+    const last = finished.length ? finished[finished.length - 1] : 0;
+    chartNote.textContent = `${(last / (POLL_MS / 1000)).toFixed(1)} jobs/s finished just now; the line covers the last ${CHART_POINTS * POLL_MS / 1000} s.`;
+    cards.replaceChildren(
+      card("waiting", total("queued") + total("retrying")),
+      card("running", total("running")),
+      card("scheduled", total("scheduled")),
+      card("succeeded (1 h)", total("succeeded_last_hour")),
+      card("failed (1 h)", total("failed_last_hour")),
+      card("dead letters", data.dead_letters === null ? "–" : data.dead_letters),
+    );
+    table.replaceChildren(queueTable(data));
+  }
+  refresh();
+  const timer = setInterval(refresh, POLL_MS);
+  stopView = () => clearInterval(timer);
+}
+
+function card(label, value) {
+  return el("div", { class: "card" }, el("div", { class: "value" }, value), el("div", { class: "label" }, label));
+}
+
+function drawChart(svg, points) {
+  const top = Math.max(1, ...points);
+  const coords = points.map((v, i) => `${CHART_POINTS - 1 - (points.length - 1) + i},${100 - (v / top) * 95}`);
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", coords.join(" "));
+  svg.replaceChildren(line);
+}
+
+function queueTable(data) {
+  const columns = [["queued", "queued"], ["retrying", "retrying"], ["running", "running"], ["scheduled", "scheduled"],
+    ["succeeded_last_hour", "succeeded 1 h"], ["failed_last_hour", "failed 1 h"], ["workers", "workers"]];
+  if (!data.queues.length) return el("p", { class: "muted" }, "No jobs in the last hour.");
+  return el("table", {},
+    el("caption", { class: "muted" }, data.broker_answered ? "" : "RabbitMQ did not answer: workers unknown."),
+    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "type"), columns.map(([, label]) => el("th", { scope: "col", class: "num" }, label)))),
+    el("tbody", {}, data.queues.map((q) => el("tr", {},
+      el("th", { scope: "row" }, el("a", { href: `#/jobs?type=${encodeURIComponent(q.type)}` }, q.type)),
+      columns.map(([key]) => el("td", { class: "num" }, q[key] === null ? "–" : q[key]))))));
+}
+
+// ---- Jobs ----------------------------------------------------------------------------------
+
+function jobs(params) {
+  const status = params.get("status") || "";
+  const type = params.get("type") || "";
+  const cursor = params.get("cursor") || "";
+  const statusSelect = el("select", { id: "filter-status", name: "status" },
+    el("option", { value: "" }, "any"), STATUSES.map((s) => el("option", { value: s, selected: s === status }, s)));
+  const typeInput = el("input", { id: "filter-type", name: "type", value: type, placeholder: "e.g. report.generate" });
+  const filters = el("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    if (statusSelect.value) next.set("status", statusSelect.value);
+    if (typeInput.value.trim()) next.set("type", typeInput.value.trim());
+    location.hash = `#/jobs?${next}`;
+  } },
+  el("div", {}, el("label", { for: "filter-status" }, "Status"), statusSelect),
+  el("div", {}, el("label", { for: "filter-type" }, "Type"), typeInput),
+  el("button", { type: "submit" }, "Filter"));
+  const list = el("div", { class: "scroll" }, el("p", {}, "Loading…"));
+  const pager = el("div", { class: "pager" });
+  show("Jobs", filters, list, pager);
+
+  const query = new URLSearchParams({ limit: "25" });
+  if (status) query.set("status", status);
+  if (type) query.set("type", type);
+  if (cursor) query.set("cursor", cursor);
+  async function refresh() {
+    let page;
+    try { page = await api(`/v1/jobs?${query}`); } catch (error) { say(`Jobs: ${error.message}`); return; }
+    say("");
+    list.replaceChildren(page.jobs.length ? jobTable(page.jobs) : el("p", { class: "muted" }, "No jobs match."));
+    const links = [];
+    if (cursor) {
+      const first = new URLSearchParams(params);
+      first.delete("cursor");
+      links.push(el("a", { href: `#/jobs?${first}` }, "First page"));
+    }
+    if (page.next_cursor) {
+      const next = new URLSearchParams(params);
+      next.set("cursor", page.next_cursor);
+      links.push(el("a", { href: `#/jobs?${next}` }, "Next page"));
+    }
+    pager.replaceChildren(...links);
+  }
+  refresh();
+  // The first page follows new jobs; later pages hold still.
+  const timer = cursor ? null : setInterval(refresh, POLL_MS);
+  stopView = () => timer && clearInterval(timer);
+}
+
+function jobTable(list) {
+  return el("table", {},
+    el("thead", {}, el("tr", {}, ["id", "type", "status", "attempt", "tenant", "created"].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, list.map((job) => el("tr", { "data-job": job.id },
+      el("td", {}, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id)),
+      el("td", {}, job.type), statusCell(job.status),
+      el("td", { class: "num" }, `${job.attempt} / ${job.max_attempts}`),
+      el("td", {}, job.tenant), el("td", {}, when(job.created_at))))));
+}
+
+// ---- One job -------------------------------------------------------------------------------
+
+function job(id) {
+  const path = `/v1/jobs/${encodeURIComponent(id)}`;
+  const fields = el("dl", { class: "fields" });
+  const progress = el("div");
+  const actions = el("div", { class: "actions" });
+  const outcome = el("div");
+  const payload = el("pre", { id: "payload" }, "…");
+  const history = el("div", { class: "scroll" });
+  const deliveries = el("div", { class: "scroll" });
+  show(`Job ${id}`, progress, actions, fields, outcome,
+    el("h2", {}, "Payload"), payload, el("h2", {}, "Error history"), history,
+    el("h2", {}, "Webhook deliveries"), deliveries);
+  let stream = null;
+
+  function render(current) {
+    const rows = [["id", current.id], ["type", current.type], ["status", current.status], ["tenant", current.tenant],
+      ["attempt", `${current.attempt} of ${current.max_attempts}`], ["created", when(current.created_at)],
+      ["updated", when(current.updated_at)], ["started", when(current.started_at)], ["finished", when(current.finished_at)],
+      ["next attempt", when(current.next_attempt_at)], ["run at", when(current.run_at)],
+      ["callback", current.callback ? `${current.callback.state} after ${current.callback.attempts} attempt(s)` : ""]];
+    fields.replaceChildren(...rows.filter(([, v]) => v !== "" && v !== undefined && v !== null)
+      .flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k, class: k === "status" ? `status-${v}` : null }, v)]));
+    const percent = current.progress ? current.progress.percent : null;
+    progress.replaceChildren(...(current.status === "running" || percent !== null ? [
+      el("label", { for: "job-progress" }, `Progress${current.progress && current.progress.message ? `: ${current.progress.message}` : ""}`),
+      el("progress", { id: "job-progress", max: "100", value: percent === null ? null : String(percent) }, percent === null ? "" : `${percent}%`)] : []));
+    const buttons = [];
+    const terminal = ["succeeded", "failed", "cancelled"].includes(current.status);
+    if (!terminal) buttons.push(el("button", { type: "button", class: "danger", id: "cancel", onclick: () => act("cancel", `Cancel job ${current.id}? A running attempt is told to stop.`) }, "Cancel job"));
+    if (current.status === "failed") buttons.push(el("button", { type: "button", id: "redrive", onclick: () => act("retry", `Re-drive job ${current.id} as a new attempt series?`) }, "Re-drive job"));
+    actions.replaceChildren(...buttons);
+    outcome.replaceChildren(
+      ...(current.result !== null && current.result !== undefined ? [el("h2", {}, "Result"), el("pre", { id: "result" }, JSON.stringify(current.result, null, 2))] : []),
+      ...(current.error ? [el("h2", {}, "Error"), el("p", { id: "error" }, `${current.error.kind}: ${current.error.message}`)] : []));
+    history.replaceChildren(current.errors && current.errors.length ? el("table", {},
+      el("thead", {}, el("tr", {}, ["attempt", "when", "kind", "message"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, current.errors.map((e) => el("tr", {}, el("td", { class: "num" }, e.attempt), el("td", {}, when(e.at)), el("td", {}, e.kind), el("td", {}, e.message)))))
+      : el("p", { class: "muted" }, "No attempt has failed."));
+    if (terminal && stream) { stream.close(); stream = null; }
+  }
+
+  async function act(action, question) {
+    if (!window.confirm(question)) return;
+    try {
+      render(await api(`${path}/${action}`, { method: "POST" }));
+      say(action === "cancel" ? "Cancelled." : "Queued again.");
+      if (action === "retry") follow();
+    } catch (error) { say(`Could not ${action === "cancel" ? "cancel" : "re-drive"}: ${error.message}`); }
+  }
+
+  function follow() {
+    if (stream) stream.close();
+    stream = new EventSource(`${path}/events`);
+    const update = (event) => render(JSON.parse(event.data));
+    STATUSES.forEach((s) => stream.addEventListener(s, update));
+    stream.onerror = () => { if (stream && stream.readyState === EventSource.CLOSED) stream = null; };
+  }
+
+  async function load() {
+    try {
+      const current = await api(path);
+      render(current);
+      if (!["succeeded", "failed", "cancelled"].includes(current.status)) follow();
+      const [input, sent] = await Promise.all([api(`${path}/payload`), api(`${path}/deliveries`)]);
+      payload.textContent = JSON.stringify(input, null, 2);
+      deliveries.replaceChildren(sent.deliveries.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["attempt", "when", "answer", "took", "then"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, sent.deliveries.map((d) => el("tr", {}, el("td", { class: "num" }, d.attempt), el("td", {}, when(d.at)),
+          el("td", {}, d.status_code !== null && d.status_code !== undefined ? d.status_code : d.error), el("td", { class: "num" }, `${d.duration_ms} ms`), el("td", {}, d.callback_state)))))
+        : el("p", { class: "muted" }, "No webhook for this job, or none sent yet."));
+    } catch (error) { say(`Job: ${error.message}`); }
+  }
+  load();
+  stopView = () => { if (stream) stream.close(); };
+}
+
+// ---- Routing -------------------------------------------------------------------------------
+
+function route() {
+  stopView();
+  stopView = () => {};
+  say("");
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query] = hash.split("?");
+  const params = new URLSearchParams(query || "");
+  const section = path.startsWith("/jobs") ? "jobs" : "overview";
+  document.querySelectorAll("[data-nav]").forEach((a) => {
+    if (a.dataset.nav === section) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  });
+  const match = path.match(/^\/jobs\/([^/]+)$/);
+  if (match) job(decodeURIComponent(match[1]));
+  else if (path === "/jobs") jobs(params);
+  else overview();
+  document.getElementById("app").focus({ preventScroll: true });
+}
+
+window.addEventListener("hashchange", route);
+route();
