@@ -12,7 +12,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use warren_shared::{JobError, JobEvent, JobId, JobStatus, JobType};
+use warren_shared::{JobError, JobEvent, JobId};
 
 use uuid::Uuid;
 
@@ -86,18 +86,7 @@ impl JobStore for MemoryStore {
         claim: Option<KeyClaim>,
         max_in_flight: u32,
     ) -> Result<Inserted, StoreError> {
-        let mut inner = self.inner();
-        let replay = claim
-            .as_ref()
-            .is_some_and(|c| inner.keys.contains_key(&c.key));
-        let in_flight = job
-            .key_id
-            .and_then(|key| inner.in_flight.get(&key))
-            .map_or(0, HashSet::len);
-        if !replay && in_flight >= usize::try_from(max_in_flight).unwrap_or(usize::MAX) {
-            return Ok(Inserted::AtCapacity);
-        }
-        inner.insert(job, claim)
+        self.inner().insert_capped(job, claim, max_in_flight)
     }
 
     async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -360,26 +349,7 @@ impl JobStore for MemoryStore {
         tenant: Option<&str>,
         finished_since: DateTime<Utc>,
     ) -> Result<Vec<TypeCount>, StoreError> {
-        let inner = self.inner();
-        let mut counts: HashMap<(JobType, JobStatus), u64> = HashMap::new();
-        let counted = inner.jobs.values().filter(|job| {
-            tenant.is_none_or(|t| job.tenant == t)
-                && (!job.status.is_terminal()
-                    || job.finished_at.is_some_and(|at| at >= finished_since))
-        });
-        for job in counted {
-            *counts
-                .entry((job.job_type.clone(), job.status))
-                .or_default() += 1;
-        }
-        Ok(counts
-            .into_iter()
-            .map(|((job_type, status), count)| TypeCount {
-                job_type,
-                status,
-                count,
-            })
-            .collect())
+        Ok(self.inner().count_by_type(tenant, finished_since))
     }
 
     async fn forget_key(&self, key: &str) -> Result<(), StoreError> {

@@ -1,12 +1,14 @@
 //! The memory store's records and their indexes: storing a record with its idempotency key,
 //! and keeping the outbox, scheduled, callback and in-flight indexes true on every change.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use warren_shared::{JobId, JobStatus};
+use warren_shared::{JobId, JobStatus, JobType};
 
 use super::Inner;
-use crate::store::{Inserted, Job, KeyClaim, StoreError};
+use crate::store::{Inserted, Job, KeyClaim, StoreError, TypeCount};
 
 /// Which indexes a record belongs in.
 #[derive(Debug, Clone, Copy)]
@@ -106,5 +108,54 @@ impl Inner {
         self.index(job.id, Marks::of(&job));
         self.jobs.insert(job.id, Box::new(job));
         Ok(Inserted::New)
+    }
+
+    /// Stores a new record as [`Inner::insert`] does, unless its key already has
+    /// `max_in_flight` unfinished jobs (a replay of an idempotency key is answered anyway).
+    pub(super) fn insert_capped(
+        &mut self,
+        job: Job,
+        claim: Option<KeyClaim>,
+        max_in_flight: u32,
+    ) -> Result<Inserted, StoreError> {
+        let replay = claim
+            .as_ref()
+            .is_some_and(|c| self.keys.contains_key(&c.key));
+        let in_flight = job
+            .key_id
+            .and_then(|key| self.in_flight.get(&key))
+            .map_or(0, HashSet::len);
+        if !replay && in_flight >= usize::try_from(max_in_flight).unwrap_or(usize::MAX) {
+            return Ok(Inserted::AtCapacity);
+        }
+        self.insert(job, claim)
+    }
+
+    /// Jobs by type and status, of `tenant` (all for `None`): the unfinished ones, and those
+    /// finished since `finished_since`.
+    pub(super) fn count_by_type(
+        &self,
+        tenant: Option<&str>,
+        finished_since: DateTime<Utc>,
+    ) -> Vec<TypeCount> {
+        let mut counts: HashMap<(JobType, JobStatus), u64> = HashMap::new();
+        let counted = self.jobs.values().filter(|job| {
+            tenant.is_none_or(|t| job.tenant == t)
+                && (!job.status.is_terminal()
+                    || job.finished_at.is_some_and(|at| at >= finished_since))
+        });
+        for job in counted {
+            *counts
+                .entry((job.job_type.clone(), job.status))
+                .or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|((job_type, status), count)| TypeCount {
+                job_type,
+                status,
+                count,
+            })
+            .collect()
     }
 }

@@ -34,7 +34,7 @@ use deadpool_postgres::{
 };
 use tokio_postgres::NoTls;
 use uuid::Uuid;
-use warren_shared::{JobError, JobEvent, JobId, JobType};
+use warren_shared::{JobError, JobEvent, JobId};
 
 use super::{
     Applied, Cancelled, ChangeFeed, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery,
@@ -342,17 +342,7 @@ impl JobStore for PostgresStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
-        let client = self.pool.get().await?;
-        let statement = client.prepare_cached(rows::LIST).await?;
-        let status = query.status.map(|s| s.as_str());
-        let job_type = query.job_type.as_ref().map(JobType::as_str);
-        let before = query.before.map(|id| id.as_uuid());
-        let limit = saturating_i64(query.limit);
-        let tenant = query.tenant.as_deref();
-        let rows = client
-            .query(&statement, &[&status, &job_type, &before, &limit, &tenant])
-            .await?;
-        rows.iter().map(from_row).collect()
+        stats::list(&self.pool, query).await
     }
 
     async fn count_by_type(

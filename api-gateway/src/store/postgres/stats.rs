@@ -1,11 +1,30 @@
-//! Counts for the queue overview (`GET /v1/queues`): unfinished jobs by type and status (the
-//! status index), and the ones finished since a time (the `finished_at` index), in one query.
+//! The job list (`GET /v1/jobs`: a page newest first, filtered) and the counts for the queue
+//! overview (`GET /v1/queues`: unfinished jobs by type and status through the status index,
+//! and the ones finished since a time through the `finished_at` index, in one query).
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use warren_shared::JobType;
 
-use super::super::{StoreError, TypeCount};
+use super::{
+    super::{Job, ListQuery, StoreError, TypeCount},
+    rows, saturating_i64,
+};
+
+/// One page of `query`, newest first.
+pub(super) async fn list(pool: &Pool, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(rows::LIST).await?;
+    let status = query.status.map(|s| s.as_str());
+    let job_type = query.job_type.as_ref().map(JobType::as_str);
+    let before = query.before.map(|id| id.as_uuid());
+    let limit = saturating_i64(query.limit);
+    let tenant = query.tenant.as_deref();
+    let rows = client
+        .query(&statement, &[&status, &job_type, &before, &limit, &tenant])
+        .await?;
+    rows.iter().map(rows::from_row).collect()
+}
 
 const COUNT_BY_TYPE: &str = "
     SELECT job_type, status, count(*) FROM warren_jobs
