@@ -300,9 +300,21 @@ impl JobService {
         id: JobId,
         trace: &TraceContext,
     ) -> Result<Job, JobsError> {
-        self.get(caller, id).await?;
-        let job = match self.store.redrive(id).await? {
+        let failed = self.get(caller, id).await?;
+        // The job counts against the key that submitted it, whoever re-drives it.
+        let cap = match failed.key_id {
+            Some(key) => self
+                .store
+                .api_key(key)
+                .await?
+                .and_then(|record| Some((key, record.max_in_flight?))),
+            None => None,
+        };
+        let job = match self.store.redrive(id, cap).await? {
             Redriven::Now(job) => *job,
+            Redriven::AtCapacity => {
+                return Err(JobsError::AtCapacity(cap.map_or(0, |(_, max)| max)));
+            }
             Redriven::NotFailed(job) => {
                 return Err(JobsError::NotFailed {
                     id,

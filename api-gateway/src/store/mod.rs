@@ -57,6 +57,8 @@ pub enum Redriven {
     Now(Box<Job>),
     /// The job is not `failed`; nothing changed.
     NotFailed(Box<Job>),
+    /// The job's API key already has its cap of jobs in flight; nothing changed.
+    AtCapacity,
     /// No record has this id.
     UnknownJob,
 }
@@ -308,8 +310,10 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Puts a `failed` job back to `queued` as a new attempt series (same id, next attempt
     /// number, a fresh attempt budget), with an outbox mark. The one way out of a terminal
-    /// status, and only on a client's explicit request.
-    async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError>;
+    /// status, and only on a client's explicit request. With `cap` (the job's API key and its
+    /// `max_in_flight`), only while that key has fewer unfinished jobs, counted atomically with
+    /// the change as [`JobStore::insert_capped`] counts.
+    async fn redrive(&self, id: JobId, cap: Option<(Uuid, u32)>) -> Result<Redriven, StoreError>;
 
     /// One page of jobs, newest first.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;

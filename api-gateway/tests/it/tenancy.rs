@@ -4,9 +4,11 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use warren_worker::Worker;
+
 use crate::{
     auth::{ADMIN, call, keys_on_postgres, make_key, with_admin},
-    helpers::{TestSchema, spawn_app_with},
+    helpers::{DEADLINE, TestApp, TestSchema, spawn_app_with},
 };
 
 #[tokio::test]
@@ -298,4 +300,58 @@ async fn an_in_flight_cap_holds_on_the_memory_store() {
         202
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redrive_counts_against_the_cap_of_the_key_that_submitted_the_job() {
+    redrive_within_cap(spawn_app_with(with_admin).await).await;
+    let schema = TestSchema::create().await;
+    redrive_within_cap(spawn_app_with(keys_on_postgres(&schema.url())).await).await;
+    schema.drop_schema().await;
+}
+
+async fn redrive_within_cap(mut app: TestApp) {
+    app.declare_idle_queue("idle").await;
+    app.spawn_worker(Worker::builder().handler("boom", |_context| async { panic!("kaboom") }))
+        .await;
+    let key = make_key(&app, &json!({"tenant": "acme", "max_in_flight": 1})).await;
+    let secret = key["key"].as_str().unwrap();
+    let failed = submit_as(&app, secret, json!({"type": "boom", "max_attempts": 1})).await;
+    let started = std::time::Instant::now();
+    while status_of(&app, &failed).await != "failed" {
+        assert!(started.elapsed() < DEADLINE, "the boom job never failed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let waiting = submit_as(&app, secret, json!({"type": "idle"})).await;
+    let retry = format!("/v1/jobs/{failed}/retry");
+    let refused = call(&app, Method::POST, &retry, Some(ADMIN), None).await;
+    assert_eq!(refused.status(), 429, "the key's one place is taken");
+    assert_eq!(status_of(&app, &failed).await, "failed", "nothing changed");
+    let cancel = format!("/v1/jobs/{waiting}/cancel");
+    assert_eq!(
+        call(&app, Method::POST, &cancel, Some(secret), None)
+            .await
+            .status(),
+        202
+    );
+    let redriven = call(&app, Method::POST, &retry, Some(ADMIN), None).await;
+    assert_eq!(redriven.status(), 202, "the place is free again");
+    app.stop().await;
+}
+
+async fn submit_as(app: &TestApp, key: &str, body: Value) -> String {
+    let response = call(app, Method::POST, "/v1/jobs", Some(key), Some(&body)).await;
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    job["id"].as_str().unwrap().to_owned()
+}
+
+async fn status_of(app: &TestApp, id: &str) -> Value {
+    let path = format!("/v1/jobs/{id}");
+    let job: Value = call(app, Method::GET, &path, Some(ADMIN), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    job["status"].clone()
 }

@@ -157,8 +157,8 @@ impl JobStore for SlowApply {
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
         self.inner.cancel(id).await
     }
-    async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError> {
-        self.inner.redrive(id).await
+    async fn redrive(&self, id: JobId, cap: Option<(Uuid, u32)>) -> Result<Redriven, StoreError> {
+        self.inner.redrive(id, cap).await
     }
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
         self.inner.list(query).await

@@ -12,7 +12,7 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use warren_shared::{JobError, JobEvent, JobId};
+use warren_shared::{JobError, JobEvent, JobId, JobStatus};
 
 use uuid::Uuid;
 
@@ -317,8 +317,18 @@ impl JobStore for MemoryStore {
         Ok(cancelled.unwrap_or(Cancelled::UnknownJob))
     }
 
-    async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError> {
-        let redriven = self.inner().with_job(id, |job| {
+    async fn redrive(&self, id: JobId, cap: Option<(Uuid, u32)>) -> Result<Redriven, StoreError> {
+        let mut inner = self.inner();
+        if let Some((key, max)) = cap
+            && inner
+                .jobs
+                .get(&id)
+                .is_some_and(|job| job.status == JobStatus::Failed)
+            && inner.in_flight_of(key) >= usize::try_from(max).unwrap_or(usize::MAX)
+        {
+            return Ok(Redriven::AtCapacity);
+        }
+        let redriven = inner.with_job(id, |job| {
             if transition::redrive(job) {
                 Redriven::Now(Box::new(job.clone()))
             } else {

@@ -121,14 +121,16 @@ impl Inner {
         let replay = claim
             .as_ref()
             .is_some_and(|c| self.keys.contains_key(&c.key));
-        let in_flight = job
-            .key_id
-            .and_then(|key| self.in_flight.get(&key))
-            .map_or(0, HashSet::len);
+        let in_flight = job.key_id.map_or(0, |key| self.in_flight_of(key));
         if !replay && in_flight >= usize::try_from(max_in_flight).unwrap_or(usize::MAX) {
             return Ok(Inserted::AtCapacity);
         }
         self.insert(job, claim)
+    }
+
+    /// How many unfinished records API key `key` submitted.
+    pub(super) fn in_flight_of(&self, key: Uuid) -> usize {
+        self.in_flight.get(&key).map_or(0, HashSet::len)
     }
 
     /// Jobs by type and status, of `tenant` (all for `None`): the unfinished ones, and those

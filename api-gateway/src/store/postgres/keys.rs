@@ -185,8 +185,7 @@ async fn capped(
             Inserted::KeyMismatch
         });
     }
-    let in_flight: i64 = tx.query_one(COUNT_IN_FLIGHT, &[&key_id]).await?.get(0);
-    if in_flight >= i64::from(max_in_flight) {
+    if count_reaches(&tx, key_id, max_in_flight).await? {
         return Ok(Inserted::AtCapacity);
     }
     if let Some(claim) = claim {
@@ -206,4 +205,25 @@ async fn capped(
     }
     tx.commit().await?;
     Ok(Inserted::New)
+}
+
+/// Takes API key `key`'s advisory lock in `tx` and says whether it already has `max` unfinished
+/// jobs (then `tx` should change nothing that would add one).
+pub(super) async fn at_capacity(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: Uuid,
+    max: u32,
+) -> Result<bool, StoreError> {
+    tx.execute(LOCK_KEY, &[&lock_of(key)]).await?;
+    count_reaches(tx, key, max).await
+}
+
+/// Whether API key `key` has `max` or more unfinished jobs.
+async fn count_reaches(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: Uuid,
+    max: u32,
+) -> Result<bool, StoreError> {
+    let in_flight: i64 = tx.query_one(COUNT_IN_FLIGHT, &[&key]).await?.get(0);
+    Ok(in_flight >= i64::from(max))
 }

@@ -48,6 +48,7 @@ use crate::{
 use committer::{Committer, Unmarker};
 use migrations::migrate;
 use rows::from_row;
+use writes::Modified;
 
 /// How long to wait for a connection (to get one from the pool, or to open one).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -333,11 +334,13 @@ impl JobStore for PostgresStore {
         })
     }
 
-    async fn redrive(&self, id: JobId) -> Result<Redriven, StoreError> {
-        Ok(match self.modify(id, transition::redrive).await? {
-            None => Redriven::UnknownJob,
-            Some((job, true)) => Redriven::Now(Box::new(job)),
-            Some((job, false)) => Redriven::NotFailed(Box::new(job)),
+    async fn redrive(&self, id: JobId, cap: Option<(Uuid, u32)>) -> Result<Redriven, StoreError> {
+        let redrive = |job: &mut Job| transition::redrive(job);
+        Ok(match self.modify_capped(id, cap, redrive).await? {
+            Modified::UnknownJob => Redriven::UnknownJob,
+            Modified::AtCapacity => Redriven::AtCapacity,
+            Modified::Done(job, true) => Redriven::Now(job),
+            Modified::Done(job, false) => Redriven::NotFailed(job),
         })
     }
 

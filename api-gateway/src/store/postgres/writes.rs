@@ -11,7 +11,7 @@ use warren_shared::{JobEvent, JobId};
 
 use super::{
     super::{Applied, Job, StoreError, transition},
-    PostgresStore, changes,
+    PostgresStore, changes, keys,
     rows::{self, Columns, from_row},
     saturating_i64,
 };
@@ -122,11 +122,32 @@ impl PostgresStore {
         id: JobId,
         change: impl FnOnce(&mut Job) -> T + Send,
     ) -> Result<Option<(Job, T)>, StoreError> {
+        Ok(match self.modify_capped(id, None, change).await? {
+            Modified::Done(job, outcome) => Some((*job, outcome)),
+            Modified::UnknownJob | Modified::AtCapacity => None,
+        })
+    }
+
+    /// Runs `change` on record `id` under its row lock, as [`Self::modify`] does; with `cap`
+    /// (an API key and its `max_in_flight`), first takes the key's advisory lock and refuses
+    /// if the key already has that many unfinished jobs, so the count and the change are one
+    /// step for every gateway (the capped insert takes the same lock).
+    pub(super) async fn modify_capped<T>(
+        &self,
+        id: JobId,
+        cap: Option<(Uuid, u32)>,
+        change: impl FnOnce(&mut Job) -> T + Send,
+    ) -> Result<Modified<T>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        if let Some((key, max)) = cap
+            && keys::at_capacity(&tx, key, max).await?
+        {
+            return Ok(Modified::AtCapacity);
+        }
         let statement = tx.prepare_cached(rows::LOCK_MANY).await?;
         let Some(row) = tx.query(&statement, &[&vec![id.as_uuid()]]).await?.pop() else {
-            return Ok(None);
+            return Ok(Modified::UnknownJob);
         };
         let mut job = from_row(&row)?;
         let before = job.version;
@@ -138,6 +159,16 @@ impl PostgresStore {
             changes::notify(&tx, &self.channel, &self.origin, &[job.id]).await?;
         }
         tx.commit().await?;
-        Ok(Some((job, outcome)))
+        Ok(Modified::Done(Box::new(job), outcome))
     }
+}
+
+/// What a capped change did.
+pub(super) enum Modified<T> {
+    /// The change ran (it may have changed nothing); the record after it.
+    Done(Box<Job>, T),
+    /// No record has this id.
+    UnknownJob,
+    /// The API key already has its cap of unfinished jobs; nothing ran.
+    AtCapacity,
 }
