@@ -28,6 +28,18 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** Replaces a container's content without losing keyboard focus on a link inside it (the
+ *  overview and the list refresh every 2 s). */
+function replaceKeepingFocus(container, ...nodes) {
+  const active = document.activeElement;
+  const href = container.contains(active) ? active.getAttribute("href") : null;
+  container.replaceChildren(...nodes);
+  if (href) {
+    const again = [...container.querySelectorAll("a")].find((a) => a.getAttribute("href") === href);
+    if (again) again.focus();
+  }
+}
+
 function say(message) {
   document.getElementById("status").textContent = message;
 }
@@ -100,7 +112,7 @@ function overview() {
       card("failed (1 h)", total("failed_last_hour")),
       card("dead letters", data.dead_letters === null ? "–" : data.dead_letters),
     );
-    table.replaceChildren(queueTable(data));
+    replaceKeepingFocus(table, queueTable(data));
   }
   refresh();
   const timer = setInterval(refresh, POLL_MS);
@@ -162,7 +174,7 @@ function jobs(params) {
     let page;
     try { page = await api(`/v1/jobs?${query}`); } catch (error) { say(`Jobs: ${error.message}`); return; }
     say("");
-    list.replaceChildren(page.jobs.length ? jobTable(page.jobs) : el("p", { class: "muted" }, "No jobs match."));
+    replaceKeepingFocus(list, page.jobs.length ? jobTable(page.jobs) : el("p", { class: "muted" }, "No jobs match."));
     const links = [];
     if (cursor) {
       const first = new URLSearchParams(params);
@@ -174,7 +186,7 @@ function jobs(params) {
       next.set("cursor", page.next_cursor);
       links.push(el("a", { href: `#/jobs?${next}` }, "Next page"));
     }
-    pager.replaceChildren(...links);
+    replaceKeepingFocus(pager, ...links);
   }
   refresh();
   // The first page follows new jobs; later pages hold still.
