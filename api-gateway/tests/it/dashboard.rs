@@ -60,7 +60,7 @@ async fn the_dashboard_follows_cancels_and_redrives_jobs_in_a_real_browser() {
     let builder = handlers::register(Worker::builder())
         .handler("boom", |_context| async { panic!("kaboom") });
     app.spawn_worker(builder).await;
-    let browser = Browser::start(&driver, 1100, 800).await;
+    let browser = Browser::start(&driver, 1100, 1000).await;
 
     // Without a key: the sign-in form; with the operator's key: the overview.
     browser.open(&format!("{}/ui", app.address)).await;
@@ -104,7 +104,7 @@ async fn the_dashboard_follows_cancels_and_redrives_jobs_in_a_real_browser() {
     assert_eq!(status_of(&app, &sleeper).await["status"], "cancelled");
 
     // A failed job, re-driven with the button: a second attempt series runs.
-    let boom = submit(&app, &json!({"type": "boom", "max_attempts": 1})).await;
+    let boom = submit(&app, &json!({"type": "boom", "max_attempts": 2})).await;
     let started = std::time::Instant::now();
     while status_of(&app, &boom).await["status"] != "failed" {
         assert!(
@@ -123,7 +123,7 @@ async fn the_dashboard_follows_cancels_and_redrives_jobs_in_a_real_browser() {
     browser.click("#redrive").await;
     browser.accept_dialog().await;
     browser
-        .wait_for_text("dd[data-field='attempt']", |t| t.starts_with("2 of"))
+        .wait_for_text("dd[data-field='attempt']", |t| t.starts_with("3 of"))
         .await;
 
     browser.open(&format!("{}/ui#/", app.address)).await;
