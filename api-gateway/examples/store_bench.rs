@@ -20,7 +20,7 @@ use std::time::Instant;
 use chrono::Utc;
 use serde_json::json;
 use warren_gateway::{
-    http::jobs::{SubmitLimits, SubmitRequest},
+    model::{JobSpec, SpecLimits},
     store::{JobStore, PostgresStore},
 };
 use warren_shared::{JobEvent, JobStatus, V1};
@@ -29,16 +29,17 @@ const BATCH: usize = 256;
 
 /// Stores `events / 2` new jobs and returns a `running` and a `succeeded` event for each.
 async fn prepare(store: &PostgresStore, events: usize) -> Vec<JobEvent> {
-    let limits = SubmitLimits {
+    let limits = SpecLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
         max_delay: std::time::Duration::from_secs(86_400),
     };
     let mut out = Vec::with_capacity(events);
     for _ in 0..events / 2 {
-        let job = SubmitRequest::new("echo", &json!({}))
-            .into_job(&limits)
-            .unwrap();
+        let job = JobSpec::new("echo", &json!({}))
+            .validate(&limits)
+            .unwrap()
+            .into_job();
         store.insert(job.clone(), None).await.unwrap();
         for (seq, status) in [(1, JobStatus::Running), (2, JobStatus::Succeeded)] {
             out.push(JobEvent {

@@ -10,14 +10,18 @@ use crate::{
     auth::{AdminKey, Authenticator},
     config::GatewayConfig,
     events,
-    http::{self, AppState, CallbackPolicy, jobs::SubmitLimits},
+    http::{self, AppState},
     jobs::{self, JobService},
+    keys::KeyService,
     metrics::GatewayMetrics,
+    model::SpecLimits,
     publisher::Publisher,
+    queues::QueueService,
     retention,
-    store::{JobStore, MemoryStore, PostgresStore, StoreError},
+    schedules::{self, ScheduleService},
+    store::{PostgresStore, StoreError, Stores},
     watch::Watchers,
-    webhooks::deliverer::Deliverer,
+    webhooks::{CallbackPolicy, deliverer::Deliverer},
 };
 
 /// Connections the gateway keeps to RabbitMQ (the publisher and the events consumer share
@@ -51,6 +55,7 @@ pub struct Application {
     listener: TcpListener,
     config: GatewayConfig,
     state: AppState,
+    stores: Stores,
     pool: amqp::Pool,
     topology: Topology,
     deliverer: Arc<Deliverer>,
@@ -64,23 +69,25 @@ impl Application {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let store: Arc<dyn JobStore> = match &config.database_url {
-            Some(url) => Arc::new(PostgresStore::connect_with(url, config.store_options()).await?),
+        let stores = match &config.database_url {
+            Some(url) => Stores::from(Arc::new(
+                PostgresStore::connect_with(url, config.store_options()).await?,
+            )),
             None => {
                 tracing::warn!(
                     "WARREN_DATABASE_URL is not set: jobs are kept in memory and lost on restart"
                 );
-                Arc::new(MemoryStore::new())
+                Stores::memory()
             }
         };
-        Self::with_parts(config, listener, store)
+        Self::with_parts(config, listener, stores)
     }
 
-    /// Builds on an already-bound listener and a given store (tests bind port 0).
+    /// Builds on an already-bound listener and given stores (tests bind port 0).
     pub fn with_parts(
         config: GatewayConfig,
         listener: TcpListener,
-        store: Arc<dyn JobStore>,
+        stores: Stores,
     ) -> Result<Self, StartupError> {
         let topology = Topology::from_config(&config.broker);
         let pool = amqp::connection_pool(&config.broker, "warren-gateway", AMQP_POOL_SIZE)?;
@@ -92,8 +99,12 @@ impl Application {
             metrics.publish_confirm.clone(),
         );
         let publisher = Arc::new(publisher);
-        let deliverer = Deliverer::new(store.clone(), config.webhooks.clone(), metrics.clone())
-            .map_err(StartupError::Webhooks)?;
+        let deliverer = Deliverer::new(
+            stores.callbacks.clone(),
+            config.webhooks.clone(),
+            metrics.clone(),
+        )
+        .map_err(StartupError::Webhooks)?;
         if config.admin_key.is_none() {
             tracing::warn!(
                 "WARREN_ADMIN_KEY is not set: Warren is open, and anyone who can reach this port \
@@ -101,31 +112,37 @@ impl Application {
             );
         }
         let admin_key = config.admin_key.as_ref().map(AdminKey::expose);
-        let auth = Arc::new(Authenticator::new(admin_key, store.clone()));
+        let auth = Arc::new(Authenticator::new(admin_key, stores.keys.clone()));
+        let limits = Arc::new(SpecLimits {
+            default_timeout_ms: config.default_timeout_ms,
+            max_timeout_ms: config.max_timeout_ms,
+            max_delay: config.max_delay,
+        });
+        let policy = CallbackPolicy {
+            signing: config.webhooks.secret.is_some(),
+            allow_private: config.webhooks.allow_private,
+        };
         let jobs = JobService::new(
-            store,
+            &stores,
             publisher.clone(),
             Arc::new(Watchers::default()),
             metrics.clone(),
+            limits.clone(),
+            policy,
         );
         let state = AppState {
+            schedules: ScheduleService::new(stores.schedules.clone(), jobs.clone()),
+            keys: KeyService::new(stores.keys.clone(), auth.clone()),
+            queues: QueueService::new(stores.jobs.clone(), publisher.clone()),
             jobs,
             publisher,
-            limits: Arc::new(SubmitLimits {
-                default_timeout_ms: config.default_timeout_ms,
-                max_timeout_ms: config.max_timeout_ms,
-                max_delay: config.max_delay,
-            }),
+            limits,
             broker_address: config.broker.amqp_url.to_string().into(),
             change_feed: ReadyFlag::default(),
             openapi: Arc::default(),
             metrics,
             max_wait: config.max_wait(),
             user_timeout: config.user_timeout(),
-            callbacks: CallbackPolicy {
-                signing: config.webhooks.secret.is_some(),
-                allow_private: config.webhooks.allow_private,
-            },
             auth,
             management_url: config.management_url.as_deref().map(Arc::from),
         };
@@ -133,6 +150,7 @@ impl Application {
             listener,
             config,
             state,
+            stores,
             pool,
             topology,
             deliverer: Arc::new(deliverer),
@@ -165,12 +183,13 @@ impl Application {
             listener,
             config,
             state,
+            stores,
             pool,
             topology,
             deliverer,
         } = self;
         let stop_consumer = CancellationToken::new();
-        let store = state.jobs.store().clone();
+        let store = stores.jobs.clone();
         let watchers = state.jobs.watchers().clone();
         let consumers = [
             tokio::spawn(events::run(
@@ -191,9 +210,8 @@ impl Application {
                 state.jobs.clone(),
                 stop_consumer.clone(),
             )),
-            tokio::spawn(crate::schedules::firing::run(
-                state.jobs.clone(),
-                state.limits.clone(),
+            tokio::spawn(schedules::firing::run(
+                state.schedules.clone(),
                 config.misfire_grace,
                 stop_consumer.clone(),
             )),

@@ -4,21 +4,24 @@
 //!
 //! # Layout
 //!
-//! - [`auth`]: API keys, tenants and rate limits.
-//! - [`config`]: environment and flags.
-//! - [`app`]: startup ([`Application::build`]), serving and graceful shutdown.
-//! - [`http`]: the router, handlers and problem+json errors.
-//! - [`metrics`]: the Prometheus series.
-//! - [`publisher`]: the confirmed publish of job messages.
-//! - [`events`]: the consumer that applies worker events to the store and wakes waiters.
-//! - [`fault`]: fault-injection points for crash tests (debug builds only).
-//! - [`jobs`]: the job service (accept with the outbox, idempotency, cancel, re-drive,
-//!   waiting), the outbox relay and the store's change feed.
-//! - [`schedules`]: recurring schedules (cron in a time zone) and the loop that fires them.
-//! - [`retention`]: the background task that deletes old finished jobs and idempotency keys.
-//! - [`store`]: the [`store::JobStore`] trait, lifecycle rules, the in-memory and PostgreSQL
-//!   stores.
-//! - [`watch`]: the registry that wakes requests waiting on a job.
+//! Layers import one way, from the bottom up (`scripts/import-graph.sh` checks it in CI):
+//!
+//! 1. [`model`]: the domain types and their pure rules (job, job spec and its validation,
+//!    schedule, API key, callback and delivery). Imports nothing else from the crate.
+//! 2. [`store`]: one trait per concern (jobs, outbox, keys, schedules, callbacks), each
+//!    implemented by the memory and PostgreSQL backends, and the shared transition rules.
+//! 3. Parts the services use: [`metrics`] (the Prometheus series), [`watch`] (the registry
+//!    that wakes requests waiting on a job), [`publisher`] (the confirmed publish), [`auth`]
+//!    (who is calling, and what they may do), [`fault`] (fault-injection points for crash
+//!    tests, debug builds only).
+//! 4. Services, which own the use cases: [`jobs`] (submit, accept with the outbox,
+//!    idempotency, cancel, re-drive, waiting; the outbox relay, the scheduler and the change
+//!    feed), [`schedules`], [`keys`], [`queues`], [`webhooks`] (the deliverer), [`events`]
+//!    (the consumer that applies worker events), [`retention`].
+//! 5. [`http`]: the router, handlers and problem+json errors, over an [`state::AppState`]
+//!    of services.
+//! 6. [`app`]: startup ([`Application::build`]), serving and graceful shutdown; [`config`]:
+//!    environment and flags; [`admin`]: the `warren-admin` commands.
 
 pub mod admin;
 pub mod app;
@@ -28,10 +31,14 @@ pub mod events;
 pub mod fault;
 pub mod http;
 pub mod jobs;
+pub mod keys;
 pub mod metrics;
+pub mod model;
 pub mod publisher;
+pub mod queues;
 pub mod retention;
 pub mod schedules;
+pub mod state;
 pub mod store;
 pub mod watch;
 pub mod webhooks;

@@ -21,8 +21,8 @@ use warren_shared::metrics::{
 };
 
 use crate::{
-    store::{Applied, Job},
-    webhooks::CallbackState,
+    model::{CallbackState, Job},
+    store::Applied,
 };
 
 /// An HTTP request's labels.

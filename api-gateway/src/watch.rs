@@ -14,7 +14,7 @@ use std::{
 use tokio::sync::broadcast;
 use warren_shared::JobId;
 
-use crate::store::Job;
+use crate::model::Job;
 
 /// Snapshots buffered per job for a slow subscriber before it is told it lagged.
 const BUFFER: usize = 64;

@@ -4,7 +4,7 @@
 //! - **Open mode.** Without `WARREN_ADMIN_KEY` every request acts as the operator: every
 //!   right, every tenant's jobs. A warning says so at start.
 //! - **Keys on.** Protected routes need `Authorization: Bearer <key>`. `WARREN_ADMIN_KEY` is
-//!   the operator's key; the keys it creates ([`keys`]) each act for one tenant, with the
+//!   the operator's key; the keys it creates ([`crate::keys`]) each act for one tenant, with the
 //!   rights, rate limit and in-flight cap they were given.
 //! - **Tenancy.** A job records its tenant; a caller that does not see it gets `404`, as if it
 //!   did not exist ([`Caller::sees`]).
@@ -12,7 +12,6 @@
 //!   revoked on one gateway is refused by every gateway within that time (at once on the
 //!   gateway that revoked it).
 
-pub mod keys;
 pub mod rate;
 
 use std::{
@@ -24,8 +23,13 @@ use std::{
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
-use crate::store::{JobStore, StoreError};
-use keys::{ApiKey, DEFAULT_TENANT, Right};
+use crate::{
+    model::{
+        ApiKey, DEFAULT_TENANT, Right,
+        key::{self as keys},
+    },
+    store::{KeyStore, StoreError},
+};
 use rate::RateLimiter;
 
 /// How long a gateway trusts a key record it read (revocation reaches every gateway within
@@ -148,7 +152,7 @@ struct Cached {
 pub struct Authenticator {
     /// SHA-256 of `WARREN_ADMIN_KEY`; `None` in open mode.
     admin: Option<[u8; 32]>,
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn KeyStore>,
     cache: Mutex<HashMap<Uuid, Cached>>,
     /// Every key's rate-limit bucket in this gateway.
     pub limiter: RateLimiter,
@@ -164,7 +168,7 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Keys on when `admin_key` is set, open otherwise.
-    pub fn new(admin_key: Option<&str>, store: Arc<dyn JobStore>) -> Self {
+    pub fn new(admin_key: Option<&str>, store: Arc<dyn KeyStore>) -> Self {
         Self {
             admin: admin_key.map(keys::digest),
             store,

@@ -13,20 +13,21 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warren_shared::{JobId, JobStatus, trace::TraceContext};
 
 use super::{
     AppState,
-    jobs::{SubmitRequest, load, parse_id},
-    openapi::Problem,
-    problem::ApiError,
+    jobs::{load, parse_id},
+    problem::{ApiError, Problem},
 };
 use crate::{
     auth::Caller,
-    jobs::{Accepted, JobsError},
-    store::{Job, RawJson},
+    jobs::{JobsError, Submitted},
+    model::{Job, JobSpec, RawJson},
 };
 
 /// The job type behind the report routes.
@@ -67,10 +68,11 @@ pub async fn generate_report(
             ),
         });
     }
-    let job = SubmitRequest::new(REPORT_TYPE, &json!({"period": request.period}))
-        .into_job(&state.limits)?;
-    let (Accepted::New(job) | Accepted::Replayed(job)) =
-        state.jobs.submit(job, None, &caller, &trace).await?;
+    let spec = JobSpec::new(REPORT_TYPE, &json!({"period": request.period}));
+    let Submitted { job, .. } = state
+        .jobs
+        .submit(spec, None, &caller, &trace, Duration::ZERO)
+        .await?;
     let location = format!("/report-status/{}", job.id);
     let body = json!({"status": "processing", "jobId": job.id});
     Ok((
@@ -172,22 +174,20 @@ pub async fn get_user(
     Extension(caller): Extension<Caller>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut request = SubmitRequest::new(USER_TYPE, &json!({"id": user_id}));
-    request.max_attempts = Some(1);
-    request.timeout_ms = u64::try_from(state.user_timeout.as_millis()).ok();
-    let job = request.into_job(&state.limits)?;
-    let subscription = state.jobs.watchers().subscribe(job.id);
-    let job = match state.jobs.submit(job, None, &caller, &trace).await {
+    let mut spec = JobSpec::new(USER_TYPE, &json!({"id": user_id}));
+    spec.max_attempts = Some(1);
+    spec.timeout_ms = u64::try_from(state.user_timeout.as_millis()).ok();
+    let submitted = state
+        .jobs
+        .submit(spec, None, &caller, &trace, state.user_timeout)
+        .await;
+    let job = match submitted {
         Err(JobsError::UnknownJobType(_)) => {
             return Err(ApiError::Unavailable("no worker handles user lookups"));
         }
-        Ok(Accepted::New(job) | Accepted::Replayed(job)) => job,
+        Ok(Submitted { job, .. }) => job,
         Err(error) => return Err(error.into()),
     };
-    let job = state
-        .jobs
-        .wait_until_terminal(subscription, &caller, job.id, state.user_timeout)
-        .await?;
     answer_user(&state, job, &user_id).await
 }
 

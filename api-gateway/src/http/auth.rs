@@ -20,7 +20,10 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tracing::Span;
 
 use super::{AppState, problem::ApiError, route_of};
-use crate::auth::{AuthError, keys::Right, rate::Quota};
+use crate::{
+    auth::{AuthError, rate::Quota},
+    model::Right,
+};
 
 /// Routes anyone may call, keys on or not. (The dashboard's page checks the key itself, to
 /// answer a browser without one with a sign-in form; its assets hold no data.)

@@ -1,5 +1,4 @@
-//! Webhooks over HTTP: checking a `callback_url` when a job or schedule is submitted, and
-//! `GET /v1/jobs/{id}/deliveries`, every attempt to deliver a job's callback.
+//! `GET /v1/jobs/{id}/deliveries`: every attempt to deliver a job's callback.
 
 use axum::{
     Json,
@@ -9,47 +8,10 @@ use serde::Serialize;
 
 use super::{
     AppState,
-    jobs::{load, parse_id},
-    openapi::Problem,
-    problem::ApiError,
+    jobs::parse_id,
+    problem::{ApiError, Problem},
 };
-use crate::{
-    auth::Caller,
-    webhooks::{Delivery, guard},
-};
-
-/// What the gateway allows as a `callback_url`.
-#[derive(Debug, Clone, Copy)]
-pub struct CallbackPolicy {
-    /// A signing secret is set (`WARREN_WEBHOOK_SECRET`); without one, deliveries could not
-    /// be signed, so callbacks are refused rather than accepted and never sent.
-    pub signing: bool,
-    /// `WARREN_WEBHOOK_ALLOW_PRIVATE`.
-    pub allow_private: bool,
-}
-
-impl CallbackPolicy {
-    /// Refuses a `callback_url` that could not be delivered: no signing secret, not
-    /// `http(s)`, too long, or a host that is (or resolves to) a private address.
-    pub async fn check(&self, url: Option<&str>) -> Result<(), ApiError> {
-        let Some(url) = url else { return Ok(()) };
-        let invalid = |message: String| ApiError::InvalidField {
-            field: "callback_url",
-            message,
-        };
-        if !self.signing {
-            return Err(invalid(
-                "this gateway has no webhook signing secret (WARREN_WEBHOOK_SECRET), so it \
-                 cannot send callbacks; leave callback_url out, or ask the operator to set it"
-                    .into(),
-            ));
-        }
-        let url = guard::parse(url).map_err(|why| invalid(format!("callback_url {why}")))?;
-        guard::check(&url, self.allow_private)
-            .await
-            .map_err(|why| invalid(format!("callback_url refused: {why}")))
-    }
-}
+use crate::{auth::Caller, model::Delivery};
 
 /// The body of `GET /v1/jobs/{id}/deliveries`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -69,7 +31,6 @@ pub async fn deliveries(
     Path(id): Path<String>,
 ) -> Result<Json<Deliveries>, ApiError> {
     let id = parse_id(&id)?;
-    load(&state, &caller, id).await?;
-    let deliveries = state.jobs.store().deliveries(id).await?;
+    let deliveries = state.jobs.deliveries(&caller, id).await?;
     Ok(Json(Deliveries { deliveries }))
 }

@@ -16,7 +16,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// which broker address it tried (password hidden).
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "RabbitMQ and the store are usable"), (status = 503, description = "Something is not; the body says what")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (broker, store) = tokio::join!(state.publisher.is_ready(), state.jobs.store().ping());
+    let (broker, store) = tokio::join!(state.publisher.is_ready(), state.jobs.ping_store());
     let store = match store {
         Ok(()) if !state.change_feed.is_up() => {
             Err("the store's change feed is reconnecting".to_owned())

@@ -9,14 +9,16 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use chrono::Utc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{AppState, openapi::Problem, problem::ApiError};
-use crate::auth::{
-    Caller,
-    keys::{ApiKey, NewKey},
+use super::{
+    AppState,
+    problem::{ApiError, Problem},
+};
+use crate::{
+    auth::Caller,
+    model::{ApiKey, NewKey},
 };
 
 /// A new key: its record and, this once, its secret.
@@ -53,20 +55,7 @@ pub async fn create(
     body: Result<Json<NewKey>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(new) = body?;
-    if !caller.sees(&new.tenant) {
-        return Err(ApiError::Forbidden(format!(
-            "this key manages the keys of tenant {:?} only",
-            caller.label()
-        )));
-    }
-    let (record, secret) = new
-        .issue(Utc::now())
-        .map_err(|bad| ApiError::InvalidField {
-            field: bad.field,
-            message: bad.message,
-        })?;
-    state.jobs.store().insert_api_key(&record).await?;
-    tracing::info!(key_id = %record.id, tenant = %record.tenant, rights = ?record.rights, "API key made");
+    let (record, secret) = state.keys.create(&caller, new).await?;
     let location = format!("/v1/keys/{}", record.id);
     let created = CreatedKey {
         record,
@@ -88,8 +77,7 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let mut keys = state.jobs.store().api_keys().await?;
-    keys.retain(|key| caller.sees(&key.tenant));
+    let keys = state.keys.list(&caller).await?;
     Ok(Json(KeyList { keys }))
 }
 
@@ -103,23 +91,9 @@ pub async fn revoke(
     Extension(caller): Extension<Caller>,
     Path(raw_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let not_found = |id| ApiError::NotFound(format!("no API key has id {id}"));
     let id: Uuid = raw_id.parse().map_err(|_| {
         ApiError::BadParameter(format!("{raw_id:?} is not a key id: ids are UUIDs"))
     })?;
-    let store = state.jobs.store();
-    let key = store
-        .api_key(id)
-        .await?
-        .filter(|key| caller.sees(&key.tenant));
-    if key.is_none() {
-        return Err(not_found(id));
-    }
-    store
-        .revoke_api_key(id, Utc::now())
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    state.auth.forget(id);
-    tracing::info!(key_id = %id, "API key revoked");
+    state.keys.revoke(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,11 +11,8 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use warren_shared::{JobId, JobStatus, JobType};
 
-use super::{AppState, openapi::Problem, problem::ApiError};
-use crate::{
-    auth::Caller,
-    store::{Job, ListQuery},
-};
+use super::{AppState, problem::ApiError, problem::Problem};
+use crate::{auth::Caller, model::Job, store::ListQuery};
 
 /// Jobs per page when the client does not say.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -100,7 +97,7 @@ pub async fn list(
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadParameter(e.body_text()))?;
     let query = params.into_query(&caller)?;
-    let jobs = state.jobs.store().list(&query).await.map_err(|error| {
+    let jobs = state.jobs.list(&query).await.map_err(|error| {
         tracing::error!(%error, "cannot list jobs");
         ApiError::Unavailable("the job store is unavailable")
     })?;

@@ -1,4 +1,5 @@
-//! The HTTP API: routes, shared state, request tracing and the fallback.
+//! The HTTP API: routes, request tracing and the fallback. Handlers parse, call a service from
+//! the [`AppState`], and answer; they never reach a store.
 //!
 //! [`router`] builds the whole app from an [`AppState`] without a socket, so handlers can be
 //! driven in tests with `tower::ServiceExt::oneshot`.
@@ -18,10 +19,7 @@ pub mod schedules;
 pub mod stream;
 pub mod ui;
 
-use std::{
-    sync::{Arc, OnceLock},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use axum::{
     Router,
@@ -33,49 +31,11 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use warren_shared::{
-    readiness::ReadyFlag,
-    trace::{TRACEPARENT, TraceContext},
-};
+use warren_shared::trace::{TRACEPARENT, TraceContext};
 
-use crate::{
-    auth::Authenticator,
-    jobs::JobService,
-    metrics::{GatewayMetrics, HttpLabels, RouteLabels},
-    publisher::Publisher,
-};
-pub use callbacks::CallbackPolicy;
-use jobs::SubmitLimits;
+use crate::metrics::{HttpLabels, RouteLabels};
+pub use crate::state::AppState;
 use problem::ApiError;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    /// Accepts, cancels, re-drives and waits on jobs (and reaches the store and waiters).
-    pub jobs: JobService,
-    /// Publishes job messages with confirms (its readiness backs `/readyz`).
-    pub publisher: Arc<Publisher>,
-    /// Limits applied to submitted jobs.
-    pub limits: Arc<SubmitLimits>,
-    /// The Prometheus series.
-    pub metrics: Arc<GatewayMetrics>,
-    /// The OpenAPI document, rendered once when the router is built.
-    pub openapi: Arc<OnceLock<String>>,
-    /// The broker's URL with its password hidden, for `/readyz`.
-    pub broker_address: Arc<str>,
-    /// Up while the store's change feed is followed (waiters can be woken).
-    pub change_feed: ReadyFlag,
-    /// The longest a request may wait for a job.
-    pub max_wait: Duration,
-    /// How long `GET /users/{id}` waits for a worker.
-    pub user_timeout: Duration,
-    /// What a `callback_url` may be.
-    pub callbacks: CallbackPolicy,
-    /// Who may call which route (API keys, tenants, rate limits).
-    pub auth: Arc<Authenticator>,
-    /// The RabbitMQ management UI, linked from the dashboard.
-    pub management_url: Option<Arc<str>>,
-}
 
 /// The gateway's routes over `state`, with a body limit of `max_body_bytes`. Each handler is
 /// registered with its OpenAPI description, so `/openapi.json` lists exactly these routes.

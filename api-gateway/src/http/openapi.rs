@@ -7,10 +7,10 @@ use axum::{
     http::header,
     response::{Html, IntoResponse},
 };
-use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
-use super::{AppState, jobs::SubmitLimits};
+use super::{AppState, problem::Problem};
+use crate::model::SpecLimits;
 
 /// The document's header; paths and schemas are added as routes are registered.
 #[derive(OpenApi)]
@@ -31,22 +31,6 @@ use super::{AppState, jobs::SubmitLimits};
 )]
 pub struct ApiDoc;
 
-/// An error answer (RFC 9457 problem details), `application/problem+json`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// A URN naming the kind of problem, e.g. `urn:warren:problem:invalid-field`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The HTTP status phrase.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What went wrong and what to do about it.
-    pub detail: String,
-    /// The offending field, for invalid fields.
-    pub field: Option<String>,
-}
-
 /// `GET /openapi.json`: this API's OpenAPI 3 description.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json")))]
@@ -62,7 +46,7 @@ pub async fn spec(State(state): State<AppState>) -> impl IntoResponse {
 /// - the time zones a schedule takes, as an enum of the IANA names the server knows;
 /// - the bearer scheme, and which operations need it (with their `401`, `403` and `429`).
 #[must_use]
-pub fn render(api: &utoipa::openapi::OpenApi, limits: &SubmitLimits) -> Option<String> {
+pub fn render(api: &utoipa::openapi::OpenApi, limits: &SpecLimits) -> Option<String> {
     let mut document = serde_json::to_value(api).ok()?;
     declare_security(&mut document)?;
     let submit = document.pointer_mut("/paths/~1v1~1jobs/post")?;

@@ -9,10 +9,31 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde::Serialize;
 use warren_shared::{JobId, JobType};
 
-use crate::{jobs::JobsError, store::StoreError};
+use crate::{
+    jobs::JobsError, keys::KeysError, model::SpecError, schedules::SchedulesError,
+    store::StoreError,
+};
+
+/// An error answer (RFC 9457 problem details), `application/problem+json`: the body every
+/// [`ApiError`] answers with, and its schema in the OpenAPI document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URN naming the kind of problem, e.g. `urn:warren:problem:invalid-field`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP status phrase.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong and what to do about it.
+    pub detail: String,
+    /// The offending field, for invalid fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
 
 /// Everything the HTTP API can refuse a request for.
 #[derive(Debug, thiserror::Error)]
@@ -165,15 +186,16 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut body = json!({
-            "type": format!("urn:warren:problem:{}", self.slug()),
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        if let Self::InvalidField { field, .. } = &self {
-            body["field"] = json!(field);
-        }
+        let body = Problem {
+            kind: format!("urn:warren:problem:{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            field: match &self {
+                Self::InvalidField { field, .. } => Some((*field).to_owned()),
+                _ => None,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -275,7 +297,41 @@ impl From<JobsError> for ApiError {
             },
             JobsError::UnknownJobType(job_type) => Self::UnknownJobType(job_type),
             JobsError::NotConfirmed(_) => Self::Unavailable("RabbitMQ did not confirm the job"),
+            JobsError::Invalid(error) => error.into(),
             JobsError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(error: SpecError) -> Self {
+        Self::InvalidField {
+            field: error.field,
+            message: error.message,
+        }
+    }
+}
+
+impl From<SchedulesError> for ApiError {
+    fn from(error: SchedulesError) -> Self {
+        match error {
+            SchedulesError::Invalid(error) => error.into(),
+            SchedulesError::NotFound(id) => Self::NotFound(format!("no schedule has id {id}")),
+            SchedulesError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<KeysError> for ApiError {
+    fn from(error: KeysError) -> Self {
+        match error {
+            error @ KeysError::OtherTenant(_) => Self::Forbidden(error.to_string()),
+            KeysError::Invalid(bad) => Self::InvalidField {
+                field: bad.field,
+                message: bad.message,
+            },
+            error @ KeysError::NotFound(_) => Self::NotFound(error.to_string()),
+            KeysError::Store(error) => error.into(),
         }
     }
 }

@@ -3,66 +3,16 @@
 //! consuming (from RabbitMQ: a passive declare of the type's queue, no management plugin).
 //! Messages ready and dead letters count every tenant's jobs, so only the operator sees them.
 
-use std::{collections::BTreeMap, time::Duration};
-
 use axum::{
     Json,
     extract::{Extension, State},
 };
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use warren_shared::{JobStatus, JobType};
 
-use super::{AppState, openapi::Problem, problem::ApiError};
-use crate::auth::Caller;
-
-/// How far back "finished" counts reach.
-const FINISHED_WINDOW: chrono::Duration = chrono::Duration::hours(1);
-/// How long the broker's numbers may take before the answer goes without them.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// One job type's numbers.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
-pub struct QueueStats {
-    /// The job type.
-    #[serde(rename = "type")]
-    #[schema(example = "report.generate")]
-    pub job_type: String,
-    /// Jobs waiting for their `run_at`.
-    pub scheduled: u64,
-    /// Jobs waiting for a worker.
-    pub queued: u64,
-    /// Jobs a worker runs now.
-    pub running: u64,
-    /// Jobs waiting to be tried again.
-    pub retrying: u64,
-    /// Jobs that succeeded in the last hour.
-    pub succeeded_last_hour: u64,
-    /// Jobs that failed in the last hour.
-    pub failed_last_hour: u64,
-    /// Jobs cancelled in the last hour.
-    pub cancelled_last_hour: u64,
-    /// Workers consuming the type's queue; null when RabbitMQ did not answer or the queue does
-    /// not exist.
-    pub workers: Option<u32>,
-    /// Messages ready in the type's queue, every tenant's (operator only; null otherwise).
-    pub messages_ready: Option<u32>,
-}
-
-/// `GET /v1/queues`'s answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct QueueOverview {
-    /// One entry per job type with unfinished jobs or jobs finished in the last hour, by name.
-    pub queues: Vec<QueueStats>,
-    /// Messages in the dead-letter queue (operator only; null otherwise, or when RabbitMQ did
-    /// not answer).
-    pub dead_letters: Option<u32>,
-    /// Whether RabbitMQ answered: without it, `workers`, `messages_ready` and `dead_letters`
-    /// are null.
-    pub broker_answered: bool,
-    /// When the numbers were read.
-    pub at: DateTime<Utc>,
-}
+use super::{
+    AppState,
+    problem::{ApiError, Problem},
+};
+use crate::{auth::Caller, queues::QueueOverview};
 
 /// `GET /v1/queues`.
 #[utoipa::path(get, path = "/v1/queues", tag = "jobs",
@@ -72,65 +22,5 @@ pub async fn overview(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<QueueOverview>, ApiError> {
-    let now = Utc::now();
-    let counts = state
-        .jobs
-        .store()
-        .count_by_type(caller.tenant(), now - FINISHED_WINDOW)
-        .await?;
-    let mut by_type: BTreeMap<JobType, QueueStats> = BTreeMap::new();
-    for count in counts {
-        let stats = by_type
-            .entry(count.job_type.clone())
-            .or_insert_with(|| QueueStats {
-                job_type: count.job_type.to_string(),
-                ..QueueStats::default()
-            });
-        let slot = match count.status {
-            JobStatus::Scheduled => &mut stats.scheduled,
-            JobStatus::Queued => &mut stats.queued,
-            JobStatus::Running => &mut stats.running,
-            JobStatus::Retrying => &mut stats.retrying,
-            JobStatus::Succeeded => &mut stats.succeeded_last_hour,
-            JobStatus::Failed => &mut stats.failed_last_hour,
-            JobStatus::Cancelled => &mut stats.cancelled_last_hour,
-        };
-        *slot += count.count;
-    }
-    let topology = state.publisher.topology();
-    let mut names: Vec<String> = by_type.keys().map(|t| topology.job_queue(t)).collect();
-    names.push(topology.dead_queue());
-    let probed = tokio::time::timeout(PROBE_TIMEOUT, state.publisher.probe_queues(&names)).await;
-    let probed = match probed {
-        Ok(Ok(found)) => Some(found.into_iter().collect::<BTreeMap<_, _>>()),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "queue overview without RabbitMQ's numbers");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("queue overview without RabbitMQ's numbers: no answer within 2 s");
-            None
-        }
-    };
-    let operator = caller.tenant().is_none();
-    let mut queues = Vec::with_capacity(by_type.len());
-    for (job_type, mut stats) in by_type {
-        let queue = probed
-            .as_ref()
-            .and_then(|p| p.get(&topology.job_queue(&job_type)));
-        stats.workers = queue.map(|q| q.consumers);
-        stats.messages_ready = queue.filter(|_| operator).map(|q| q.messages);
-        queues.push(stats);
-    }
-    let dead_letters = probed
-        .as_ref()
-        .and_then(|p| p.get(&topology.dead_queue()))
-        .filter(|_| operator)
-        .map(|q| q.messages);
-    Ok(Json(QueueOverview {
-        queues,
-        dead_letters,
-        broker_answered: probed.is_some(),
-        at: now,
-    }))
+    Ok(Json(state.queues.overview(&caller).await?))
 }

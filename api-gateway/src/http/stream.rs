@@ -22,12 +22,11 @@ use futures_util::stream;
 use super::{
     AppState,
     jobs::{load, parse_id},
-    openapi::Problem,
-    problem::ApiError,
+    problem::{ApiError, Problem},
 };
 use crate::{
     auth::Caller,
-    store::Job,
+    model::Job,
     watch::{Snapshot, Subscription},
 };
 

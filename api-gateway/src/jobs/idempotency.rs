@@ -34,7 +34,7 @@ pub fn claim(key: &str, canonical_request: &str) -> Result<KeyClaim, BadKey> {
 /// tenant's are prefixed with its name and a space, which no key or tenant name contains.
 #[must_use]
 pub fn scoped(claim: KeyClaim, tenant: &str) -> KeyClaim {
-    if tenant == crate::auth::keys::DEFAULT_TENANT {
+    if tenant == crate::model::key::DEFAULT_TENANT {
         return claim;
     }
     KeyClaim {

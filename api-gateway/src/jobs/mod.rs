@@ -1,7 +1,9 @@
 //! The job service: the rules behind every route that changes or waits on a job, apart from
 //! HTTP so they can be driven without a socket.
 //!
-//! - **Accept** ([`JobService::submit`]): the record, its idempotency key and its outbox mark
+//! - **Submit** ([`JobService::submit`]): a [`JobSpec`] is validated (fields, then the
+//!   `callback_url`'s host), accepted, and optionally waited on, in one call.
+//! - **Accept** ([`JobService::accept`]): the record, its idempotency key and its outbox mark
 //!   are stored together; the job is published persistent, mandatory and confirmed; the mark is
 //!   cleared. `Ok` means stored and confirmed: the `202` rule. A gateway that dies in between
 //!   leaves the mark, and some gateway's [`relay`] publishes the job later. A replayed key
@@ -32,9 +34,14 @@ use crate::{
     auth::Caller,
     fault,
     metrics::GatewayMetrics,
+    model::{Delivery, Job, JobSpec, SpecError, SpecLimits},
     publisher::Publisher,
-    store::{Cancelled, Inserted, Job, JobStore, KeyClaim, Redriven, StoreError},
+    store::{
+        CallbackStore, Cancelled, Inserted, JobStore, KeyClaim, KeyStore, ListQuery, OutboxStore,
+        Redriven, StoreError, Stores,
+    },
     watch::{Snapshot, Subscription, Watchers},
+    webhooks::CallbackPolicy,
 };
 
 /// Why the service refused or could not do what was asked.
@@ -74,6 +81,9 @@ pub enum JobsError {
     /// RabbitMQ did not confirm the message (nack, timeout, no connection).
     #[error("RabbitMQ did not confirm the job: {0}")]
     NotConfirmed(#[source] PublishError),
+    /// A field of the job spec is invalid.
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -88,36 +98,80 @@ pub enum Accepted {
     Replayed(Job),
 }
 
-/// Accepts, cancels, re-drives and waits on jobs.
+/// What a submit gave.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The job: as accepted, or as it stood when the wait ended.
+    pub job: Job,
+    /// Whether an earlier request with the same `Idempotency-Key` and body made it.
+    pub replayed: bool,
+}
+
+/// Accepts, cancels, re-drives, lists and waits on jobs.
 #[derive(Clone)]
 pub struct JobService {
     store: Arc<dyn JobStore>,
+    outbox: Arc<dyn OutboxStore>,
+    keys: Arc<dyn KeyStore>,
+    callbacks: Arc<dyn CallbackStore>,
     publisher: Arc<Publisher>,
     watchers: Arc<Watchers>,
     metrics: Arc<GatewayMetrics>,
+    limits: Arc<SpecLimits>,
+    policy: CallbackPolicy,
 }
 
 impl JobService {
-    /// A service over these parts.
+    /// A service over these parts: specs are checked against `limits`, callback URLs against
+    /// `policy`.
     #[must_use]
     pub fn new(
-        store: Arc<dyn JobStore>,
+        stores: &Stores,
         publisher: Arc<Publisher>,
         watchers: Arc<Watchers>,
         metrics: Arc<GatewayMetrics>,
+        limits: Arc<SpecLimits>,
+        policy: CallbackPolicy,
     ) -> Self {
         Self {
-            store,
+            store: stores.jobs.clone(),
+            outbox: stores.outbox.clone(),
+            keys: stores.keys.clone(),
+            callbacks: stores.callbacks.clone(),
             publisher,
             watchers,
             metrics,
+            limits,
+            policy,
         }
     }
 
-    /// The job store.
+    /// The limits job specs are checked against.
     #[must_use]
-    pub fn store(&self) -> &Arc<dyn JobStore> {
-        &self.store
+    pub fn limits(&self) -> &SpecLimits {
+        &self.limits
+    }
+
+    /// What a `callback_url` may be.
+    #[must_use]
+    pub fn callback_policy(&self) -> CallbackPolicy {
+        self.policy
+    }
+
+    /// Succeeds when the job store answers (for `/readyz`).
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// One page of jobs (the query carries the caller's tenant), newest first.
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, JobsError> {
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Every delivery attempt of job `id`'s callback, oldest first.
+    pub async fn deliveries(&self, caller: &Caller, id: JobId) -> Result<Vec<Delivery>, JobsError> {
+        self.get(caller, id).await?;
+        Ok(self.callbacks.deliveries(id).await?)
     }
 
     /// The Prometheus series.
@@ -141,10 +195,46 @@ impl JobService {
             .ok_or(JobsError::NotFound(id))
     }
 
+    /// Submits `spec` for `caller`: validates it (fields, then the `callback_url`'s host),
+    /// accepts it as [`JobService::accept`] does, and, with a non-zero `wait`, waits up to that
+    /// long for it to finish (subscribed before it is published, so not even the fastest
+    /// outcome is missed). A replay waits on the earlier job.
+    pub async fn submit(
+        &self,
+        spec: JobSpec,
+        key: Option<KeyClaim>,
+        caller: &Caller,
+        trace: &TraceContext,
+        wait: Duration,
+    ) -> Result<Submitted, JobsError> {
+        let valid = spec.validate(&self.limits)?;
+        self.policy.check(valid.callback_url.as_deref()).await?;
+        let job = valid.into_job();
+        let span = tracing::Span::current();
+        span.record("job_id", tracing::field::display(job.id));
+        span.record("job_type", job.job_type.as_str());
+        let subscription = (!wait.is_zero()).then(|| self.watchers.subscribe(job.id));
+        let (job, replayed) = match self.accept(job, key, caller, trace).await? {
+            Accepted::New(job) => (job, false),
+            Accepted::Replayed(job) => (job, true),
+        };
+        let subscription = match subscription {
+            Some(_) if replayed => Some(self.watchers.subscribe(job.id)),
+            other => other,
+        };
+        let Some(subscription) = subscription else {
+            return Ok(Submitted { job, replayed });
+        };
+        let job = self
+            .wait_until_terminal(subscription, caller, job.id, wait)
+            .await?;
+        Ok(Submitted { job, replayed })
+    }
+
     /// Accepts `job` for `caller` (a new `queued` record with its outbox mark set, in the
     /// caller's tenant, within its key's cap on jobs in flight), or finds the job an earlier
     /// request of the same tenant with the same key and body made.
-    pub async fn submit(
+    pub async fn accept(
         &self,
         mut job: Job,
         key: Option<KeyClaim>,
@@ -235,7 +325,7 @@ impl JobService {
             Ok(()) => {
                 tracing::info!(job_id = %job.id, attempt = job.attempt, "job published");
                 self.metrics.job_submitted(&job);
-                if let Err(error) = self.store.confirm_published(job.id, key.is_some()).await {
+                if let Err(error) = self.outbox.confirm_published(job.id, key.is_some()).await {
                     // The relay will publish it once more: a duplicate, never a loss.
                     tracing::warn!(%error, job_id = %job.id, "cannot clear the outbox mark");
                 }
@@ -249,7 +339,7 @@ impl JobService {
         };
         tracing::warn!(%error, job_id = %job.id, "job not accepted by RabbitMQ");
         let reason = JobError::new(kind, error.to_string());
-        match self.store.fail_unpublished(job.id, reason, key).await {
+        match self.outbox.fail_unpublished(job.id, reason, key).await {
             Ok(Some(failed)) => self.watchers.publish(failed),
             Ok(None) => {}
             // The mark stays: the relay publishes the job later.
@@ -304,7 +394,7 @@ impl JobService {
         // The job counts against the key that submitted it, whoever re-drives it.
         let cap = match failed.key_id {
             Some(key) => self
-                .store
+                .keys
                 .api_key(key)
                 .await?
                 .and_then(|record| Some((key, record.max_in_flight?))),
@@ -327,10 +417,23 @@ impl JobService {
         self.publish(job, None, trace).await
     }
 
+    /// Waits until job `id` (which `caller` must see) is terminal or `wait` has passed; returns
+    /// the job's latest state either way.
+    pub async fn wait_for(
+        &self,
+        caller: &Caller,
+        id: JobId,
+        wait: Duration,
+    ) -> Result<Job, JobsError> {
+        let subscription = self.watchers.subscribe(id);
+        self.wait_until_terminal(subscription, caller, id, wait)
+            .await
+    }
+
     /// Waits until job `id` (which `caller` must see) is terminal or `wait` has passed, woken
     /// by `subscription` (taken before the job could change); returns the job's latest state
     /// either way.
-    pub async fn wait_until_terminal(
+    async fn wait_until_terminal(
         &self,
         mut subscription: Subscription,
         caller: &Caller,

@@ -39,7 +39,7 @@ pub async fn relay_once(service: &JobService, grace: Duration) -> usize {
     let now = Utc::now();
     let marked_before = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let claimed = match service
-        .store()
+        .outbox
         .claim_unpublished(marked_before, now, CLAIM_LIMIT)
         .await
     {
@@ -53,7 +53,7 @@ pub async fn relay_once(service: &JobService, grace: Duration) -> usize {
     for job in claimed {
         let id = job.id;
         if job.status != JobStatus::Queued {
-            if let Err(error) = service.store().confirm_published(id, false).await {
+            if let Err(error) = service.outbox.confirm_published(id, false).await {
                 tracing::warn!(%error, job_id = %id, "outbox relay cannot clear a mark");
             }
             continue;

@@ -32,7 +32,7 @@ pub async fn run(service: JobService, stop: CancellationToken) {
         while release_once(&service).await == LIMIT && !stop.is_cancelled() {}
         if gauge_at.elapsed() >= GAUGE_EVERY {
             gauge_at = tokio::time::Instant::now();
-            if let Ok(count) = service.store().count_scheduled().await {
+            if let Ok(count) = service.outbox.count_scheduled().await {
                 service
                     .metrics
                     .scheduled
@@ -44,7 +44,7 @@ pub async fn run(service: JobService, stop: CancellationToken) {
 
 /// One round: releases and publishes the jobs due now; returns how many it released.
 pub async fn release_once(service: &JobService) -> usize {
-    let released = match service.store().release_due(Utc::now(), LIMIT).await {
+    let released = match service.outbox.release_due(Utc::now(), LIMIT).await {
         Ok(released) => released,
         Err(error) => {
             tracing::warn!(%error, "scheduler cannot read the store; retrying shortly");

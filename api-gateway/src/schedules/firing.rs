@@ -4,37 +4,23 @@
 //! due time makes one job however many gateways fire. The jobs carry an outbox mark and are
 //! published here; a gateway that dies before publishing leaves them to the relay.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use warren_shared::{JobId, metrics::ReasonLabels, trace::TraceContext};
 
-use super::{Schedule, plan};
-use crate::{
-    http::jobs::{SubmitLimits, SubmitRequest},
-    jobs::JobService,
-    store::Job,
-};
+use super::{ScheduleService, spec_of};
+use crate::model::{Job, Schedule, SpecLimits, schedule::plan};
 
 /// How often due schedules are looked for.
 const EVERY: Duration = Duration::from_millis(250);
 
 /// The job a schedule makes, with the given id: the schedule's settings, validated as a
 /// submit would be (`None`, and a warning, if they no longer pass).
-pub fn job_for(schedule: &Schedule, id: JobId, limits: &SubmitLimits) -> Option<Job> {
-    let request = SubmitRequest {
-        max_attempts: schedule.max_attempts,
-        timeout_ms: schedule.timeout_ms,
-        callback_url: schedule.callback_url.clone(),
-        ..SubmitRequest::new(schedule.job_type.as_str(), &schedule.payload.to_value())
-    };
-    match request.into_job(limits) {
-        Ok(mut job) => {
-            job.id = id;
-            job.tenant.clone_from(&schedule.tenant);
-            Some(job)
-        }
+pub fn job_for(schedule: &Schedule, id: JobId, limits: &SpecLimits) -> Option<Job> {
+    match spec_of(schedule).validate(limits) {
+        Ok(valid) => Some(valid.into_job_of(id, &schedule.tenant, None)),
         Err(error) => {
             tracing::warn!(schedule_id = %schedule.id, %error, "a schedule's job is invalid; not fired");
             None
@@ -43,28 +29,24 @@ pub fn job_for(schedule: &Schedule, id: JobId, limits: &SubmitLimits) -> Option<
 }
 
 /// Fires due schedules until `stop` is cancelled; a due time more than `grace` late is skipped.
-pub async fn run(
-    service: JobService,
-    limits: Arc<SubmitLimits>,
-    grace: Duration,
-    stop: CancellationToken,
-) {
+pub async fn run(service: ScheduleService, grace: Duration, stop: CancellationToken) {
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(EVERY) => {}
         }
-        fire_once(&service, &limits, grace).await;
+        fire_once(&service, grace).await;
     }
 }
 
 /// One round.
-pub async fn fire_once(service: &JobService, limits: &SubmitLimits, grace: chrono::Duration) {
+pub async fn fire_once(service: &ScheduleService, grace: chrono::Duration) {
     let now = Utc::now();
+    let limits = service.jobs.limits();
     let make_job = |schedule: &Schedule, id: JobId| job_for(schedule, id, limits);
     let planner = |schedule: &Schedule| plan(schedule, now, grace, &make_job);
-    let round = match service.store().fire_due(now, &planner).await {
+    let round = match service.store.fire_due(now, &planner).await {
         Ok(round) => round,
         Err(error) => {
             tracing::warn!(%error, "cannot fire schedules; retrying shortly");
@@ -76,6 +58,7 @@ pub async fn fire_once(service: &JobService, limits: &SubmitLimits, grace: chron
             reason: outcome.to_owned(),
         };
         service
+            .jobs
             .metrics()
             .schedule_fires
             .get_or_create(&labels)
@@ -92,7 +75,11 @@ pub async fn fire_once(service: &JobService, limits: &SubmitLimits, grace: chron
         let id = job.id;
         tracing::info!(job_id = %id, job_type = %job.job_type, "schedule fired");
         count("fired", 1);
-        if let Err(error) = service.publish(job, None, &TraceContext::new_root()).await {
+        if let Err(error) = service
+            .jobs
+            .publish(job, None, &TraceContext::new_root())
+            .await
+        {
             tracing::warn!(%error, job_id = %id, "a fired job was not published");
         }
     }

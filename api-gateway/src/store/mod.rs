@@ -1,31 +1,35 @@
-//! The job store: where the gateway keeps each job's record and applies worker events.
+//! The stores: where the gateway keeps its records, one trait per concern, each implemented by
+//! both backends (memory and PostgreSQL) in a file named for the concern.
 //!
-//! [`JobStore`] is the seam between HTTP and storage. The rules of the lifecycle (terminal is
-//! final, stale events are ignored, status never moves backwards) live in [`transition`] as a
-//! pure function so every implementation applies exactly the same rules.
+//! - [`JobStore`]: job records and their lifecycle (insert, events, cancel, re-drive, list,
+//!   counts, retention).
+//! - [`OutboxStore`]: what is still to publish (the outbox mark, due `scheduled` jobs).
+//! - [`KeyStore`]: API keys.
+//! - [`ScheduleStore`]: recurring schedules, and firing them.
+//! - [`CallbackStore`]: webhook callbacks due and their delivery attempts.
+//!
+//! [`Stores`] holds one of each; a backend implements all five, so they share one database
+//! (and one lock, in memory) and writes that span concerns (a fired schedule's job) stay in
+//! one transaction. The rules of the lifecycle (terminal is final, stale events are ignored,
+//! status never moves backwards) live in [`transition`] as pure functions, so both backends
+//! apply exactly the same rules.
 
-mod job;
 mod memory;
 mod postgres;
-mod raw_json;
 pub mod transition;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobStatus, JobType};
 
-use crate::{
-    auth::keys::ApiKey,
-    schedules::{Fired, Schedule},
-    webhooks::{Callback, Delivery},
-};
+use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule};
 
-pub use job::{AttemptError, Job, MAX_ERRORS};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use postgres::StoreOptions;
-pub use raw_json::RawJson;
 pub use transition::Ignored;
 
 /// What applying an event did.
@@ -161,13 +165,14 @@ impl StoreError {
 /// is lost; the caller opens a new one and re-reads whatever it waits on.
 pub type ChangeFeed = tokio::sync::mpsc::Receiver<Vec<JobId>>;
 
-/// Keeps job records. Implementations must be safe to share between request handlers and the
-/// events consumer, and must apply events with [`transition::apply`]'s rules even when several
-/// gateways apply events for the same job at once.
+/// Job records and their lifecycle. Implementations must be safe to share between request
+/// handlers and the events consumer, and must apply events with [`transition::apply`]'s rules
+/// even when several gateways apply events for the same job at once.
 ///
 /// The outbox rule (crash-consistent accept): a new record is stored with `unconfirmed_since`
 /// set, in the same transaction as its idempotency key. Whoever publishes it clears the mark
-/// once RabbitMQ confirmed; the relay republishes records marked for longer than its grace.
+/// once RabbitMQ confirmed ([`OutboxStore`]); the relay republishes records marked for longer
+/// than its grace.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
     /// Stores a new record and its idempotency key together (or finds the key's earlier job).
@@ -198,112 +203,6 @@ pub trait JobStore: Send + Sync + 'static {
         let mut applied = self.apply_events(std::slice::from_ref(event)).await?;
         Ok(applied.pop().unwrap_or(Applied::UnknownJob))
     }
-
-    /// RabbitMQ confirmed the job's message: clears its outbox mark. The PostgreSQL store
-    /// clears marks in batches a moment later (a quick job's outcome usually clears it first,
-    /// sparing the write), unless `now`: then the mark is gone when this returns. A submit
-    /// with an `Idempotency-Key` asks for `now`, since a replay that finds the mark publishes
-    /// the job again. A mark left behind only means the relay publishes the job once more.
-    async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError>;
-
-    /// Marks a job that RabbitMQ refused as failed (unless something already finished it),
-    /// clears its outbox mark and forgets `key`, so the client may try again. Returns the
-    /// record if it changed.
-    async fn fail_unpublished(
-        &self,
-        id: JobId,
-        error: JobError,
-        key: Option<&str>,
-    ) -> Result<Option<Job>, StoreError>;
-
-    /// Claims up to `limit` records marked unconfirmed since before `marked_before`,
-    /// re-stamping their mark with `now` so no other gateway claims them for another grace
-    /// period; the relay publishes them.
-    async fn claim_unpublished(
-        &self,
-        marked_before: DateTime<Utc>,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError>;
-
-    /// Releases up to `limit` `scheduled` jobs due by `now` ([`transition::release`]: `queued`
-    /// with an outbox mark), claiming them so no other gateway releases them too; the
-    /// scheduler publishes them.
-    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError>;
-
-    /// How many jobs are `scheduled` (for the metrics).
-    async fn count_scheduled(&self) -> Result<u64, StoreError>;
-
-    /// Claims up to `limit` jobs whose callback is due at `now`, moving their due time to
-    /// `lease_until` so no other deliverer sends them meanwhile; if this one dies, the lease
-    /// runs out and another sends the attempt again (at-least-once).
-    async fn claim_callbacks(
-        &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError>;
-
-    /// Records one delivery attempt and, in the same write, the callback's state after it;
-    /// the state is written only while job `id` still owes that delivery (same `webhook_id`:
-    /// a re-drive drops it).
-    async fn record_delivery(
-        &self,
-        id: JobId,
-        delivery: &Delivery,
-        callback: &Callback,
-    ) -> Result<(), StoreError>;
-
-    /// Every recorded delivery attempt for job `id`, oldest first.
-    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError>;
-
-    /// How many callbacks wait for delivery (for the metrics).
-    async fn count_pending_callbacks(&self) -> Result<u64, StoreError>;
-
-    /// Stores a new API key.
-    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
-
-    /// The API key with this id (revoked or not), if any.
-    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError>;
-
-    /// Every API key (revoked ones too), oldest first.
-    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
-
-    /// Revokes API key `id` at `at` (a key already revoked keeps its time); the record after,
-    /// or `None` when there is no such key.
-    async fn revoke_api_key(
-        &self,
-        id: Uuid,
-        at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError>;
-
-    /// Stores a new schedule.
-    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError>;
-
-    /// The schedule with this id, if any.
-    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError>;
-
-    /// Every schedule, oldest first.
-    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError>;
-
-    /// Changes a schedule under its row lock; `None` when there is none with this id.
-    async fn update_schedule(
-        &self,
-        id: Uuid,
-        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
-    ) -> Result<Option<Schedule>, StoreError>;
-
-    /// Deletes a schedule; whether there was one.
-    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError>;
-
-    /// Fires the schedules due by `now` (at most 64 per call), each claimed by one gateway
-    /// only: `plan` says what each makes; its job (if new) and its updated record are written
-    /// in one transaction. Returns the jobs made, to publish (they carry an outbox mark).
-    async fn fire_due(
-        &self,
-        now: DateTime<Utc>,
-        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
-    ) -> Result<FireRound, StoreError>;
 
     /// Marks a job `cancelled` unless it has already finished.
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError>;
@@ -344,5 +243,174 @@ pub trait JobStore: Send + Sync + 'static {
     /// `None` for a store only this process uses (its own changes wake its waiters directly).
     async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
         Ok(None)
+    }
+}
+
+/// What is still to publish: the outbox mark of accepted jobs whose publish RabbitMQ has not
+/// confirmed yet, and `scheduled` jobs that come due.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// RabbitMQ confirmed the job's message: clears its outbox mark. The PostgreSQL store
+    /// clears marks in batches a moment later (a quick job's outcome usually clears it first,
+    /// sparing the write), unless `now`: then the mark is gone when this returns. A submit
+    /// with an `Idempotency-Key` asks for `now`, since a replay that finds the mark publishes
+    /// the job again. A mark left behind only means the relay publishes the job once more.
+    async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError>;
+
+    /// Marks a job that RabbitMQ refused as failed (unless something already finished it),
+    /// clears its outbox mark and forgets `key`, so the client may try again. Returns the
+    /// record if it changed.
+    async fn fail_unpublished(
+        &self,
+        id: JobId,
+        error: JobError,
+        key: Option<&str>,
+    ) -> Result<Option<Job>, StoreError>;
+
+    /// Claims up to `limit` records marked unconfirmed since before `marked_before`,
+    /// re-stamping their mark with `now` so no other gateway claims them for another grace
+    /// period; the relay publishes them.
+    async fn claim_unpublished(
+        &self,
+        marked_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    /// Releases up to `limit` `scheduled` jobs due by `now` ([`transition::release`]: `queued`
+    /// with an outbox mark), claiming them so no other gateway releases them too; the
+    /// scheduler publishes them.
+    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// How many jobs are `scheduled` (for the metrics).
+    async fn count_scheduled(&self) -> Result<u64, StoreError>;
+}
+
+/// API keys (only their secrets' digests).
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Stores a new API key.
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// The API key with this id (revoked or not), if any.
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Every API key (revoked ones too), oldest first.
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Revokes API key `id` at `at` (a key already revoked keeps its time); the record after,
+    /// or `None` when there is no such key.
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError>;
+}
+
+/// Recurring schedules, and firing them.
+#[async_trait]
+pub trait ScheduleStore: Send + Sync + 'static {
+    /// Stores a new schedule.
+    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError>;
+
+    /// The schedule with this id, if any.
+    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError>;
+
+    /// Every schedule, oldest first.
+    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError>;
+
+    /// Changes a schedule under its row lock; `None` when there is none with this id.
+    async fn update_schedule(
+        &self,
+        id: Uuid,
+        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
+    ) -> Result<Option<Schedule>, StoreError>;
+
+    /// Deletes a schedule; whether there was one.
+    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Fires the schedules due by `now` (at most 64 per call), each claimed by one gateway
+    /// only: `plan` says what each makes; its job (if new) and its updated record are written
+    /// in one transaction. Returns the jobs made, to publish (they carry an outbox mark).
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
+    ) -> Result<FireRound, StoreError>;
+}
+
+/// Webhook callbacks: claiming the due ones with a lease, and every delivery attempt.
+#[async_trait]
+pub trait CallbackStore: Send + Sync + 'static {
+    /// Claims up to `limit` jobs whose callback is due at `now`, moving their due time to
+    /// `lease_until` so no other deliverer sends them meanwhile; if this one dies, the lease
+    /// runs out and another sends the attempt again (at-least-once).
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    /// Records one delivery attempt and, in the same write, the callback's state after it;
+    /// the state is written only while job `id` still owes that delivery (same `webhook_id`:
+    /// a re-drive drops it).
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        callback: &Callback,
+    ) -> Result<(), StoreError>;
+
+    /// Every recorded delivery attempt for job `id`, oldest first.
+    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError>;
+
+    /// How many callbacks wait for delivery (for the metrics).
+    async fn count_pending_callbacks(&self) -> Result<u64, StoreError>;
+}
+
+/// A backend that keeps every concern (both backends do).
+pub trait Backend: JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore {}
+
+impl<T: JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore> Backend for T {}
+
+/// One store per concern, as the services take them.
+#[derive(Clone)]
+pub struct Stores {
+    /// Job records and their lifecycle.
+    pub jobs: Arc<dyn JobStore>,
+    /// What is still to publish.
+    pub outbox: Arc<dyn OutboxStore>,
+    /// API keys.
+    pub keys: Arc<dyn KeyStore>,
+    /// Recurring schedules.
+    pub schedules: Arc<dyn ScheduleStore>,
+    /// Webhook callbacks and deliveries.
+    pub callbacks: Arc<dyn CallbackStore>,
+}
+
+impl Stores {
+    /// An in-memory backend for every concern (lost on restart).
+    #[must_use]
+    pub fn memory() -> Self {
+        Self::from(Arc::new(MemoryStore::new()))
+    }
+}
+
+impl<B: Backend> From<Arc<B>> for Stores {
+    fn from(backend: Arc<B>) -> Self {
+        Self {
+            jobs: backend.clone(),
+            outbox: backend.clone(),
+            keys: backend.clone(),
+            schedules: backend.clone(),
+            callbacks: backend,
+        }
+    }
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
     }
 }

@@ -17,10 +17,11 @@ use reqwest::header::CONTENT_TYPE;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::{Answer, Callback, Delivery, WebhookConfig, after_attempt, guard};
+use super::{Answer, WebhookConfig, after_attempt, guard};
 use crate::{
     metrics::GatewayMetrics,
-    store::{Job, JobStore},
+    model::{Callback, Delivery, Job},
+    store::CallbackStore,
     watch::Watchers,
 };
 
@@ -33,7 +34,7 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Sends callbacks; shared by the delivery tasks.
 pub struct Deliverer {
-    store: Arc<dyn JobStore>,
+    store: Arc<dyn CallbackStore>,
     client: reqwest::Client,
     config: WebhookConfig,
     metrics: Arc<GatewayMetrics>,
@@ -48,7 +49,7 @@ impl Deliverer {
     /// A deliverer with its own HTTP client: no redirects, the attempt timeout, and DNS that
     /// refuses private addresses (see [`guard`]).
     pub fn new(
-        store: Arc<dyn JobStore>,
+        store: Arc<dyn CallbackStore>,
         config: WebhookConfig,
         metrics: Arc<GatewayMetrics>,
     ) -> Result<Self, String> {

@@ -12,7 +12,7 @@ use std::{
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::Mutex};
-use warren_gateway::{Application, GatewayConfig, store::MemoryStore};
+use warren_gateway::{Application, GatewayConfig, store::Stores};
 use warren_shared::config::BrokerConfig;
 use warren_worker::{Worker, WorkerConfig, handlers};
 
@@ -151,7 +151,7 @@ async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
     config.shutdown.shutdown_grace_secs = 5;
     let publish_timeout = config.publish_timeout();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::with_parts(config, listener, Arc::new(MemoryStore::new())).unwrap();
+    let app = Application::with_parts(config, listener, Stores::memory()).unwrap();
     let base = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let gateway = tokio::spawn(app.run_until_stopped(async {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
 use warren_gateway::{
     Application, GatewayConfig,
-    store::{JobStore, MemoryStore, PostgresStore},
+    store::{PostgresStore, Stores},
     watch::Watchers,
 };
 use warren_shared::{
@@ -65,7 +65,7 @@ pub fn http_client() -> reqwest::Client {
 pub async fn router() -> axum::Router {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let config = GatewayConfig::with_broker(test_broker(&unique_namespace()));
-    Application::with_parts(config, listener, Arc::new(MemoryStore::new()))
+    Application::with_parts(config, listener, Stores::memory())
         .unwrap()
         .router()
 }
@@ -84,11 +84,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp 
 }
 
 /// Starts a gateway on a store the test keeps a handle on, and waits until it is ready.
-pub async fn spawn_app_on(
-    store: Arc<dyn JobStore>,
-    adjust: impl FnOnce(&mut GatewayConfig),
-) -> TestApp {
-    let app = spawn_unready_app_on(Some(store), adjust).await;
+pub async fn spawn_app_on(stores: Stores, adjust: impl FnOnce(&mut GatewayConfig)) -> TestApp {
+    let app = spawn_unready_app_on(Some(stores), adjust).await;
     app.wait_until_ready().await;
     app
 }
@@ -100,7 +97,7 @@ pub async fn spawn_unready_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> 
 
 /// Starts a gateway on `store` (or the one its configuration names) without waiting.
 async fn spawn_unready_app_on(
-    store: Option<Arc<dyn JobStore>>,
+    stores: Option<Stores>,
     adjust: impl FnOnce(&mut GatewayConfig),
 ) -> TestApp {
     if std::env::var_os("WARREN_TEST_LOG").is_some() {
@@ -112,12 +109,12 @@ async fn spawn_unready_app_on(
     adjust(&mut config);
     let broker = config.broker.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let store: Arc<dyn JobStore> = match (store, &config.database_url) {
-        (Some(store), _) => store,
-        (None, Some(url)) => Arc::new(PostgresStore::connect(url).await.unwrap()),
-        (None, None) => Arc::new(MemoryStore::new()),
+    let stores = match (stores, &config.database_url) {
+        (Some(stores), _) => stores,
+        (None, Some(url)) => Stores::from(Arc::new(PostgresStore::connect(url).await.unwrap())),
+        (None, None) => Stores::memory(),
     };
-    let app = Application::with_parts(config, listener, store).unwrap();
+    let app = Application::with_parts(config, listener, stores).unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     let watchers = app.watchers();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -14,8 +14,8 @@ use tokio::{
     time::Instant,
 };
 use warren_gateway::{
-    http::jobs::{SubmitLimits, SubmitRequest},
-    store::{JobStore, MemoryStore},
+    model::{JobSpec, SpecLimits},
+    store::{JobStore, MemoryStore, Stores},
 };
 use warren_shared::{Topology, topology};
 use warren_worker::{Worker, handlers};
@@ -181,18 +181,22 @@ async fn a_retry_of_a_key_whose_gateway_died_gets_the_job_within_seconds() {
 #[tokio::test]
 async fn the_memory_store_relays_a_job_whose_request_was_dropped_before_publishing() {
     let store = Arc::new(MemoryStore::new());
-    let mut app = spawn_app_on(store.clone(), |config| config.outbox_grace_ms = 1_000).await;
+    let mut app = spawn_app_on(Stores::from(store.clone()), |config| {
+        config.outbox_grace_ms = 1_000
+    })
+    .await;
     app.spawn_worker(Worker::builder().handler("echo", handlers::echo))
         .await;
     // What a submit whose task was dropped between storing and publishing leaves behind.
-    let limits = SubmitLimits {
+    let limits = SpecLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
         max_delay: std::time::Duration::from_secs(86_400),
     };
-    let mut job = SubmitRequest::new("echo", &json!({"dropped": true}))
-        .into_job(&limits)
-        .unwrap();
+    let mut job = JobSpec::new("echo", &json!({"dropped": true}))
+        .validate(&limits)
+        .unwrap()
+        .into_job();
     job.unconfirmed_since = Some(Utc::now());
     let id = job.id;
     store.insert(job, None).await.unwrap();

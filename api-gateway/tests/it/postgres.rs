@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use warren_gateway::{
-    http::jobs::{SubmitLimits, SubmitRequest},
-    store::{Applied, Ignored, Inserted, Job, JobStore, KeyClaim, MemoryStore, PostgresStore},
+    model::{Job, JobSpec, SpecLimits},
+    store::{Applied, Ignored, Inserted, JobStore, KeyClaim, MemoryStore, PostgresStore},
 };
 use warren_shared::{JobEvent, JobId, JobStatus, V1, message, topology};
 use warren_worker::{Worker, handlers};
@@ -35,14 +35,15 @@ async fn pg_app(url: &str, namespace: Option<&str>) -> TestApp {
 }
 
 fn new_job() -> Job {
-    let limits = SubmitLimits {
+    let limits = SpecLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
         max_delay: std::time::Duration::from_secs(86_400),
     };
-    SubmitRequest::new("echo", &json!({}))
-        .into_job(&limits)
+    JobSpec::new("echo", &json!({}))
+        .validate(&limits)
         .unwrap()
+        .into_job()
 }
 
 fn event(id: JobId, status: JobStatus, seq: u64, at: chrono::DateTime<Utc>) -> JobEvent {

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use uuid::Uuid;
 use warren_gateway::{
-    schedules::{Schedule, fire_id},
-    store::{JobStore, MemoryStore, RawJson},
+    model::{RawJson, Schedule, schedule::fire_id},
+    store::{MemoryStore, ScheduleStore, Stores},
 };
 
 use crate::helpers::{
@@ -231,7 +231,7 @@ async fn a_due_time_more_than_the_grace_late_is_skipped_and_recorded() {
     for s in [&late, &on_time] {
         store.insert_schedule(s.clone()).await.unwrap();
     }
-    let mut app = spawn_app_on(store.clone(), |_| {}).await;
+    let mut app = spawn_app_on(Stores::from(store.clone()), |_| {}).await;
     app.declare_idle_queue("tick").await;
     let started = Instant::now();
     let fired = |s: Option<Schedule>| s.is_some_and(|s| s.next_run_at.is_some_and(|at| at > now));

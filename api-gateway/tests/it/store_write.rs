@@ -6,11 +6,9 @@ use axum::response::IntoResponse;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use warren_gateway::{
-    http::{
-        jobs::{SubmitLimits, SubmitRequest},
-        problem::ApiError,
-    },
-    store::{Inserted, Job, JobStore, PostgresStore, StoreError},
+    http::problem::ApiError,
+    model::{Job, JobSpec, SpecLimits},
+    store::{Inserted, JobStore, PostgresStore, StoreError},
 };
 
 use std::time::Duration;
@@ -23,14 +21,15 @@ use crate::{
 };
 
 fn new_job(payload: &Value) -> Job {
-    let limits = SubmitLimits {
+    let limits = SpecLimits {
         default_timeout_ms: 1_000,
         max_timeout_ms: 10_000,
         max_delay: std::time::Duration::from_secs(86_400),
     };
-    SubmitRequest::new("held", payload)
-        .into_job(&limits)
+    JobSpec::new("held", payload)
+        .validate(&limits)
         .unwrap()
+        .into_job()
 }
 
 /// Makes any insert of a job whose payload has a `poison` field kill its own database

@@ -10,22 +10,21 @@ use serde_json::{Value, json};
 use tokio::{sync::Semaphore, time::Instant};
 use uuid::Uuid;
 use warren_gateway::{
-    auth::keys::ApiKey,
-    schedules::{Fired, Schedule},
+    model::Job,
     store::{
-        Applied, Cancelled, FireRound, Inserted, Job, JobStore, KeyClaim, ListQuery, MemoryStore,
-        Redriven, StoreError, TypeCount,
+        Applied, Cancelled, Inserted, JobStore, KeyClaim, ListQuery, MemoryStore, Redriven,
+        StoreError, Stores, TypeCount,
     },
-    webhooks::{Callback, Delivery},
 };
-use warren_shared::{JobError, JobEvent, JobId, JobStatus, V1};
+use warren_shared::{JobEvent, JobId, JobStatus, V1};
 
 use crate::helpers::{DEADLINE, spawn_app_on};
 
-/// A memory store whose application of a terminal event stops until the test lets it go, so
-/// the test can act while the event is received but not yet in the store.
+/// A memory job store whose application of a terminal event stops until the test lets it go,
+/// so the test can act while the event is received but not yet in the store. (Only the job
+/// store is wrapped; the other concerns use the same memory backend directly.)
 struct SlowApply {
-    inner: MemoryStore,
+    inner: Arc<MemoryStore>,
     /// Gets a permit when an apply of a terminal event has started.
     started: Semaphore,
     /// Gives the stopped apply a permit to go on.
@@ -55,22 +54,6 @@ impl JobStore for SlowApply {
     ) -> Result<Vec<TypeCount>, StoreError> {
         self.inner.count_by_type(tenant, finished_since).await
     }
-    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        self.inner.insert_api_key(key).await
-    }
-    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
-        self.inner.api_key(id).await
-    }
-    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        self.inner.api_keys().await
-    }
-    async fn revoke_api_key(
-        &self,
-        id: Uuid,
-        at: DateTime<Utc>,
-    ) -> Result<Option<ApiKey>, StoreError> {
-        self.inner.revoke_api_key(id, at).await
-    }
     async fn get_many(&self, ids: &[JobId]) -> Result<Vec<Job>, StoreError> {
         self.inner.get_many(ids).await
     }
@@ -80,79 +63,6 @@ impl JobStore for SlowApply {
             self.release.acquire().await.unwrap().forget();
         }
         self.inner.apply_events(events).await
-    }
-    async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError> {
-        self.inner.confirm_published(id, now).await
-    }
-    async fn fail_unpublished(
-        &self,
-        id: JobId,
-        error: JobError,
-        key: Option<&str>,
-    ) -> Result<Option<Job>, StoreError> {
-        self.inner.fail_unpublished(id, error, key).await
-    }
-    async fn claim_unpublished(
-        &self,
-        before: DateTime<Utc>,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        self.inner.claim_unpublished(before, now, limit).await
-    }
-    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError> {
-        self.inner.release_due(now, limit).await
-    }
-    async fn count_scheduled(&self) -> Result<u64, StoreError> {
-        self.inner.count_scheduled().await
-    }
-    async fn claim_callbacks(
-        &self,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Job>, StoreError> {
-        self.inner.claim_callbacks(now, lease_until, limit).await
-    }
-    async fn record_delivery(
-        &self,
-        id: JobId,
-        delivery: &Delivery,
-        callback: &Callback,
-    ) -> Result<(), StoreError> {
-        self.inner.record_delivery(id, delivery, callback).await
-    }
-    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError> {
-        self.inner.deliveries(id).await
-    }
-    async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
-        self.inner.count_pending_callbacks().await
-    }
-    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
-        self.inner.insert_schedule(schedule).await
-    }
-    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError> {
-        self.inner.get_schedule(id).await
-    }
-    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError> {
-        self.inner.list_schedules().await
-    }
-    async fn update_schedule(
-        &self,
-        id: Uuid,
-        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
-    ) -> Result<Option<Schedule>, StoreError> {
-        self.inner.update_schedule(id, change).await
-    }
-    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.inner.delete_schedule(id).await
-    }
-    async fn fire_due(
-        &self,
-        now: DateTime<Utc>,
-        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
-    ) -> Result<FireRound, StoreError> {
-        self.inner.fire_due(now, plan).await
     }
     async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
         self.inner.cancel(id).await
@@ -180,12 +90,17 @@ impl JobStore for SlowApply {
 
 #[tokio::test]
 async fn a_long_poll_and_a_stream_begun_before_the_store_has_the_outcome_answer_at_once() {
+    let memory = Arc::new(MemoryStore::new());
     let store = Arc::new(SlowApply {
-        inner: MemoryStore::new(),
+        inner: memory.clone(),
         started: Semaphore::new(0),
         release: Semaphore::new(0),
     });
-    let mut app = spawn_app_on(store.clone(), |_| {}).await;
+    let stores = Stores {
+        jobs: store.clone(),
+        ..Stores::from(memory)
+    };
+    let mut app = spawn_app_on(stores, |_| {}).await;
     app.declare_idle_queue("held").await;
     let id = app.submit_ok(&json!({"type": "held"})).await;
     app.publish_event(&JobEvent {

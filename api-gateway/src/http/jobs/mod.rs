@@ -14,24 +14,20 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use tracing::Span;
 use warren_shared::{JobId, trace::TraceContext};
 
 use super::{
     AppState,
-    openapi::Problem,
     prefer::{PREFERENCE_APPLIED, Prefer},
     problem::ApiError,
+    problem::Problem,
 };
 use crate::{
     auth::Caller,
-    jobs::{Accepted, idempotency},
-    store::{Job, KeyClaim},
+    jobs::{Submitted, idempotency},
+    model::{Job, JobSpec},
+    store::KeyClaim,
 };
-
-mod request;
-
-pub use request::{DEFAULT_MAX_ATTEMPTS, MAX_MAX_ATTEMPTS, SubmitLimits, SubmitRequest};
 
 /// The largest `?wait=` accepted (the largest `WARREN_MAX_WAIT_SECS` allows).
 const MAX_WAIT_PARAM: u64 = 3600;
@@ -40,7 +36,7 @@ const MAX_WAIT_PARAM: u64 = 3600;
 /// `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
     description = "Accepts a job: `202` once it is stored and RabbitMQ has confirmed it. With `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).",
-    request_body = SubmitRequest,
+    request_body = JobSpec,
     params(
         ("Prefer" = Option<String>, Header, nullable = false, description = "`wait=N` to wait up to N seconds for the outcome; `respond-async` to answer at once"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "The same key and body give the same job; kept at least 24 h; 1 to 255 visible ASCII characters"),
@@ -60,44 +56,18 @@ pub async fn submit(
     Extension(trace): Extension<TraceContext>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
-    body: Result<Json<SubmitRequest>, JsonRejection>,
+    body: Result<Json<JobSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body?;
-    let key = key_claim(&headers, &request)?;
-    let job = request.into_job(&state.limits)?;
-    state.callbacks.check(job.callback_url.as_deref()).await?;
-    Span::current()
-        .record("job_id", tracing::field::display(job.id))
-        .record("job_type", job.job_type.as_str());
+    let Json(spec) = body?;
+    let key = key_claim(&headers, &spec)?;
     let prefer = Prefer::from_headers(&headers);
-    let wait = prefer
-        .wait_secs
-        .map(|secs| Duration::from_secs(secs).min(state.max_wait))
-        .filter(|wait| !wait.is_zero());
-    let watchers = state.jobs.watchers();
-    // Subscribe before publishing, so not even the fastest outcome is missed.
-    let subscription = wait.map(|_| watchers.subscribe(job.id));
-    let (job, replayed) = match state.jobs.submit(job, key, &caller, &trace).await? {
-        Accepted::New(job) => (job, false),
-        Accepted::Replayed(job) => (job, true),
-    };
-    let subscription = match subscription {
-        // A replay waits on the earlier job, not on the id this request would have had.
-        Some(_) if replayed => Some(watchers.subscribe(job.id)),
-        other => other,
-    };
-    let (Some(wait), Some(subscription)) = (wait, subscription) else {
-        return Ok(with_replay_mark(
-            accepted(job, prefer.respond_async),
-            replayed,
-        ));
-    };
-    let job = state
-        .jobs
-        .wait_until_terminal(subscription, &caller, job.id, wait)
-        .await?;
-    if !job.status.is_terminal() {
-        return Ok(with_replay_mark(accepted(job, true), replayed));
+    let wait = prefer.wait_secs.map_or(Duration::ZERO, |secs| {
+        Duration::from_secs(secs).min(state.max_wait)
+    });
+    let Submitted { job, replayed } = state.jobs.submit(spec, key, &caller, &trace, wait).await?;
+    if wait.is_zero() || !job.status.is_terminal() {
+        let responded_async = prefer.respond_async || !wait.is_zero();
+        return Ok(with_replay_mark(accepted(job, responded_async), replayed));
     }
     let applied = format!("wait={}", wait.as_secs());
     let response = (StatusCode::OK, [(PREFERENCE_APPLIED, applied)], Json(job)).into_response();
@@ -105,7 +75,7 @@ pub async fn submit(
 }
 
 /// The request's `Idempotency-Key` claim, if it sent one (hashing the request only then).
-fn key_claim(headers: &HeaderMap, request: &SubmitRequest) -> Result<Option<KeyClaim>, ApiError> {
+fn key_claim(headers: &HeaderMap, request: &JobSpec) -> Result<Option<KeyClaim>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -198,13 +168,7 @@ pub async fn get(
     if wait.is_zero() {
         return load(&state, &caller, id).await.map(Json);
     }
-    let subscription = state.jobs.watchers().subscribe(id);
-    Ok(Json(
-        state
-            .jobs
-            .wait_until_terminal(subscription, &caller, id, wait)
-            .await?,
-    ))
+    Ok(Json(state.jobs.wait_for(&caller, id, wait).await?))
 }
 
 /// `GET /v1/jobs/{id}/payload`: the job's input, as it was submitted (not part of the job

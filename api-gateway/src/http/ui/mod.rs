@@ -25,7 +25,10 @@ use super::{
     auth::{Credentials, KEY_COOKIE, key_cookie},
     problem::ApiError,
 };
-use crate::auth::{AuthError, Caller, keys::Right};
+use crate::{
+    auth::{AuthError, Caller},
+    model::Right,
+};
 
 const INDEX: &str = include_str!("index.html");
 const LOGIN: &str = include_str!("login.html");

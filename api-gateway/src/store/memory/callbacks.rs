@@ -1,19 +1,55 @@
 //! The memory store's side of webhook deliveries: claiming due callbacks with a lease and
 //! recording attempts, under the store's one lock.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use warren_shared::JobId;
 
-use super::Inner;
+use super::{Inner, MemoryStore};
 use crate::{
-    store::Job,
-    webhooks::{Callback, Delivery},
+    model::{Callback, Delivery, Job},
+    store::{CallbackStore, StoreError},
 };
+
+#[async_trait]
+impl CallbackStore for MemoryStore {
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        Ok(self.inner().claim_callbacks(now, lease_until, limit))
+    }
+
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        self.inner().record_delivery(id, delivery, callback);
+        Ok(())
+    }
+
+    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError> {
+        Ok(self
+            .inner()
+            .deliveries
+            .get(&id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
+        Ok(u64::try_from(self.inner().callbacks_due.len()).unwrap_or(u64::MAX))
+    }
+}
 
 impl Inner {
     /// Up to `limit` records whose callback is due at `now`, oldest due first, each with its
     /// due time moved to `lease_until`.
-    pub(super) fn claim_callbacks(
+    fn claim_callbacks(
         &mut self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
@@ -43,7 +79,7 @@ impl Inner {
     }
 
     /// Keeps `delivery` and, if job `id` still owes that delivery, its new `callback` state.
-    pub(super) fn record_delivery(&mut self, id: JobId, delivery: &Delivery, callback: &Callback) {
+    fn record_delivery(&mut self, id: JobId, delivery: &Delivery, callback: &Callback) {
         if !self.jobs.contains_key(&id) {
             return;
         }

@@ -1,13 +1,18 @@
 //! The memory store's API keys: kept for the process's life, under the store's one lock.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::MemoryStore;
-use crate::{auth::keys::ApiKey, store::StoreError};
+use crate::{
+    model::ApiKey,
+    store::{KeyStore, StoreError},
+};
 
-impl MemoryStore {
-    pub(super) fn insert_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let mut inner = self.inner();
         if inner.api_keys.contains_key(&key.id) {
             return Err(StoreError::Conflict(std::sync::Arc::new(
@@ -18,18 +23,24 @@ impl MemoryStore {
         Ok(())
     }
 
-    pub(super) fn key(&self, id: Uuid) -> Option<ApiKey> {
-        self.inner().api_keys.get(&id).cloned()
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.inner().api_keys.get(&id).cloned())
     }
 
-    pub(super) fn all_keys(&self) -> Vec<ApiKey> {
-        self.inner().api_keys.values().cloned().collect()
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        Ok(self.inner().api_keys.values().cloned().collect())
     }
 
-    pub(super) fn revoke_key(&self, id: Uuid, at: DateTime<Utc>) -> Option<ApiKey> {
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
         let mut inner = self.inner();
-        let key = inner.api_keys.get_mut(&id)?;
+        let Some(key) = inner.api_keys.get_mut(&id) else {
+            return Ok(None);
+        };
         key.revoked_at.get_or_insert(at);
-        Some(key.clone())
+        Ok(Some(key.clone()))
     }
 }

@@ -1,14 +1,17 @@
 //! The memory store's records and their indexes: storing a record with its idempotency key,
 //! and keeping the outbox, scheduled, callback and in-flight indexes true on every change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use warren_shared::{JobId, JobStatus, JobType};
+use warren_shared::{JobId, JobStatus};
 
 use super::Inner;
-use crate::store::{Inserted, Job, KeyClaim, StoreError, TypeCount};
+use crate::{
+    model::Job,
+    store::{Inserted, KeyClaim, StoreError},
+};
 
 /// Which indexes a record belongs in.
 #[derive(Debug, Clone, Copy)]
@@ -131,33 +134,5 @@ impl Inner {
     /// How many unfinished records API key `key` submitted.
     pub(super) fn in_flight_of(&self, key: Uuid) -> usize {
         self.in_flight.get(&key).map_or(0, HashSet::len)
-    }
-
-    /// Jobs by type and status, of `tenant` (all for `None`): the unfinished ones, and those
-    /// finished since `finished_since`.
-    pub(super) fn count_by_type(
-        &self,
-        tenant: Option<&str>,
-        finished_since: DateTime<Utc>,
-    ) -> Vec<TypeCount> {
-        let mut counts: HashMap<(JobType, JobStatus), u64> = HashMap::new();
-        let counted = self.jobs.values().filter(|job| {
-            tenant.is_none_or(|t| job.tenant == t)
-                && (!job.status.is_terminal()
-                    || job.finished_at.is_some_and(|at| at >= finished_since))
-        });
-        for job in counted {
-            *counts
-                .entry((job.job_type.clone(), job.status))
-                .or_default() += 1;
-        }
-        counts
-            .into_iter()
-            .map(|((job_type, status), count)| TypeCount {
-                job_type,
-                status,
-                count,
-            })
-            .collect()
     }
 }

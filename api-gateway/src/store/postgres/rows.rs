@@ -7,8 +7,8 @@ use tokio_postgres::{Row, types::Json, types::ToSql};
 use uuid::Uuid;
 use warren_shared::{JobError, JobId, JobType, Progress};
 
-use super::super::{AttemptError, Job, RawJson, StoreError};
-use crate::webhooks::Callback;
+use super::super::StoreError;
+use crate::model::{AttemptError, Callback, Job, RawJson};
 
 /// The columns of `warren_jobs`, in the order every statement below uses.
 macro_rules! columns {

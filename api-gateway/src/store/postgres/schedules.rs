@@ -2,17 +2,19 @@
 //! LOCKED`, so each due schedule is fired by one gateway; its job (whose id is derived from the
 //! due time, inserted with `ON CONFLICT DO NOTHING`) and its updated row commit together.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::GenericClient;
 use tokio_postgres::{Row, types::Json};
 use uuid::Uuid;
 use warren_shared::{JobId, JobType};
 
 use super::{
-    super::{FireRound, Job, RawJson, StoreError},
+    super::{FireRound, ScheduleStore, StoreError},
+    PostgresStore,
     rows::{self, Columns},
 };
-use crate::schedules::{Fired, Schedule};
+use crate::model::{Fired, Job, RawJson, Schedule};
 
 macro_rules! columns {
     () => {
@@ -121,88 +123,91 @@ async fn write(
         .await?)
 }
 
-pub(super) async fn insert(pool: &Pool, schedule: &Schedule) -> Result<(), StoreError> {
-    let client = pool.get().await?;
-    write(&client, INSERT, schedule).await?;
-    Ok(())
-}
-
-pub(super) async fn get(pool: &Pool, id: Uuid) -> Result<Option<Schedule>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client.prepare_cached(SELECT_ONE).await?;
-    client
-        .query_opt(&statement, &[&id])
-        .await?
-        .map(|row| from_row(&row))
-        .transpose()
-}
-
-pub(super) async fn list(pool: &Pool) -> Result<Vec<Schedule>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client.prepare_cached(SELECT_ALL).await?;
-    client
-        .query(&statement, &[])
-        .await?
-        .iter()
-        .map(from_row)
-        .collect()
-}
-
-pub(super) async fn update(
-    pool: &Pool,
-    id: Uuid,
-    change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
-) -> Result<Option<Schedule>, StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let statement = tx.prepare_cached(LOCK_ONE).await?;
-    let Some(row) = tx.query_opt(&statement, &[&id]).await? else {
-        return Ok(None);
-    };
-    let mut schedule = from_row(&row)?;
-    change(&mut schedule);
-    write(&tx, UPDATE, &schedule).await?;
-    tx.commit().await?;
-    Ok(Some(schedule))
-}
-
-pub(super) async fn delete(pool: &Pool, id: Uuid) -> Result<bool, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached("DELETE FROM warren_schedules WHERE id = $1")
-        .await?;
-    Ok(client.execute(&statement, &[&id]).await? == 1)
-}
-
-pub(super) async fn fire_due(
-    pool: &Pool,
-    now: DateTime<Utc>,
-    plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
-) -> Result<FireRound, StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let statement = tx.prepare_cached(LOCK_DUE).await?;
-    let mut round = FireRound::default();
-    let mut jobs: Vec<Job> = Vec::new();
-    for row in tx.query(&statement, &[&now]).await? {
-        let fired = plan(&from_row(&row)?);
-        round.misfired += fired.misfired;
-        write(&tx, UPDATE, &fired.schedule).await?;
-        jobs.extend(fired.job);
+#[async_trait]
+impl ScheduleStore for PostgresStore {
+    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        write(&client, INSERT, &schedule).await?;
+        Ok(())
     }
-    if !jobs.is_empty() {
-        let statement = tx.prepare_cached(rows::INSERT).await?;
-        let inserted: Vec<Uuid> = tx
-            .query(&statement, &Columns::of(jobs.iter()).params())
+
+    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(SELECT_ONE).await?;
+        client
+            .query_opt(&statement, &[&id])
+            .await?
+            .map(|row| from_row(&row))
+            .transpose()
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(SELECT_ALL).await?;
+        client
+            .query(&statement, &[])
             .await?
             .iter()
-            .map(|row| row.get(0))
-            .collect();
-        round.jobs = jobs
-            .into_iter()
-            .filter(|job| inserted.contains(&job.id.as_uuid()))
-            .collect();
+            .map(from_row)
+            .collect()
     }
-    tx.commit().await?;
-    Ok(round)
+
+    async fn update_schedule(
+        &self,
+        id: Uuid,
+        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
+    ) -> Result<Option<Schedule>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(LOCK_ONE).await?;
+        let Some(row) = tx.query_opt(&statement, &[&id]).await? else {
+            return Ok(None);
+        };
+        let mut schedule = from_row(&row)?;
+        change(&mut schedule);
+        write(&tx, UPDATE, &schedule).await?;
+        tx.commit().await?;
+        Ok(Some(schedule))
+    }
+
+    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("DELETE FROM warren_schedules WHERE id = $1")
+            .await?;
+        Ok(client.execute(&statement, &[&id]).await? == 1)
+    }
+
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
+    ) -> Result<FireRound, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(LOCK_DUE).await?;
+        let mut round = FireRound::default();
+        let mut jobs: Vec<Job> = Vec::new();
+        for row in tx.query(&statement, &[&now]).await? {
+            let fired = plan(&from_row(&row)?);
+            round.misfired += fired.misfired;
+            write(&tx, UPDATE, &fired.schedule).await?;
+            jobs.extend(fired.job);
+        }
+        if !jobs.is_empty() {
+            let statement = tx.prepare_cached(rows::INSERT).await?;
+            let inserted: Vec<Uuid> = tx
+                .query(&statement, &Columns::of(jobs.iter()).params())
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            round.jobs = jobs
+                .into_iter()
+                .filter(|job| inserted.contains(&job.id.as_uuid()))
+                .collect();
+        }
+        tx.commit().await?;
+        Ok(round)
+    }
 }

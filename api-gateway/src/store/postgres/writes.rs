@@ -11,7 +11,7 @@ use warren_shared::{JobEvent, JobId};
 
 use super::{
     super::{Applied, Job, StoreError, transition},
-    PostgresStore, changes, keys,
+    PostgresStore, caps, changes,
     rows::{self, Columns, from_row},
     saturating_i64,
 };
@@ -141,7 +141,7 @@ impl PostgresStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         if let Some((key, max)) = cap
-            && keys::at_capacity(&tx, key, max).await?
+            && caps::at_capacity(&tx, key, max).await?
         {
             return Ok(Modified::AtCapacity);
         }

@@ -12,8 +12,7 @@
 use chrono::Utc;
 use warren_shared::{ErrorKind, JobError, JobEvent, JobStatus};
 
-use super::{AttemptError, Job, MAX_ERRORS, RawJson};
-use crate::webhooks::Callback;
+use crate::model::{AttemptError, Callback, Job, MAX_ERRORS, RawJson};
 
 /// Why an event was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

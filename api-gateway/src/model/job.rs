@@ -7,8 +7,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 use warren_shared::{JobError, JobId, JobMessage, JobStatus, JobType, Progress, V1};
 
-use super::RawJson;
-use crate::webhooks::Callback;
+use super::{Callback, RawJson};
 
 /// A job's record: the resource `GET /v1/jobs/{id}` answers, plus what the store needs to
 /// apply events and re-publish the job.

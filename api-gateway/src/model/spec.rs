@@ -1,17 +1,17 @@
-//! The body of `POST /v1/jobs` and the rules that turn it into a job record: type, attempts,
-//! time limit and due time within this gateway's limits. (`callback_url` is checked against
-//! the webhook policy by the handler, which can resolve its host.)
+//! A job spec (what a client asks to run: the body of `POST /v1/jobs`, a schedule's template, a
+//! workflow step) and the one place it is validated: [`JobSpec::validate`] checks type,
+//! attempts, time limit and due time against this gateway's [`SpecLimits`] and gives a
+//! [`ValidJob`], or a [`SpecError`] naming the field. (`callback_url`'s host is checked against
+//! the webhook policy by the job service, which can resolve it.)
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue};
 use warren_shared::{JobId, JobStatus, JobType};
 
-use crate::{
-    auth::keys::DEFAULT_TENANT,
-    http::problem::ApiError,
-    store::{Job, RawJson},
-};
+use uuid::Uuid;
+
+use super::{Job, RawJson, key::DEFAULT_TENANT};
 
 /// Attempts a job gets when the request does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -19,9 +19,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Most attempts a job may ask for.
 pub const MAX_MAX_ATTEMPTS: u32 = 100;
 
-/// Limits applied to submitted jobs.
+/// Limits applied to job specs (from the gateway's configuration).
 #[derive(Debug, Clone)]
-pub struct SubmitLimits {
+pub struct SpecLimits {
     /// `timeout_ms` for jobs that do not set one.
     pub default_timeout_ms: u64,
     /// Largest `timeout_ms` accepted.
@@ -30,11 +30,13 @@ pub struct SubmitLimits {
     pub max_delay: std::time::Duration,
 }
 
-/// The body of `POST /v1/jobs`. Only `type` is required; unknown fields are refused so a typo
-/// does not silently fall back to a default.
+/// A job spec, as the body of `POST /v1/jobs` (named `SubmitRequest` in the OpenAPI document).
+/// Only `type` is required; unknown fields are refused so a typo does not silently fall back to
+/// a default.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[schema(as = SubmitRequest)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitRequest {
+pub struct JobSpec {
     /// The job type, `[a-z0-9][a-z0-9._-]{0,99}`.
     #[serde(rename = "type")]
     #[schema(
@@ -78,7 +80,7 @@ pub struct SubmitRequest {
     pub delay_ms: Option<u64>,
 }
 
-impl SubmitRequest {
+impl JobSpec {
     /// A request for a job of `job_type` with `payload` and default settings.
     #[must_use]
     pub fn new(job_type: &str, payload: &Value) -> Self {
@@ -98,8 +100,8 @@ impl SubmitRequest {
         &self,
         now: DateTime<Utc>,
         max_delay: std::time::Duration,
-    ) -> Result<Option<DateTime<Utc>>, ApiError> {
-        let invalid = |field, message: String| ApiError::InvalidField { field, message };
+    ) -> Result<Option<DateTime<Utc>>, SpecError> {
+        let invalid = |field, message: String| SpecError { field, message };
         let (field, due) = match (&self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -140,24 +142,24 @@ impl SubmitRequest {
         }
     }
 
-    /// Checks every field and builds the new job's `queued` record.
-    pub fn into_job(self, limits: &SubmitLimits) -> Result<Job, ApiError> {
-        let now = Utc::now();
-        let run_at = self.due_at(now, limits.max_delay)?;
-        let job_type = JobType::parse(self.job_type).map_err(|e| ApiError::InvalidField {
+    /// Checks every field against `limits` (a due time is read from now): the job to make, or
+    /// the first field that is wrong and why.
+    pub fn validate(self, limits: &SpecLimits) -> Result<ValidJob, SpecError> {
+        let run_at = self.due_at(Utc::now(), limits.max_delay)?;
+        let job_type = JobType::parse(self.job_type).map_err(|e| SpecError {
             field: "type",
             message: e.to_string(),
         })?;
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         if !(1..=MAX_MAX_ATTEMPTS).contains(&max_attempts) {
-            return Err(ApiError::InvalidField {
+            return Err(SpecError {
                 field: "max_attempts",
                 message: format!("must be between 1 and {MAX_MAX_ATTEMPTS}, got {max_attempts}"),
             });
         }
         let timeout_ms = self.timeout_ms.unwrap_or(limits.default_timeout_ms);
         if !(1..=limits.max_timeout_ms).contains(&timeout_ms) {
-            return Err(ApiError::InvalidField {
+            return Err(SpecError {
                 field: "timeout_ms",
                 message: format!(
                     "must be between 1 and {} milliseconds, got {timeout_ms}",
@@ -165,47 +167,23 @@ impl SubmitRequest {
                 ),
             });
         }
-        Ok(Job {
-            id: JobId::new(),
-            // The job service sets the submitting caller's tenant and key.
-            tenant: DEFAULT_TENANT.to_owned(),
-            key_id: None,
+        Ok(ValidJob {
             job_type,
-            status: if run_at.is_some() {
-                JobStatus::Scheduled
-            } else {
-                JobStatus::Queued
-            },
-            attempt: 1,
-            max_attempts,
-            progress: None,
-            result: None,
-            error: None,
-            errors: Vec::new(),
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: None,
-            started_at: None,
-            finished_at: None,
             payload: self.payload.map_or_else(
                 || RawJson::from_value(&Value::Object(Default::default())),
                 RawJson::from_raw,
             ),
+            max_attempts,
             timeout_ms,
             callback_url: self.callback_url,
-            seq: 0,
-            attempt_budget: max_attempts,
-            version: 0,
-            // A scheduled job is published when it is due, not now.
-            unconfirmed_since: run_at.is_none().then_some(now),
             run_at,
-            callback: None,
         })
     }
 
     /// The request as JSON with sorted keys and no spacing, so equal requests read equally
     /// (what an `Idempotency-Key` is checked against).
-    pub(crate) fn canonical(&self) -> String {
+    #[must_use]
+    pub fn canonical(&self) -> String {
         let payload: Option<Value> = self
             .payload
             .as_deref()
@@ -216,5 +194,81 @@ impl SubmitRequest {
             "run_at": self.run_at, "delay_ms": self.delay_ms,
         });
         canonical.to_string()
+    }
+}
+
+/// Why a [`JobSpec`] was refused: the field, as named in the spec, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// A spec that passed [`JobSpec::validate`]: every default filled in, every limit checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidJob {
+    /// The job type.
+    pub job_type: JobType,
+    /// The handler's input.
+    pub payload: RawJson,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Per-attempt time limit in milliseconds.
+    pub timeout_ms: u64,
+    /// Where to POST the finished job (its host not yet checked: see the module docs).
+    pub callback_url: Option<String>,
+    /// When it is due, if later than now.
+    pub run_at: Option<DateTime<Utc>>,
+}
+
+impl ValidJob {
+    /// The new job's record, accepted now with a fresh id, in the default tenant and without a
+    /// key (the job service sets the submitting caller's): `scheduled` when due later, else
+    /// `queued` with its outbox mark set.
+    #[must_use]
+    pub fn into_job(self) -> Job {
+        self.into_job_of(JobId::new(), DEFAULT_TENANT, None)
+    }
+
+    /// [`ValidJob::into_job`] with the given id, tenant and submitting key.
+    #[must_use]
+    pub fn into_job_of(self, id: JobId, tenant: &str, key_id: Option<Uuid>) -> Job {
+        let now = Utc::now();
+        let run_at = self.run_at;
+        Job {
+            id,
+            tenant: tenant.to_owned(),
+            key_id,
+            job_type: self.job_type,
+            status: if run_at.is_some() {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Queued
+            },
+            attempt: 1,
+            max_attempts: self.max_attempts,
+            progress: None,
+            result: None,
+            error: None,
+            errors: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            next_attempt_at: None,
+            started_at: None,
+            finished_at: None,
+            payload: self.payload,
+            timeout_ms: self.timeout_ms,
+            callback_url: self.callback_url,
+            seq: 0,
+            attempt_budget: self.max_attempts,
+            version: 0,
+            // A scheduled job is published when it is due, not now.
+            unconfirmed_since: run_at.is_none().then_some(now),
+            run_at,
+            callback: None,
+        }
     }
 }
