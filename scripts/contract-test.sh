@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The contract test: schemathesis (pinned, in a venv) against a gateway and a worker built
-# from this tree, once per store (memory, then PostgreSQL). Settings: schemathesis.toml. Any
-# finding, a gateway that is not ready afterwards, or a 5xx fails it.
+# from this tree, once per store (memory, then PostgreSQL) and mode (open, then keys on: the
+# document each gateway serves differs, and each must be true of its gateway). Settings:
+# schemathesis.toml. Any finding, a gateway that is not ready afterwards, or a 5xx fails it.
 #
-#   scripts/contract-test.sh            # both stores
-#   scripts/contract-test.sh memory     # one
+#   scripts/contract-test.sh                   # both stores, both modes
+#   scripts/contract-test.sh memory            # one store, both modes
+#   scripts/contract-test.sh postgres:keys     # one store, one mode
 #
 # Needs RabbitMQ (WARREN_AMQP_URL), PostgreSQL (WARREN_CONTRACT_DATABASE_URL) and python3-venv.
 set -euo pipefail
@@ -44,9 +46,18 @@ cleanup() {
 trap cleanup EXIT
 
 ADMIN_KEY="contract-test-admin-key-$$-0123456789"
-for store in "${STORES[@]}"; do
-    echo "== contract test, $store store"
-    NAMESPACE="contract-$store-$$"
+RUNS=()
+for run in "${STORES[@]}"; do
+    case $run in
+        *:*) RUNS+=("$run") ;;
+        *) RUNS+=("$run:open" "$run:keys") ;;
+    esac
+done
+for run in "${RUNS[@]}"; do
+    store=${run%%:*}
+    mode=${run#*:}
+    echo "== contract test, $store store, $mode"
+    NAMESPACE="contract-$store-$mode-$$"
     port=$(free_port)
     export WARREN_NAMESPACE=$NAMESPACE RUST_LOG=error
     gateway_env=(WARREN_HTTP_ADDR="127.0.0.1:$port"
@@ -54,12 +65,16 @@ for store in "${STORES[@]}"; do
         WARREN_WEBHOOK_ALLOW_PRIVATE=true WARREN_WEBHOOK_TIMEOUT_MS=500
         # Long polls (`?wait=`, `Prefer: wait`) on jobs that never finish are cut to this,
         # as documented, so none outlasts schemathesis' request timeout.
-        WARREN_MAX_WAIT_SECS=2
+        WARREN_MAX_WAIT_SECS=2)
+    auth=()
+    if [[ $mode == keys ]]; then
         # Keys on, as a production gateway runs: schemathesis sends the operator's key, and
         # checks that a missing or made-up key is refused with 401.
-        WARREN_ADMIN_KEY="$ADMIN_KEY")
+        gateway_env+=(WARREN_ADMIN_KEY="$ADMIN_KEY")
+        auth=(--header "Authorization: Bearer $ADMIN_KEY")
+    fi
     if [[ $store == postgres ]]; then
-        SCHEMA="contract_$$"
+        SCHEMA="contract_${mode}_$$"
         psql -q "$DATABASE_URL" -c "CREATE SCHEMA $SCHEMA" >/dev/null
         gateway_env+=(WARREN_DATABASE_URL="$DATABASE_URL?options=-csearch_path%3D$SCHEMA")
     fi
@@ -74,7 +89,7 @@ for store in "${STORES[@]}"; do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: the gateway never became ready"; exit 1; }
     started=$(date +%s)
     "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --no-color \
-        --wait-for-schema 10 --seed 1 --header "Authorization: Bearer $ADMIN_KEY"
+        --wait-for-schema 10 --seed 1 "${auth[@]}"
     echo "   schemathesis took $(( $(date +%s) - started )) s"
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: the gateway is not ready after the run"; exit 1; }
     echo "   ok: the gateway is ready after the run"

@@ -67,7 +67,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(openapi::spec))
         .routes(routes!(openapi::docs))
         .split_for_parts();
-    if let Some(document) = openapi::render(&api, &state.limits) {
+    if let Some(document) = openapi::render(&api, &state.limits, !state.auth.is_open()) {
         // Set once per state; a second router over the same state serves the first document.
         let _ = state.openapi.set(document);
     }

@@ -44,11 +44,19 @@ pub async fn spec(State(state): State<AppState>) -> impl IntoResponse {
 /// - that `run_at` and `delay_ms` exclude each other;
 /// - this gateway's own limits (`WARREN_MAX_TIMEOUT_MS`, `WARREN_MAX_DELAY`) as maxima;
 /// - the time zones a schedule takes, as an enum of the IANA names the server knows;
-/// - the bearer scheme, and which operations need it (with their `401`, `403` and `429`).
+/// - with `keys_on` (`WARREN_ADMIN_KEY` set), the bearer scheme and which operations need it
+///   (with their `401`, `403` and `429`); an open gateway's document declares none, as it
+///   needs none.
 #[must_use]
-pub fn render(api: &utoipa::openapi::OpenApi, limits: &SpecLimits) -> Option<String> {
+pub fn render(
+    api: &utoipa::openapi::OpenApi,
+    limits: &SpecLimits,
+    keys_on: bool,
+) -> Option<String> {
     let mut document = serde_json::to_value(api).ok()?;
-    declare_security(&mut document)?;
+    if keys_on {
+        declare_security(&mut document)?;
+    }
     let submit = document.pointer_mut("/paths/~1v1~1jobs/post")?;
     submit["callbacks"] = job_finished_callback();
     let max_delay_ms = u64::try_from(limits.max_delay.as_millis()).unwrap_or(u64::MAX);

@@ -275,6 +275,12 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %cause, "store constraint refused a change");
                 Self::Conflict("the request conflicts with stored data".into())
             }
+            StoreError::BadData(message) => {
+                tracing::warn!(error = %cause, "the store refused the request's data");
+                Self::InvalidBody(format!(
+                    "the job store cannot keep this data ({message}); change the value it names"
+                ))
+            }
             StoreError::Corrupt(_) | StoreError::Query(_) => {
                 tracing::error!(error = %cause, "job store failed: a bug or a schema mismatch");
                 Self::Internal

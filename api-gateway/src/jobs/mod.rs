@@ -98,6 +98,16 @@ pub enum Accepted {
     Replayed(Job),
 }
 
+/// What to do with a record whose publish RabbitMQ refused or did not confirm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfRefused {
+    /// A new submit: the client gets an error and no id, so nothing may be left (no record,
+    /// no key, no webhook, no count).
+    Withdraw,
+    /// A job the client already knows: it fails, saying why.
+    Fail,
+}
+
 /// What a submit gave.
 #[derive(Debug)]
 pub struct Submitted {
@@ -264,7 +274,10 @@ impl JobService {
                 }
                 Inserted::New => {
                     fault::pause_point("after_store").await;
-                    let job = self.publish(job, key_name.as_deref(), trace).await?;
+                    let key = key_name.as_deref();
+                    let job = self
+                        .publish_as(job, key, trace, IfRefused::Withdraw)
+                        .await?;
                     return Ok(Accepted::New(job));
                 }
                 Inserted::KeyMismatch => return Err(JobsError::KeyReused),
@@ -303,18 +316,31 @@ impl JobService {
             return Ok(job);
         }
         tracing::info!(job_id = %job.id, "replayed job not confirmed yet; publishing it");
-        self.publish(job, key, trace).await
+        self.publish_as(job, key, trace, IfRefused::Withdraw).await
     }
 
     /// Publishes the job's current attempt and clears its outbox mark once RabbitMQ
     /// confirmed (at once when the job has an idempotency `key`, so a replay never finds the
     /// mark of a job already confirmed). A refusal marks the record failed (and forgets `key`,
-    /// so the client may try again) and says why.
+    /// so the client may try again) and says why. For a job a client already knows (relayed,
+    /// released, fired, re-driven).
     pub async fn publish(
         &self,
         job: Job,
         key: Option<&str>,
         trace: &TraceContext,
+    ) -> Result<Job, JobsError> {
+        self.publish_as(job, key, trace, IfRefused::Fail).await
+    }
+
+    /// [`JobService::publish`], doing `if_refused` with the record when RabbitMQ refuses the
+    /// message or does not confirm it.
+    async fn publish_as(
+        &self,
+        job: Job,
+        key: Option<&str>,
+        trace: &TraceContext,
+        if_refused: IfRefused,
     ) -> Result<Job, JobsError> {
         let traceparent = trace.child().header();
         let published = self
@@ -338,6 +364,20 @@ impl JobService {
             _ => ErrorKind::PublishFailed,
         };
         tracing::warn!(%error, job_id = %job.id, "job not accepted by RabbitMQ");
+        if if_refused == IfRefused::Withdraw {
+            match self.outbox.withdraw(job.id, key).await {
+                Ok(true) => tracing::info!(job_id = %job.id, "refused submit withdrawn"),
+                Ok(false) => {}
+                // The mark stays: the relay publishes the job later (or fails it, unroutable).
+                Err(store_error) => {
+                    tracing::error!(%store_error, job_id = %job.id, "cannot withdraw the refused job");
+                }
+            }
+            return Err(match error {
+                PublishError::Unroutable { .. } => JobsError::UnknownJobType(job.job_type),
+                other => JobsError::NotConfirmed(other),
+            });
+        }
         let reason = JobError::new(kind, error.to_string());
         match self.outbox.fail_unpublished(job.id, reason, key).await {
             Ok(Some(failed)) => self.watchers.publish(failed),

@@ -46,8 +46,9 @@ pub struct JobSpec {
         example = "report.generate"
     )]
     pub job_type: String,
-    /// The handler's input (kept as the client's JSON text, unparsed, all the way to the
-    /// job message).
+    /// The handler's input, any JSON value nested at most 100 deep, without NUL characters,
+    /// lone surrogates or numbers beyond PostgreSQL's `numeric` (kept as the client's JSON text,
+    /// unparsed, all the way to the job message).
     #[serde(default)]
     #[schema(value_type = serde_json::Value)]
     pub payload: Option<Box<RawValue>>,
@@ -166,6 +167,12 @@ impl JobSpec {
                     limits.max_timeout_ms
                 ),
             });
+        }
+        if let Some(payload) = &self.payload {
+            super::payload::check(payload.get()).map_err(|message| SpecError {
+                field: "payload",
+                message,
+            })?;
         }
         Ok(ValidJob {
             job_type,

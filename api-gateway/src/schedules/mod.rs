@@ -142,6 +142,12 @@ impl ScheduleService {
     async fn check(&self, schedule: &mut Schedule) -> Result<(), SchedulesError> {
         let cadence = Cadence::parse(&schedule.cron, &schedule.timezone)
             .map_err(|(field, message)| SpecError { field, message })?;
+        crate::model::payload::check(schedule.payload.as_raw().get()).map_err(|message| {
+            SpecError {
+                field: "payload",
+                message,
+            }
+        })?;
         spec_of(schedule).validate(self.jobs.limits())?;
         self.jobs
             .callback_policy()

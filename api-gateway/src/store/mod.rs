@@ -142,6 +142,11 @@ pub enum StoreError {
     /// A constraint refused the change (the data conflicts with what is stored).
     #[error("the job store refused a change that conflicts with stored data: {0}")]
     Conflict(#[source] Cause),
+    /// The database refused the data itself as invalid (SQLSTATE class 22, data exception, or
+    /// 54, a program limit such as nesting depth): the request's input, not the store, is at
+    /// fault; retrying it will not help. The message is the database's own.
+    #[error("the job store cannot keep this data: {0}")]
+    BadData(String),
     /// A stored record could not be read back (a bug, or a hand-edited row).
     #[error("a stored job record is corrupt: {0}")]
     Corrupt(String),
@@ -266,6 +271,12 @@ pub trait OutboxStore: Send + Sync + 'static {
         error: JobError,
         key: Option<&str>,
     ) -> Result<Option<Job>, StoreError>;
+
+    /// Takes back a new job whose first publish RabbitMQ refused or did not confirm, so the
+    /// refused submit leaves nothing: the record (while it is still `queued` with its outbox
+    /// mark, i.e. no worker reported on it) and `key`, if it names this job. Returns whether the
+    /// record went.
+    async fn withdraw(&self, id: JobId, key: Option<&str>) -> Result<bool, StoreError>;
 
     /// Claims up to `limit` records marked unconfirmed since before `marked_before`,
     /// re-stamping their mark with `now` so no other gateway claims them for another grace

@@ -23,6 +23,7 @@ mod outbox;
 mod postgres;
 mod proxy;
 mod queues;
+mod refusals;
 mod retry;
 mod schedules;
 mod store_write;

@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::{
+    auth::with_admin,
+    helpers::{spawn_app, spawn_app_with},
+};
 
 /// Every route of the contract, as (method, OpenAPI path).
 const ROUTES: [(&str, &str); 26] = [
@@ -74,27 +77,6 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         "#/components/schemas/Job",
         "the callback a job's callback_url receives is described"
     );
-    assert_eq!(
-        spec["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
-        "the bearer scheme is declared"
-    );
-    for (method, path, protected) in [
-        ("post", "/v1/jobs", true),
-        ("get", "/report-status/{id}", true),
-        ("delete", "/v1/keys/{id}", true),
-        ("get", "/healthz", false),
-        ("get", "/openapi.json", false),
-    ] {
-        let operation = &spec["paths"][path][method];
-        assert_eq!(
-            !operation["security"].as_array().unwrap().is_empty(),
-            protected,
-            "{method} {path}: {}",
-            operation["security"]
-        );
-        assert_eq!(operation["responses"]["401"].is_object(), protected);
-        assert_eq!(operation["responses"]["429"].is_object(), protected);
-    }
     let operations: usize = spec["paths"]
         .as_object()
         .unwrap()
@@ -195,5 +177,63 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
             .starts_with("text/html")
     );
     assert!(docs.text().await.unwrap().contains("/openapi.json"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_document_declares_keys_only_when_the_gateway_needs_them() {
+    let app = spawn_app_with(with_admin).await;
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+        "the bearer scheme is declared"
+    );
+    for (method, path, protected) in [
+        ("post", "/v1/jobs", true),
+        ("get", "/report-status/{id}", true),
+        ("delete", "/v1/keys/{id}", true),
+        ("get", "/healthz", false),
+        ("get", "/openapi.json", false),
+    ] {
+        let operation = &spec["paths"][path][method];
+        assert_eq!(
+            !operation["security"].as_array().unwrap().is_empty(),
+            protected,
+            "{method} {path}: {}",
+            operation["security"]
+        );
+        assert_eq!(operation["responses"]["401"].is_object(), protected);
+        assert_eq!(operation["responses"]["429"].is_object(), protected);
+    }
+    app.stop().await;
+
+    // An open gateway (no WARREN_ADMIN_KEY) needs no key: its document says so, and a request
+    // that carries some key anyway is served, not refused.
+    let app = spawn_app().await;
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert!(
+        spec["components"]["securitySchemes"].is_null(),
+        "an open gateway declares a bearer scheme"
+    );
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(
+                operation["security"].is_null() && operation["responses"]["401"].is_null(),
+                "{method} {path} needs a key on an open gateway"
+            );
+        }
+    }
+    let listed = app
+        .client
+        .get(format!("{}/v1/jobs", app.address))
+        .header("authorization", "Bearer made-up")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.status(),
+        200,
+        "an open gateway refused a made-up key"
+    );
     app.stop().await;
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use warren_shared::{JobError, JobId};
+use warren_shared::{JobError, JobId, JobStatus};
 
 use super::MemoryStore;
 use crate::{
@@ -34,6 +34,24 @@ impl OutboxStore for MemoryStore {
             transition::fail(job, error).then(|| job.clone())
         });
         Ok(failed.flatten())
+    }
+
+    async fn withdraw(&self, id: JobId, key: Option<&str>) -> Result<bool, StoreError> {
+        let mut inner = self.inner();
+        let pending = inner
+            .jobs
+            .get(&id)
+            .is_some_and(|job| job.status == JobStatus::Queued && job.unconfirmed_since.is_some());
+        if !pending {
+            return Ok(false);
+        }
+        inner.remove(id);
+        if let Some(key) = key
+            && inner.keys.get(key).is_some_and(|claim| claim.job == id)
+        {
+            inner.keys.remove(key);
+        }
+        Ok(true)
     }
 
     async fn claim_unpublished(

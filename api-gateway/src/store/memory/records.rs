@@ -84,6 +84,21 @@ impl Inner {
         }
     }
 
+    /// Removes record `id` and takes it out of every index.
+    pub(super) fn remove(&mut self, id: JobId) {
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
+        let marks = Marks {
+            unconfirmed: false,
+            scheduled: false,
+            callback_due: false,
+            key: job.key_id.map(|key| (key, false)),
+        };
+        self.index(id, marks);
+        self.deliveries.remove(&id);
+    }
+
     /// Stores a new record and its key, or finds the key's earlier job.
     pub(super) fn insert(
         &mut self,

@@ -31,7 +31,7 @@ const LIST: &str = "SELECT webhook_id, attempt, at, duration_ms, status_code, er
 
 #[async_trait]
 impl CallbackStore for PostgresStore {
-    /// See [`crate::store::JobStore::claim_callbacks`].
+    /// See [`CallbackStore::claim_callbacks`].
     async fn claim_callbacks(
         &self,
         now: DateTime<Utc>,
@@ -46,7 +46,7 @@ impl CallbackStore for PostgresStore {
         rows.iter().map(from_row).collect()
     }
 
-    /// See [`crate::store::JobStore::record_delivery`].
+    /// See [`CallbackStore::record_delivery`].
     async fn record_delivery(
         &self,
         id: JobId,
@@ -77,7 +77,7 @@ impl CallbackStore for PostgresStore {
         Ok(())
     }
 
-    /// See [`crate::store::JobStore::deliveries`].
+    /// See [`CallbackStore::deliveries`].
     async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError> {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(LIST).await?;
@@ -114,7 +114,7 @@ impl CallbackStore for PostgresStore {
             .collect()
     }
 
-    /// See [`crate::store::JobStore::count_pending_callbacks`].
+    /// See [`CallbackStore::count_pending_callbacks`].
     async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         let statement = client

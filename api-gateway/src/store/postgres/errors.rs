@@ -1,6 +1,7 @@
 //! What a PostgreSQL error means for the caller: try again later (the connection, the server
-//! or the pool is in trouble), a conflict with stored data (a constraint), or a bug (a query
-//! the server refuses whatever happens). The cause is kept as the error's source.
+//! or the pool is in trouble), a conflict with stored data (a constraint), data the database
+//! cannot keep (classes 22 and 54: the input is at fault), or a bug (a query the server refuses
+//! whatever happens). The cause is kept as the error's source.
 
 use std::sync::Arc;
 
@@ -18,6 +19,11 @@ impl From<tokio_postgres::Error> for StoreError {
         let constraint = error
             .code()
             .is_some_and(|code| code.code().starts_with("23"));
+        if let Some(db) = error.as_db_error()
+            && matches!(&db.code().code()[..2], "22" | "54")
+        {
+            return Self::BadData(db.message().to_owned());
+        }
         let cause = Arc::new(error);
         if transient {
             Self::Unavailable(cause)

@@ -15,6 +15,16 @@ use super::{
 };
 use crate::model::Job;
 
+/// Deletes a new job that was never published (still `queued` with its outbox mark) and its
+/// idempotency key, if the key names it, in one statement.
+const WITHDRAW: &str = "WITH gone AS (
+        DELETE FROM warren_jobs
+        WHERE id = $1 AND status = 'queued' AND unconfirmed_since IS NOT NULL RETURNING id
+    ), forgotten AS (
+        DELETE FROM warren_idempotency WHERE key = $2 AND job_id IN (SELECT id FROM gone)
+    )
+    SELECT count(*) FROM gone";
+
 #[async_trait]
 impl OutboxStore for PostgresStore {
     async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError> {
@@ -41,6 +51,16 @@ impl OutboxStore for PostgresStore {
             })
             .await?;
         Ok(failed.and_then(|(job, changed)| changed.then_some(job)))
+    }
+
+    async fn withdraw(&self, id: JobId, key: Option<&str>) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(WITHDRAW).await?;
+        let gone: i64 = client
+            .query_one(&statement, &[&id.as_uuid(), &key])
+            .await?
+            .get(0);
+        Ok(gone > 0)
     }
 
     async fn claim_unpublished(
