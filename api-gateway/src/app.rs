@@ -46,8 +46,13 @@ pub enum StartupError {
     #[error("{0}")]
     Webhooks(String),
     /// The job store could not be opened or migrated.
-    #[error("cannot open the job store (WARREN_DATABASE_URL): {0}")]
-    Store(#[from] StoreError),
+    #[error("cannot open the job store at {address} (WARREN_DATABASE_URL): {source}")]
+    Store {
+        /// Where it connected: hosts, database and role (never the password).
+        address: String,
+        /// Why it failed.
+        source: StoreError,
+    },
 }
 
 /// A gateway bound to its port, ready to run.
@@ -70,9 +75,15 @@ impl Application {
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
         let stores = match &config.database_url {
-            Some(url) => Stores::from(Arc::new(
-                PostgresStore::connect_with(url, config.store_options()).await?,
-            )),
+            Some(url) => {
+                let store = PostgresStore::connect_with(url, config.store_options())
+                    .await
+                    .map_err(|source| StartupError::Store {
+                        address: PostgresStore::describe(url),
+                        source,
+                    })?;
+                Stores::from(Arc::new(store))
+            }
             None => {
                 tracing::warn!(
                     "WARREN_DATABASE_URL is not set: jobs are kept in memory and lost on restart"
@@ -240,7 +251,10 @@ impl Application {
             }
         };
         let grace = config.shutdown.grace();
-        tracing::info!(addr = ?listener.local_addr().ok(), namespace = %config.broker.namespace, broker = %config.broker.amqp_url, "gateway listening");
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| config.http_addr.to_string(), |addr| addr.to_string());
+        tracing::info!(%addr, namespace = %config.broker.namespace, broker = %config.broker.amqp_url, "gateway listening");
         let app = http::router(state, config.max_body_bytes);
         let server = axum::serve(listener, app).with_graceful_shutdown(signal);
         let served = tokio::select! {

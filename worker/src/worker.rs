@@ -167,7 +167,11 @@ impl Worker {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| RunError::Bind { addr, source })?;
-        tracing::info!(addr = ?listener.local_addr().ok(), broker = %self.shared.broker_address, "health endpoint listening");
+        let addr = listener
+            .local_addr()
+            .map(|addr| addr.to_string())
+            .unwrap_or_default();
+        tracing::info!(%addr, broker = %self.shared.broker_address, "health endpoint listening");
         let stop = CancellationToken::new();
         let probes = tokio::spawn(health::serve(listener, self.shared.clone(), stop.clone()));
         let signal = {

@@ -10,7 +10,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
-use warren_shared::{JobId, JobType};
+use warren_shared::{
+    JobId, JobType,
+    amqp::{BrokerError, PublishError},
+};
 
 use crate::{
     jobs::JobsError, keys::KeysError, model::SpecError, schedules::SchedulesError,
@@ -98,6 +101,14 @@ pub enum ApiError {
     /// A dependency (broker or store) is unavailable; the client should retry later.
     #[error("{0}; try again in a few seconds")]
     Unavailable(&'static str),
+    /// RabbitMQ cannot be reached at all, so the job was not accepted. (Where it was looked for
+    /// is the operator's: logged, and on `/readyz`; a client's answer does not carry addresses.)
+    #[error(
+        "RabbitMQ is unreachable: this gateway cannot connect to the broker it is configured \
+         with (WARREN_AMQP_URL; /readyz names its address), so the job was not accepted; try \
+         again in a few seconds"
+    )]
+    BrokerUnreachable,
     /// The path exists, but not with this method.
     #[error("{method} is not allowed on {path}; it takes {allowed}")]
     MethodNotAllowed {
@@ -144,7 +155,7 @@ impl ApiError {
             | Self::UnknownJobType(_)
             | Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::JobNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::BrokerUnreachable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -170,7 +181,7 @@ impl ApiError {
             Self::IdempotencyMismatch => "idempotency-key-reused",
             Self::JobNotFound(_) => "job-not-found",
             Self::RouteNotFound(_) => "route-not-found",
-            Self::Unavailable(_) => "unavailable",
+            Self::Unavailable(_) | Self::BrokerUnreachable => "unavailable",
             Self::Internal => "internal",
             Self::MethodNotAllowed { .. } => "method-not-allowed",
             Self::Unauthorized(_) => "unauthorized",
@@ -203,7 +214,7 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         match &self {
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::BrokerUnreachable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             Self::TooManyRequests {
@@ -263,7 +274,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         let cause = chain(&error);
         match error {
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(_) | StoreError::Misconfigured(_) => {
                 tracing::error!(error = %cause, "job store unavailable");
                 Self::Unavailable("the job store is unavailable")
             }
@@ -302,6 +313,9 @@ impl From<JobsError> for ApiError {
                 retry_after_secs: 1,
             },
             JobsError::UnknownJobType(job_type) => Self::UnknownJobType(job_type),
+            JobsError::NotConfirmed(PublishError::Broker(BrokerError::Unavailable { .. })) => {
+                Self::BrokerUnreachable
+            }
             JobsError::NotConfirmed(_) => Self::Unavailable("RabbitMQ did not confirm the job"),
             JobsError::Invalid(error) => error.into(),
             JobsError::Store(error) => error.into(),

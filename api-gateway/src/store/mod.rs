@@ -139,6 +139,12 @@ pub enum StoreError {
     /// A record with this id already exists.
     #[error("job {0} already exists")]
     Duplicate(JobId),
+    /// The database refused who or where the store connects as: an unknown database, role or
+    /// schema, a wrong password, missing privileges. An operator must fix the settings.
+    #[error(
+        "the job store refused its settings ({0}); check WARREN_DATABASE_URL: the database, role, password and search_path schema it names must exist and the role needs privileges on them"
+    )]
+    Misconfigured(#[source] Cause),
     /// A constraint refused the change (the data conflicts with what is stored).
     #[error("the job store refused a change that conflicts with stored data: {0}")]
     Conflict(#[source] Cause),

@@ -113,7 +113,8 @@ pub async fn check(url: &Url, allow_private: bool) -> Result<(), String> {
 pub fn check_literal(url: &Url, allow_private: bool) -> Result<(), String> {
     match literal(url).and_then(refused) {
         Some(why) if !allow_private => Err(format!(
-            "{} is {why}; callbacks go to public addresses only",
+            "{} is {why}; callbacks go to public addresses only (for development, \
+             WARREN_WEBHOOK_ALLOW_PRIVATE=true lets them reach private ones)",
             url.host_str().unwrap_or_default()
         )),
         _ => Ok(()),
@@ -141,7 +142,8 @@ async fn resolve_public(host: &str, port: u16) -> Result<Vec<SocketAddr>, String
     for addr in &addrs {
         if let Some(why) = refused(addr.ip()) {
             return Err(format!(
-                "host {host} resolves to {}, {why}; callbacks go to public addresses only",
+                "host {host} resolves to {}, {why}; callbacks go to public addresses only (for development, \
+             WARREN_WEBHOOK_ALLOW_PRIVATE=true lets them reach private ones)",
                 addr.ip()
             ));
         }

@@ -261,6 +261,10 @@ async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
         .iter()
         .map(|id| status_after_wait(&client, &base, id));
     let statuses = join_all(checks).await;
+    eprintln!(
+        "every accepted job checked {:?} after the kill",
+        killed_at.elapsed()
+    );
     let lost: Vec<&String> = statuses.iter().filter(|s| *s != "succeeded").collect();
     let mut by_status = std::collections::BTreeMap::new();
     for status in &lost {

@@ -17,6 +17,7 @@ mod helpers;
 mod jobs;
 mod later;
 mod lifecycle;
+mod misconfig;
 mod openapi;
 mod outage;
 mod outbox;

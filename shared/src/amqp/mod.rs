@@ -24,8 +24,12 @@ use crate::config::BrokerConfig;
 
 /// First wait before reconnecting after a failed session.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait between reconnect attempts. Short, so a consumer is back within seconds of
+/// the broker (or a cluster's queue leaders) coming back, even after a long outage doubled its
+/// wait many times; the log stays calm through [`LOG_EVERY`].
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a failure that goes on is logged again.
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// How long to wait for a pooled connection, or for a new one to be made.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,19 +67,31 @@ pub async fn connection(pool: &Pool) -> Result<PooledConnection, BrokerError> {
     let started = Instant::now();
     pool.get().await.map_err(|error| {
         let waited = started.elapsed();
-        BrokerError::Unavailable(match error {
+        let at = pool.manager().addresses();
+        let reason = match error {
             PoolError::Timeout(deadpool::managed::TimeoutType::Create) => {
                 format!(
-                    "no AMQP handshake within {waited:.1?}: the broker accepts connections but does \
-                     not complete them (overloaded, or out of file handles: check its open-files \
-                     limit and `rabbitmqctl status`)"
+                    "no AMQP handshake with {at} (WARREN_AMQP_URL) within {waited:.1?}: the broker \
+                     accepts connections but does not complete them (overloaded, or out of file \
+                     handles: check its open-files limit and `rabbitmqctl status`)"
                 )
             }
             PoolError::Backend(error) => {
-                format!("cannot connect (after {waited:.1?}): {error}")
+                let check = match error.kind() {
+                    lapin::ErrorKind::IOError(_) => {
+                        "check that RabbitMQ runs there and the host and port are right"
+                    }
+                    _ => "check the user, password and vhost in it",
+                };
+                format!(
+                    "cannot connect to {at} (WARREN_AMQP_URL) after {waited:.1?}: {error}; {check}"
+                )
             }
-            other => format!("no connection within {waited:.1?}: {other}"),
-        })
+            other => {
+                format!("no connection to {at} (WARREN_AMQP_URL) within {waited:.1?}: {other}")
+            }
+        };
+        BrokerError::Unavailable { at, reason }
     })
 }
 
@@ -98,8 +114,13 @@ pub async fn confirm_channel_on(connection: &lapin::Connection) -> lapin::Result
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection could be had from the pool (broker down, refused, timed out).
-    #[error("RabbitMQ is unavailable: {0}")]
-    Unavailable(String),
+    #[error("RabbitMQ is unavailable: {reason}")]
+    Unavailable {
+        /// The nodes tried, `host:port` (no password).
+        at: String,
+        /// What went wrong, naming `WARREN_AMQP_URL` and what to check.
+        reason: String,
+    },
     /// An AMQP operation failed.
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
@@ -207,12 +228,27 @@ where
     E: std::fmt::Display,
 {
     let mut backoff = MIN_BACKOFF;
+    // The same failure is logged once, then again every `LOG_EVERY` while it lasts, so a
+    // broker that stays away gives a calm log, not a flood.
+    let mut last_logged: Option<(String, Instant)> = None;
     loop {
         let started = Instant::now();
         match session().await {
             Ok(()) => return,
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "{what} stopped; reconnecting");
+                let text = error.to_string();
+                // The same failure, told apart from another by its words, not its numbers
+                // (the text carries how long the attempt took).
+                let gist: String = text.chars().filter(|c| !c.is_ascii_digit()).collect();
+                let repeat = last_logged
+                    .as_ref()
+                    .is_some_and(|(previous, at)| *previous == gist && at.elapsed() < LOG_EVERY);
+                if repeat {
+                    tracing::debug!(error = %text, retry_in = ?backoff, "{what} stopped; reconnecting");
+                } else {
+                    tracing::warn!(error = %text, retry_in = ?backoff, "{what} stopped; reconnecting (the same failure is logged again every 30 s while it lasts)");
+                    last_logged = Some((gist, Instant::now()));
+                }
             }
         }
         if started.elapsed() > MAX_BACKOFF {

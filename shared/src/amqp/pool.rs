@@ -57,6 +57,13 @@ impl NodeManager {
         }
     }
 
+    /// Every node, as `host:port` joined by commas (for messages: no password).
+    #[must_use]
+    pub fn addresses(&self) -> String {
+        let labels: Vec<&str> = self.nodes.iter().map(|(label, _)| label.as_str()).collect();
+        labels.join(",")
+    }
+
     /// The node (`host:port`) of the latest connection made, if any.
     #[must_use]
     pub fn current_node(&self) -> Option<String> {

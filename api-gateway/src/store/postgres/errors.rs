@@ -24,14 +24,74 @@ impl From<tokio_postgres::Error> for StoreError {
         {
             return Self::BadData(db.message().to_owned());
         }
-        let cause = Arc::new(error);
-        if transient {
+        let misconfigured = error.code().is_some_and(|code| {
+            matches!(&code.code()[..2], "28" | "3D" | "3F") || code.code() == "42501"
+        });
+        let cause = Arc::new(Described::of(error));
+        if misconfigured {
+            Self::Misconfigured(cause)
+        } else if transient {
             Self::Unavailable(cause)
         } else if constraint {
             Self::Conflict(cause)
         } else {
             Self::Query(cause)
         }
+    }
+}
+
+/// A PostgreSQL error with its own words: the server's message, detail and hint for a database
+/// error (tokio-postgres's `Display` says only "db error"), or the chain of causes for a
+/// connection error (e.g. "error connecting to server: Connection refused"). The original stays
+/// the source.
+#[derive(Debug)]
+pub(super) struct Described {
+    text: String,
+    error: tokio_postgres::Error,
+}
+
+impl Described {
+    pub(super) fn of(error: tokio_postgres::Error) -> Self {
+        let text = match error.as_db_error() {
+            Some(db) => {
+                let mut text = format!("PostgreSQL said: {} ({})", db.message(), db.code().code());
+                if let Some(detail) = db.detail() {
+                    text.push_str("; ");
+                    text.push_str(detail);
+                }
+                if let Some(hint) = db.hint() {
+                    text.push_str("; hint: ");
+                    text.push_str(hint);
+                }
+                text
+            }
+            None => {
+                let mut text = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    let cause_text = cause.to_string();
+                    if !text.contains(&cause_text) {
+                        text.push_str(": ");
+                        text.push_str(&cause_text);
+                    }
+                    source = cause.source();
+                }
+                text
+            }
+        };
+        Self { text, error }
+    }
+}
+
+impl std::fmt::Display for Described {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Described {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
     }
 }
 

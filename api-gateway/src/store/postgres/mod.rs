@@ -79,6 +79,36 @@ impl PostgresStore {
         Self::connect_with(url, StoreOptions::default()).await
     }
 
+    /// Where `url` points, for messages: hosts and ports, database and role, never the password
+    /// (nothing of the URL when it does not parse).
+    #[must_use]
+    pub fn describe(url: &str) -> String {
+        let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+            return "(an address that does not parse)".to_owned();
+        };
+        let ports = config.get_ports();
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match host {
+                    tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                    tokio_postgres::config::Host::Unix(path) => {
+                        format!("{}:{port}", path.display())
+                    }
+                }
+            })
+            .collect();
+        format!(
+            "{} database {:?} as role {:?}",
+            hosts.join(","),
+            config.get_dbname().unwrap_or("(the role's name)"),
+            config.get_user().unwrap_or("(the OS user)")
+        )
+    }
+
     /// Connects to `url` and brings the schema up to date.
     pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let bad_url = |e: &dyn std::fmt::Display| {

@@ -2,7 +2,8 @@
 //!
 //! An event moves a job only forward:
 //! 1. a terminal job never changes (first terminal outcome wins; duplicates after a crash
-//!    and redelivery are ignored);
+//!    and redelivery are ignored), but for one fact: a job cancelled while a worker had
+//!    already started it, whose start is reported after the cancel, records when it started;
 //! 2. an event of an older attempt is stale;
 //! 3. a terminal event of the current or a newer attempt is applied, whatever its `seq`: a
 //!    redelivered attempt restarts its `seq` at 1, and its outcome must still land;
@@ -52,6 +53,11 @@ impl Ignored {
 
 /// Decides whether `event` applies to `job` and, if so, applies it.
 pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
+    if started_before_cancel(job, event) {
+        job.started_at = Some(event.at);
+        job.version += 1;
+        return Ok(());
+    }
     check(job, event)?;
     let new_attempt = event.attempt > job.attempt;
     job.status = event.status;
@@ -88,6 +94,16 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     job.unconfirmed_since = None;
     job.version += 1;
     Ok(())
+}
+
+/// Whether `event` is the late news that a worker had started the current attempt of a job
+/// cancelled meanwhile (its status stays `cancelled`; only `started_at` is learned).
+fn started_before_cancel(job: &Job, event: &JobEvent) -> bool {
+    job.status == JobStatus::Cancelled
+        && job.started_at.is_none()
+        && event.job_type == job.job_type
+        && event.attempt == job.attempt
+        && (event.status == JobStatus::Running || event.status.is_terminal())
 }
 
 fn check(job: &Job, event: &JobEvent) -> Result<(), Ignored> {

@@ -268,3 +268,23 @@ fn every_attempts_error_is_kept_up_to_the_cap() {
         ErrorKind::PublishFailed
     );
 }
+
+#[test]
+fn a_cancelled_job_learns_when_it_had_started_and_stays_cancelled() {
+    let mut job = queued_job();
+    assert!(cancel(&mut job));
+    let version = job.version;
+    // The worker had started the attempt; its `running` reaches the store after the cancel.
+    let late_start = event(&job, JobStatus::Running, 1, 1);
+    assert_eq!(apply(&mut job, &late_start), Ok(()));
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(job.started_at, Some(late_start.at));
+    assert_eq!(job.version, version + 1);
+    // Its outcome changes nothing: terminal is final.
+    assert_eq!(
+        step(&mut job, JobStatus::Succeeded, 1, 2),
+        Err(Ignored::AlreadyTerminal)
+    );
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(job.result.is_none());
+}
