@@ -27,13 +27,23 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster.sh")
 }
 
+/// The first AMQP port of this process's cluster (nodes take it and the next two), so two test
+/// runs on one machine (two checkouts, or the suite run twice at once) each have their own.
+fn first_port() -> u16 {
+    let slot = u16::try_from(std::process::id() % 100).unwrap_or(0);
+    5711 + slot * 3
+}
+
 /// Runs the cluster script on the cluster kept in `dir`.
 fn cluster_script(dir: &std::path::Path, args: &[&str]) -> String {
     let output = Command::new(script())
         .args(args)
         .env("WARREN_CLUSTER_DIR", dir)
-        .env("WARREN_CLUSTER_PORT", "5711")
-        .env("WARREN_CLUSTER_NAME", "warrentest")
+        .env("WARREN_CLUSTER_PORT", first_port().to_string())
+        .env(
+            "WARREN_CLUSTER_NAME",
+            format!("warrentest{}x", std::process::id()),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -191,9 +201,10 @@ async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
         .as_str()
         .unwrap()
         .to_owned();
-    let killed_node = match node.rsplit(':').next() {
-        Some("5711") => "1",
-        Some("5712") => "2",
+    let port: u16 = node.rsplit(':').next().unwrap().parse().unwrap();
+    let killed_node = match port - first_port() {
+        0 => "1",
+        1 => "2",
         _ => "3",
     };
     let results = Arc::new(Mutex::new(Vec::new()));
