@@ -129,9 +129,16 @@ pub async fn remove_namespace(args: &RemoveNamespace) -> Result<Removed, AdminEr
         Some(base) => listed_names(base, &uri, topology.namespace()).await?,
         None => Names::declared(&topology, &args.types),
     };
-    let connection = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .map_err(AdminError::Connect)?;
+    let tls = args
+        .broker
+        .tls
+        .amqp()
+        .map_err(|error| AdminError::Management(error.to_string()))?;
+    let runtime = lapin::runtime::default_runtime().map_err(AdminError::Connect)?;
+    let connection =
+        Connection::connect_with_config(&url, ConnectionProperties::default(), tls, runtime)
+            .await
+            .map_err(AdminError::Connect)?;
     let removed = removal::remove(&connection, &names, args.force).await;
     let _closed = connection.close(200, "warren-admin done".into()).await;
     Ok(removed?)

@@ -212,6 +212,7 @@ impl GatewayConfig {
     pub fn store_options(&self) -> crate::store::StoreOptions {
         crate::store::StoreOptions {
             pool_size: usize::from(self.database_pool_size),
+            tls: self.broker.tls.clone(),
         }
     }
 

@@ -67,7 +67,7 @@ pub(crate) async fn run(
     prefetch: u16,
     samples: usize,
 ) -> lapin::Result<(f64, Vec<Duration>)> {
-    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let connection = connect(url).await?;
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (jobs, results) = (
         format!("bench-floor-{id}.jobs"),
@@ -163,7 +163,7 @@ pub(crate) async fn run(
     // live consumer makes the broker cancel it mid-flight.
     consumer.abort();
     let _ = connection.close(200, "bench done".into()).await;
-    let cleanup = Connection::connect(url, ConnectionProperties::default()).await?;
+    let cleanup = connect(url).await?;
     let channel = cleanup.create_channel().await?;
     for queue in [jobs, results] {
         let deleted = channel
@@ -175,4 +175,18 @@ pub(crate) async fn run(
     }
     let _ = cleanup.close(200, "bench done".into()).await;
     Ok((throughput, latencies))
+}
+
+/// A connection to `url`, over TLS for `amqps://` trusting `WARREN_TLS_CA_FILE` as Warren does,
+/// so the floor and Warren pay for the same link.
+pub(crate) async fn connect(url: &str) -> lapin::Result<Connection> {
+    let files = warren_shared::tls::TlsConfig {
+        ca_file: std::env::var_os("WARREN_TLS_CA_FILE").map(std::path::PathBuf::from),
+        ..Default::default()
+    };
+    let tls = files
+        .amqp()
+        .map_err(|error| lapin::Error::from(std::io::Error::other(error.to_string())))?;
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_with_config(url, ConnectionProperties::default(), tls, runtime).await
 }

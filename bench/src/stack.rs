@@ -88,11 +88,30 @@ fn spawn(path: &PathBuf, env: &[(&str, String)]) -> Result<Child, Error> {
     Ok(command.spawn()?)
 }
 
+/// `url` without `sslmode` and `sslrootcert`.
+fn without_tls_params(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.starts_with("sslmode=") && !pair.starts_with("sslrootcert="))
+        .collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
 /// A schema of its own in the benchmark database, and the URL that uses it.
 async fn create_schema(
     database_url: &str,
 ) -> Result<(tokio_postgres::Client, String, String), Error> {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+    // The benchmark's own connection (schema setup and cleanup) goes without TLS and without
+    // libpq's TLS settings, which tokio-postgres cannot read; the gateways use the URL as given.
+    let admin_url = without_tls_params(database_url);
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("cannot reach PostgreSQL at {database_url} (--database-url): {e}"))?;
     tokio::spawn(connection);
@@ -165,9 +184,7 @@ impl Stack {
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
-        let connection =
-            lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
-                .await?;
+        let connection = crate::floor::connect(&self.amqp_url).await?;
         let topology = warren_shared::Topology::new(&self.namespace);
         let names = removal::Names::declared(&topology, &[JobType::parse("echo")?]);
         removal::remove(&connection, &names, true).await?;

@@ -67,6 +67,10 @@ pub struct BrokerConfig {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub queue_max_length: Option<u32>,
+
+    /// TLS files for `amqps://` (and, in the gateway, PostgreSQL).
+    #[command(flatten)]
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl BrokerConfig {
@@ -78,6 +82,7 @@ impl BrokerConfig {
             namespace: parse_namespace(namespace)?,
             retry_delays: DEFAULT_RETRY_DELAYS.to_vec(),
             queue_max_length: None,
+            tls: crate::tls::TlsConfig::default(),
         })
     }
 }
@@ -248,9 +253,13 @@ impl fmt::Display for AmqpUrl {
             let authority = &uri.authority;
             let separator = if i == 0 { "" } else { "," };
             let vhost = uri.vhost.replace('%', "%25").replace('/', "%2f");
+            let scheme = match uri.scheme {
+                lapin::uri::AMQPScheme::AMQP => "amqp",
+                lapin::uri::AMQPScheme::AMQPS => "amqps",
+            };
             write!(
                 f,
-                "{separator}amqp://{}:***@{}:{}/{vhost}",
+                "{separator}{scheme}://{}:***@{}:{}/{vhost}",
                 authority.userinfo.username, authority.host, authority.port
             )?;
         }

@@ -12,6 +12,7 @@
 //! - [`readiness`]: the flag behind `/readyz`.
 //! - [`telemetry`]: log subscriber setup.
 //! - [`trace`]: W3C `traceparent` propagation.
+//! - [`tls`]: the CA bundle and client certificate (`WARREN_TLS_*`), and TLS failures in words.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
 
 pub mod amqp;
@@ -24,6 +25,7 @@ pub mod readiness;
 pub mod removal;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod trace;
 

@@ -48,7 +48,7 @@ pub struct ReportRequest {
 }
 
 /// `POST /generate-report`: queue a report.
-#[utoipa::path(post, path = "/generate-report", tag = "article",
+#[utoipa::path(post, path = "/generate-report", operation_id = "generateReport", tag = "article",
     description = "Queues the article's report: `{\"status\": \"processing\", \"jobId\"}`.",
     request_body = ReportRequest,
     responses((status = 202, description = "`{\"status\": \"processing\", \"jobId\": \"...\"}`"), (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Unknown report type", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -95,7 +95,7 @@ async fn load_report(state: &AppState, caller: &Caller, raw_id: &str) -> Result<
 }
 
 /// `GET /report-status/{jobId}`.
-#[utoipa::path(get, path = "/report-status/{id}", tag = "article",
+#[utoipa::path(get, path = "/report-status/{id}", operation_id = "getReportStatus", tag = "article",
     description = "`processing`, then `completed` with the CSV's `url`, or `failed` with the `error`.",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
     responses((status = 200, description = "The report's status"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown report", body = Problem, content_type = "application/problem+json")))]
@@ -127,7 +127,7 @@ pub async fn report_status(
 }
 
 /// `GET /reports/{jobId}.csv`.
-#[utoipa::path(get, path = "/reports/{file}", tag = "article",
+#[utoipa::path(get, path = "/reports/{file}", operation_id = "getReportCsv", tag = "article",
     description = "The CSV the worker built, at `/reports/<jobId>.csv`.",
     params(("file" = String, Path, description = "`<jobId>.csv`")),
     responses((status = 200, description = "The report", content_type = "text/csv"), (status = 404, description = "Unknown or failed report", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not ready yet", body = Problem, content_type = "application/problem+json")))]
@@ -164,7 +164,7 @@ pub async fn report_csv(
 }
 
 /// `GET /users/{id}`: a synchronous answer from a `user.get` worker.
-#[utoipa::path(get, path = "/users/{id}", tag = "article",
+#[utoipa::path(get, path = "/users/{id}", operation_id = "getUser", tag = "article",
     description = "A user, looked up synchronously by a `user.get` worker.",
     params(("id" = String, Path, description = "The user id")),
     responses((status = 200, description = "The user"), (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"), (status = 502, description = "The lookup failed", body = Problem, content_type = "application/problem+json"), (status = 503, description = "No worker handles lookups", body = Problem, content_type = "application/problem+json"), (status = 504, description = "No worker answered in time", body = Problem, content_type = "application/problem+json")))]

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::AppState;
 
 /// `GET /healthz`: 200 while the process can answer at all.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is alive")))]
+#[utoipa::path(get, path = "/healthz", operation_id = "getHealth", tag = "operations", responses((status = 200, description = "The process is alive")))]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -14,7 +14,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// `GET /readyz`: 200 when RabbitMQ and the store are usable and the store's change feed is
 /// followed (so waiting requests can be woken); 503 otherwise, saying which is not, why, and
 /// which broker address it tried (password hidden).
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "RabbitMQ and the store are usable"), (status = 503, description = "Something is not; the body says what")))]
+#[utoipa::path(get, path = "/readyz", operation_id = "getReadiness", tag = "operations", responses((status = 200, description = "RabbitMQ and the store are usable"), (status = 503, description = "Something is not; the body says what")))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (broker, store) = tokio::join!(state.publisher.is_ready(), state.jobs.ping_store());
     let store = match store {
@@ -46,7 +46,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: the Prometheus series.
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "operations", responses((status = 200, description = "Prometheus metrics", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

@@ -41,7 +41,7 @@ pub struct KeyList {
 }
 
 /// `POST /v1/keys`.
-#[utoipa::path(post, path = "/v1/keys", tag = "keys",
+#[utoipa::path(post, path = "/v1/keys", operation_id = "createKey", tag = "keys",
     description = "Makes an API key for a tenant. The answer is the only time its secret (`key`) is shown.",
     request_body = NewKey,
     responses((status = 201, description = "Made; `key` is the secret", body = CreatedKey),
@@ -70,7 +70,7 @@ pub async fn create(
 }
 
 /// `GET /v1/keys`.
-#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+#[utoipa::path(get, path = "/v1/keys", operation_id = "listKeys", tag = "keys",
     description = "The keys the caller manages (every tenant's for the operator), without secrets.",
     responses((status = 200, body = KeyList), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(
@@ -82,7 +82,7 @@ pub async fn list(
 }
 
 /// `DELETE /v1/keys/{id}`.
-#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
+#[utoipa::path(delete, path = "/v1/keys/{id}", operation_id = "revokeKey", tag = "keys",
     description = "Revokes a key: this gateway refuses it at once, every other gateway within half a second.",
     params(("id" = String, Path, format = Uuid, description = "The key id")),
     responses((status = 204, description = "Revoked"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]

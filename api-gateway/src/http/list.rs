@@ -81,7 +81,7 @@ impl ListParams {
 }
 
 /// `GET /v1/jobs`.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "listJobs", tag = "jobs",
     description = "The caller's tenant's jobs (every tenant's for the operator) newest first, one page at a time; pass `next_cursor` back as `cursor` until it is null.",
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs with this status"),

@@ -15,7 +15,7 @@ use super::{
 use crate::{auth::Caller, queues::QueueOverview};
 
 /// `GET /v1/queues`.
-#[utoipa::path(get, path = "/v1/queues", tag = "jobs",
+#[utoipa::path(get, path = "/v1/queues", operation_id = "getQueues", tag = "jobs",
     description = "Per job type: jobs scheduled, queued, running and retrying, those finished in the last hour (the caller's tenant's), and workers consuming; for the operator, also messages ready and dead letters. RabbitMQ's numbers come from queue declarations, not the management plugin.",
     responses((status = 200, body = QueueOverview), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn overview(

@@ -35,7 +35,7 @@ fn parse_schedule_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `POST /v1/schedules`.
-#[utoipa::path(post, path = "/v1/schedules", tag = "schedules",
+#[utoipa::path(post, path = "/v1/schedules", operation_id = "createSchedule", tag = "schedules",
     description = "Makes a recurring schedule: each due time of `cron` (read in `timezone`) makes a normal job.",
     request_body = NewSchedule,
     responses((status = 201, description = "Made; `Location` names it", body = Schedule),
@@ -61,7 +61,7 @@ pub async fn create(
 }
 
 /// `GET /v1/schedules`.
-#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+#[utoipa::path(get, path = "/v1/schedules", operation_id = "listSchedules", tag = "schedules",
     description = "Every schedule, oldest first.",
     responses((status = 200, body = ScheduleList), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn list(
@@ -73,7 +73,7 @@ pub async fn list(
 }
 
 /// `GET /v1/schedules/{id}`.
-#[utoipa::path(get, path = "/v1/schedules/{id}", tag = "schedules",
+#[utoipa::path(get, path = "/v1/schedules/{id}", operation_id = "getSchedule", tag = "schedules",
     description = "One schedule, with `next_run_at`, `last_run_at`, `last_job_id` and its misfires.",
     params(("id" = String, Path, format = Uuid, description = "The schedule id")),
     responses((status = 200, body = Schedule), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -87,7 +87,7 @@ pub async fn get(
 }
 
 /// `PATCH /v1/schedules/{id}`.
-#[utoipa::path(patch, path = "/v1/schedules/{id}", tag = "schedules",
+#[utoipa::path(patch, path = "/v1/schedules/{id}", operation_id = "updateSchedule", tag = "schedules",
     description = "Pauses, resumes or changes a schedule; its next due time is computed again from now.",
     params(("id" = String, Path, format = Uuid, description = "The schedule id")),
     request_body = ScheduleChange,
@@ -104,7 +104,7 @@ pub async fn update(
 }
 
 /// `DELETE /v1/schedules/{id}`.
-#[utoipa::path(delete, path = "/v1/schedules/{id}", tag = "schedules",
+#[utoipa::path(delete, path = "/v1/schedules/{id}", operation_id = "deleteSchedule", tag = "schedules",
     description = "Removes a schedule; jobs it already made are not touched.",
     params(("id" = String, Path, format = Uuid, description = "The schedule id")),
     responses((status = 204, description = "Removed"), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]

@@ -48,7 +48,7 @@ struct Cursor {
 }
 
 /// `GET /v1/jobs/{id}/events`.
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", operation_id = "streamJobEvents", tag = "jobs",
     description = "Server-Sent Events: one per change (`event:` the status, `data:` the job, `id:` its change count); ends after the terminal one. `Last-Event-ID` resumes.",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("Last-Event-ID" = Option<u64>, Header, minimum = 0, nullable = false, description = "The last event id seen")),
     responses((status = 200, description = "The event stream", content_type = "text/event-stream"),

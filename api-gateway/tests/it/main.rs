@@ -31,6 +31,7 @@ mod store_write;
 mod stream;
 mod sync;
 mod tenancy;
+mod tls;
 mod trace;
 mod ui;
 mod validation;

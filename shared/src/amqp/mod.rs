@@ -55,7 +55,11 @@ pub fn connection_pool(
         },
         ..PoolConfig::default()
     };
-    Pool::builder(NodeManager::new(&config.amqp_url, connection_name))
+    let tls = config
+        .tls
+        .amqp()
+        .map_err(|error| PoolSetupError(error.to_string()))?;
+    Pool::builder(NodeManager::new(&config.amqp_url, connection_name, tls))
         .config(pool_config)
         .runtime(deadpool::Runtime::Tokio1)
         .build()
@@ -75,6 +79,13 @@ pub async fn connection(pool: &Pool) -> Result<PooledConnection, BrokerError> {
                      accepts connections but does not complete them (overloaded, or out of file \
                      handles: check its open-files limit and `rabbitmqctl status`)"
                 )
+            }
+            PoolError::Backend(error)
+                if crate::tls::explain(&error.to_string(), "WARREN_AMQP_URL").is_some() =>
+            {
+                let why =
+                    crate::tls::explain(&error.to_string(), "WARREN_AMQP_URL").unwrap_or_default();
+                format!("cannot connect to {at} (WARREN_AMQP_URL): {why} ({error})")
             }
             PoolError::Backend(error) => {
                 let check = match error.kind() {

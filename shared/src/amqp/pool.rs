@@ -33,6 +33,8 @@ pub struct NodeManager {
     next: AtomicUsize,
     /// The node of the latest connection made.
     current: Mutex<Option<String>>,
+    /// The extra CAs and client identity for `amqps://` nodes.
+    tls: lapin::tcp::OwnedTLSConfig,
 }
 
 impl std::fmt::Debug for NodeManager {
@@ -46,14 +48,16 @@ impl std::fmt::Debug for NodeManager {
 }
 
 impl NodeManager {
-    /// A manager for the nodes of `url`, naming its connections `name`.
+    /// A manager for the nodes of `url`, naming its connections `name`, trusting `tls`'s CAs
+    /// (beside the system's) for `amqps://` nodes.
     #[must_use]
-    pub fn new(url: &AmqpUrl, name: &str) -> Self {
+    pub fn new(url: &AmqpUrl, name: &str, tls: lapin::tcp::OwnedTLSConfig) -> Self {
         Self {
             nodes: url.nodes(),
             name: name.to_owned(),
             next: AtomicUsize::new(0),
             current: Mutex::new(None),
+            tls,
         }
     }
 
@@ -88,7 +92,11 @@ impl managed::Manager for NodeManager {
             };
             let properties =
                 ConnectionProperties::default().with_connection_name(self.name.clone().into());
-            match lapin::Connection::connect(url, properties).await {
+            let runtime = lapin::runtime::default_runtime()?;
+            let connected =
+                lapin::Connection::connect_with_config(url, properties, self.tls.clone(), runtime)
+                    .await;
+            match connected {
                 Ok(connection) => {
                     tracing::info!(node = %label, "connected to RabbitMQ");
                     *self.current.lock().unwrap_or_else(PoisonError::into_inner) =

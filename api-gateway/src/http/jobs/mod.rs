@@ -34,7 +34,7 @@ const MAX_WAIT_PARAM: u64 = 3600;
 
 /// `POST /v1/jobs`: accept a job. `202` with the queued job once RabbitMQ confirmed it; with
 /// `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs", operation_id = "submitJob", tag = "jobs",
     description = "Accepts a job: `202` once it is stored and RabbitMQ has confirmed it. With `Prefer: wait=N`, `200` with the finished job if it finishes within N seconds (capped).",
     request_body = JobSpec,
     params(
@@ -138,7 +138,7 @@ pub struct GetQuery {
 
 /// `GET /v1/jobs/{id}`: the job's current record; with `?wait=N`, once it is terminal or N
 /// seconds (capped) have passed.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "getJob", tag = "jobs",
     description = "The job. With `?wait=N`, answers once it is terminal or after N seconds (capped).",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)"), ("wait" = Option<u64>, Query, minimum = 0, maximum = 3600, nullable = false, description = "Seconds to wait for a terminal status, 0 to 3600 (cut to `WARREN_MAX_WAIT_SECS`)")),
     responses((status = 200, body = Job), (status = 400, description = "Malformed id or wait", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -173,7 +173,7 @@ pub async fn get(
 
 /// `GET /v1/jobs/{id}/payload`: the job's input, as it was submitted (not part of the job
 /// resource, which lists and streams send often and which should stay small).
-#[utoipa::path(get, path = "/v1/jobs/{id}/payload", tag = "jobs",
+#[utoipa::path(get, path = "/v1/jobs/{id}/payload", operation_id = "getJobPayload", tag = "jobs",
     description = "The job's `payload`, as submitted (any JSON value).",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
     responses((status = 200, description = "The payload", body = serde_json::Value), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -188,7 +188,7 @@ pub async fn payload(
 }
 
 /// `POST /v1/jobs/{id}/cancel`: `202` with the cancelled job; `409` if it already finished.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", operation_id = "cancelJob", tag = "jobs",
     description = "Cancels the job: a queued job is never run, a running one is told to stop.",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
     responses((status = 202, description = "Cancelled", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
@@ -207,7 +207,7 @@ pub async fn cancel(
 
 /// `POST /v1/jobs/{id}/retry`: re-drives a `failed` job as a new attempt series; `202` with
 /// the queued job, `409` if the job is not `failed`.
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", operation_id = "retryJob", tag = "jobs",
     description = "Re-drives a failed job as a new attempt series (same id, fresh attempt budget).",
     params(("id" = String, Path, format = Uuid, description = "The job id (a UUID)")),
     responses((status = 202, description = "Queued again", body = Job), (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"), (status = 404, description = "Unknown job", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not failed", body = Problem, content_type = "application/problem+json"), (status = 422, description = "No worker consumes the job's type any more (no queue is bound for it)", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ or the store is unavailable", body = Problem, content_type = "application/problem+json")))]

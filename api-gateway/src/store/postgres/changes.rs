@@ -9,7 +9,7 @@
 use deadpool_postgres::GenericClient;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use warren_shared::JobId;
 
 use super::super::{ChangeFeed, StoreError};
@@ -61,10 +61,11 @@ fn parse(payload: &str, own_origin: &str) -> Option<Vec<JobId>> {
 /// connection is lost.
 pub(super) async fn listen(
     config: &tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     channel: &str,
     origin: &str,
 ) -> Result<ChangeFeed, StoreError> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     let (sender, feed) = mpsc::channel(FEED_BUFFER);
     let own_origin = origin.to_owned();
     let driver = tokio::spawn(async move {

@@ -79,6 +79,10 @@ impl Described {
                 text
             }
         };
+        let text = match warren_shared::tls::explain(&text, "WARREN_DATABASE_URL") {
+            Some(why) => format!("{why} ({text})"),
+            None => text,
+        };
         Self { text, error }
     }
 }

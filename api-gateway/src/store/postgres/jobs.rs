@@ -168,8 +168,13 @@ impl JobStore for PostgresStore {
     }
 
     async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
-        changes::listen(&self.listen_config, &self.channel, &self.origin)
-            .await
-            .map(Some)
+        changes::listen(
+            &self.listen_config,
+            self.tls.clone(),
+            &self.channel,
+            &self.origin,
+        )
+        .await
+        .map(Some)
     }
 }

@@ -28,6 +28,7 @@ mod migrations;
 mod outbox;
 mod rows;
 mod schedules;
+mod tls;
 mod writes;
 
 use std::time::Duration;
@@ -35,7 +36,6 @@ use std::time::Duration;
 use deadpool_postgres::{
     GenericClient, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts,
 };
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use super::{Inserted, KeyClaim, StoreError};
@@ -47,26 +47,33 @@ use migrations::migrate;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the store connects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Connections per gateway (`WARREN_DATABASE_POOL_SIZE`).
     pub pool_size: usize,
+    /// The CA bundle to trust beside the system's (`WARREN_TLS_CA_FILE`), for `sslmode=verify-*`.
+    pub tls: warren_shared::tls::TlsConfig,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { pool_size: 16 }
+        Self {
+            pool_size: 16,
+            tls: warren_shared::tls::TlsConfig::default(),
+        }
     }
 }
 
 /// Job records in PostgreSQL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
     committer: Committer,
     unmarker: Unmarker,
     /// Where the change feed connects.
     listen_config: tokio_postgres::Config,
+    /// How the pool and the change feed speak TLS (`sslmode`).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// The `NOTIFY` channel of this schema.
     channel: String,
     /// This store's tag in its notifications, so it skips its own.
@@ -83,7 +90,7 @@ impl PostgresStore {
     /// (nothing of the URL when it does not parse).
     #[must_use]
     pub fn describe(url: &str) -> String {
-        let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        let Ok(config) = tls::without_ssl_params(url).parse::<tokio_postgres::Config>() else {
             return "(an address that does not parse)".to_owned();
         };
         let ports = config.get_ports();
@@ -114,10 +121,11 @@ impl PostgresStore {
         let bad_url = |e: &dyn std::fmt::Display| {
             StoreError::unavailable(format!("bad WARREN_DATABASE_URL: {e}"))
         };
+        let (url, tls) = tls::prepare(url, &options.tls)?;
         let mut listen_config: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
         listen_config.connect_timeout(CONNECT_TIMEOUT);
         let mut config = deadpool_postgres::Config::new();
-        config.url = Some(url.to_owned());
+        config.url = Some(url);
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.manager = Some(ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -132,7 +140,7 @@ impl PostgresStore {
             ..PoolConfig::default()
         });
         let pool = config
-            .create_pool(Some(Runtime::Tokio1), NoTls)
+            .create_pool(Some(Runtime::Tokio1), tls.clone())
             .map_err(|e| bad_url(&e))?;
         migrate(&pool).await?;
         let schema: String = pool
@@ -146,6 +154,7 @@ impl PostgresStore {
             unmarker: Unmarker::start(pool.clone()),
             pool,
             listen_config,
+            tls,
             channel: format!("warren_changes_{schema}"),
             origin: Uuid::now_v7().simple().to_string(),
         })
@@ -159,6 +168,14 @@ impl PostgresStore {
         records: &[(Job, Option<KeyClaim>)],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         committer::insert_batch(&self.pool, records).await
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
     }
 }
 
