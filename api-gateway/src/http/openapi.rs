@@ -71,14 +71,43 @@ pub fn render(
         .map(|tz| tz.name().into())
         .collect();
     zones.push(serde_json::Value::Null);
+    // Client generators name enum members after their values; `GMT+0`, `GMT-0` and `GMT0`
+    // (and `Etc/GMT+1`, `Etc/GMT-1`) would collide, so each gets a name of its own.
+    let names: Vec<String> = chrono_tz::TZ_VARIANTS
+        .iter()
+        .map(|tz| enum_member_name(tz.name()))
+        .collect();
     for schema in ["NewSchedule", "ScheduleChange"] {
         let properties =
             document.pointer_mut(&format!("/components/schemas/{schema}/properties"))?;
         properties["timezone"]["enum"] = serde_json::json!(zones);
+        properties["timezone"]["x-enum-varnames"] = serde_json::json!(names);
         properties["timezone"]["type"] = serde_json::json!(["string", "null"]);
         properties["timeout_ms"]["maximum"] = limits.max_timeout_ms.into();
     }
     serde_json::to_string_pretty(&document).ok()
+}
+
+/// A time zone's member name for client generators (`x-enum-varnames`): upper snake case,
+/// with a `+` or a `-` before a digit spelled out, so no two zones share one.
+fn enum_member_name(zone: &str) -> String {
+    let mut name = String::with_capacity(zone.len() + 8);
+    let mut chars = zone.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '+' => name.push_str("_PLUS_"),
+            '-' if chars.peek().is_some_and(char::is_ascii_digit) => name.push_str("_MINUS_"),
+            c if c.is_ascii_alphanumeric() => name.push(c.to_ascii_uppercase()),
+            _ => name.push('_'),
+        }
+    }
+    let mut collapsed = String::with_capacity(name.len());
+    for c in name.chars() {
+        if !(c == '_' && collapsed.ends_with('_')) {
+            collapsed.push(c);
+        }
+    }
+    collapsed.trim_matches('_').to_owned()
 }
 
 /// Gives every response without a `description` (OpenAPI requires one; utoipa leaves it out
@@ -170,4 +199,26 @@ fn job_finished_callback() -> serde_json::Value {
     responses((status = 200, description = "An HTML page describing the API", content_type = "text/html")))]
 pub async fn docs() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::enum_member_name;
+
+    #[test]
+    fn every_time_zone_gets_a_member_name_of_its_own() {
+        let names: HashSet<String> = chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|tz| enum_member_name(tz.name()))
+            .collect();
+        assert_eq!(names.len(), chrono_tz::TZ_VARIANTS.len());
+        assert_eq!(enum_member_name("Etc/GMT+1"), "ETC_GMT_PLUS_1");
+        assert_eq!(enum_member_name("Etc/GMT-1"), "ETC_GMT_MINUS_1");
+        assert_eq!(
+            enum_member_name("America/Port-au-Prince"),
+            "AMERICA_PORT_AU_PRINCE"
+        );
+    }
 }

@@ -77,6 +77,25 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         "#/components/schemas/Job",
         "the callback a job's callback_url receives is described"
     );
+    // Client generators name functions after operationIds and need a description on every
+    // response (OpenAPI requires one).
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            assert!(
+                !id.is_empty() && ids.insert(id.to_owned()),
+                "{method} {path}: operationId {id:?} is missing or repeats"
+            );
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                assert!(
+                    response["description"].is_string(),
+                    "{method} {path} {status} has no description"
+                );
+            }
+        }
+    }
+    assert!(ids.contains("submitJob") && ids.contains("listSchedules"));
     let operations: usize = spec["paths"]
         .as_object()
         .unwrap()

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Generated clients work: the OpenAPI document a gateway serves validates with
+# openapi-spec-validator (open and with keys on), openapi-python-client generates a client from
+# it with its default settings, and that client submits a job and reads it back as succeeded
+# against a real gateway and worker. Versions are pinned below; the tools go into a venv
+# (target/client-venv).
+#
+# Needs RabbitMQ (WARREN_AMQP_URL) and python3-venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GENERATOR_VERSION=0.29.1
+VALIDATOR_VERSION=0.7.2
+RUFF_VERSION=0.17.6
+VENV=${WARREN_CLIENT_VENV:-target/client-venv}
+WORK=$(mktemp -d)
+
+if ! "$VENV/bin/openapi-python-client" --version 2>/dev/null | grep -q "$GENERATOR_VERSION" \
+    || ! "$VENV/bin/pip" show openapi-spec-validator 2>/dev/null | grep -q "Version: $VALIDATOR_VERSION" \
+    || ! "$VENV/bin/ruff" --version 2>/dev/null | grep -q "$RUFF_VERSION"; then
+    echo "== installing openapi-python-client $GENERATOR_VERSION and openapi-spec-validator $VALIDATOR_VERSION in $VENV"
+    python3 -m venv "$VENV"
+    # ruff is what the generator formats its output with by default.
+    "$VENV/bin/pip" install --quiet "openapi-python-client==$GENERATOR_VERSION" \
+        "openapi-spec-validator==$VALIDATOR_VERSION" "ruff==$RUFF_VERSION"
+fi
+cargo build --quiet --bin api-gateway --bin worker --bin warren-admin
+VENV_BIN=$(cd "$VENV/bin" && pwd)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+NAMESPACE="client-test-$$"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    WARREN_NAMESPACE=$NAMESPACE target/debug/warren-admin remove-namespace --force --types echo >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+export WARREN_NAMESPACE=$NAMESPACE RUST_LOG=error
+ADMIN_KEY="client-test-admin-key-$$-0123456789"
+open_port=$(free_port)
+keys_port=$(free_port)
+WARREN_HTTP_ADDR="127.0.0.1:$open_port" target/debug/api-gateway &
+PIDS+=($!)
+WARREN_HTTP_ADDR="127.0.0.1:$keys_port" WARREN_ADMIN_KEY="$ADMIN_KEY" target/debug/api-gateway &
+PIDS+=($!)
+WARREN_METRICS_ADDR=127.0.0.1:0 target/debug/worker &
+PIDS+=($!)
+for port in "$open_port" "$keys_port"; do
+    for _ in $(seq 100); do
+        curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+        sleep 0.1
+    done
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: a gateway never became ready"; exit 1; }
+done
+
+for mode in open keys; do
+    port=$open_port
+    [[ $mode == keys ]] && port=$keys_port
+    echo "== $mode gateway: the served document validates"
+    curl -sf "http://127.0.0.1:$port/openapi.json" >"$WORK/$mode.json"
+    "$VENV/bin/openapi-spec-validator" "$WORK/$mode.json"
+    echo "== $mode gateway: openapi-python-client generates a client (default settings)"
+    # The generator formats its output with ruff, found on PATH.
+    (cd "$WORK" && PATH="$VENV_BIN:$PATH" openapi-python-client generate --path "$mode.json" \
+        --output-path "client-$mode" --meta none >"generate-$mode.log" 2>&1) || {
+        cat "$WORK/generate-$mode.log"
+        echo "FAIL: the generator refused the $mode document"
+        exit 1
+    }
+    echo "== $mode gateway: the generated client submits a job and reads it back"
+    (cd "$WORK" && mv "client-$mode" warren_client \
+        && "$VENV_BIN/python" - "http://127.0.0.1:$port" "$mode" "$ADMIN_KEY" <<'PY'
+import sys, time
+
+from warren_client import AuthenticatedClient, Client
+from warren_client.api.jobs import get_job, submit_job
+from warren_client.models import SubmitRequest
+from warren_client.models.job_status import JobStatus
+
+base, mode, admin_key = sys.argv[1:4]
+client = AuthenticatedClient(base_url=base, token=admin_key) if mode == "keys" else Client(base_url=base)
+deadline = time.monotonic() + 30
+body = SubmitRequest(type_="echo", payload={"from": "a generated client"})
+while True:
+    response = submit_job.sync_detailed(client=client, body=body)
+    if response.status_code == 202:
+        break
+    # 422 until the worker has declared the echo queue.
+    assert time.monotonic() < deadline, f"submit: {response.status_code} {response.content!r}"
+    time.sleep(0.2)
+job = response.parsed
+while job.status != JobStatus.SUCCEEDED:
+    assert time.monotonic() < deadline, f"job {job.id} is {job.status}"
+    time.sleep(0.1)
+    job = get_job.sync(id=str(job.id), client=client)
+assert job.result.to_dict() == {"from": "a generated client"}, job.result
+print(f"   ok: job {job.id} {job.status.value}, result {job.result.to_dict()}")
+PY
+    ) || { echo "FAIL: the generated client did not run a job on the $mode gateway"; exit 1; }
+    rm -rf "$WORK/warren_client"
+done
+echo "client test passed"
