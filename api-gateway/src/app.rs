@@ -103,6 +103,7 @@ impl Application {
         let topology = Topology::from_config(&config.broker);
         let pool = amqp::connection_pool(&config.broker, "warren-gateway", AMQP_POOL_SIZE)?;
         let metrics = Arc::new(GatewayMetrics::default());
+        let stores = stores.with_deadline(config.store_timeout, &metrics.store_timeouts);
         let publisher = Publisher::new(
             pool.clone(),
             topology.clone(),

@@ -56,6 +56,20 @@ pub struct GatewayConfig {
     )]
     pub database_url: Option<String>,
 
+    /// The longest any one store call may take (pool checkout, connect, each statement, each
+    /// group commit) before the request answers `503` and the background loops back off. 5 s: a
+    /// healthy database answers in milliseconds, a failover or restart takes seconds, and
+    /// clients (and load balancers) commonly give up at 10 to 30 s, so a stall is reported well
+    /// before they would.
+    #[arg(
+        long = "store-timeout",
+        env = "WARREN_STORE_TIMEOUT",
+        value_name = "WARREN_STORE_TIMEOUT",
+        default_value = "5s",
+        value_parser = warren_shared::config::parse_delay
+    )]
+    pub store_timeout: Duration,
+
     /// Connections each gateway keeps to PostgreSQL.
     #[arg(
         long = "database-pool-size",
@@ -213,6 +227,7 @@ impl GatewayConfig {
         crate::store::StoreOptions {
             pool_size: usize::from(self.database_pool_size),
             tls: self.broker.tls.clone(),
+            timeout: self.store_timeout,
         }
     }
 

@@ -11,13 +11,14 @@
 //!   `warren_webhook_delivery_lag_seconds` (job finished → delivered) and
 //!   `warren_webhook_pending`: webhook attempts by what they led to (`delivered`, `pending`
 //!   i.e. retried later, `given_up`);
+//! - `warren_store_timeouts_total{operation}`: store calls that missed `WARREN_STORE_TIMEOUT`;
 //! - `warren_http_requests_total{route,method,status}` and
 //!   `warren_http_request_duration_seconds{route}`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use warren_shared::metrics::{
-    Counter, Family, Gauge, Histogram, OutcomeLabels, ReasonLabels, Registry, duration_family,
-    duration_histogram, render,
+    Counter, Family, Gauge, Histogram, OperationLabels, OutcomeLabels, ReasonLabels, Registry,
+    duration_family, duration_histogram, render,
 };
 
 use crate::{
@@ -105,6 +106,8 @@ pub struct GatewayMetrics {
     pub webhook_lag: Histogram,
     /// Callbacks waiting for delivery (read from the store every few seconds).
     pub webhook_pending: Gauge,
+    /// Store calls that missed `WARREN_STORE_TIMEOUT`, by operation.
+    pub store_timeouts: Family<OperationLabels, Counter>,
     /// Requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Request duration by route.
@@ -128,10 +131,16 @@ impl Default for GatewayMetrics {
             webhook_attempt: duration_histogram(),
             webhook_lag: duration_histogram(),
             webhook_pending: Gauge::default(),
+            store_timeouts: Family::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
             registry: Registry::default(),
         };
+        registry.register(
+            "store_timeouts",
+            "Store calls that missed WARREN_STORE_TIMEOUT (the database did not answer in time), by operation",
+            metrics.store_timeouts.clone(),
+        );
         registry.register(
             "jobs_submitted",
             "Jobs accepted (stored and confirmed by RabbitMQ)",

@@ -34,6 +34,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Series split by a store operation (`insert`, `apply_events`, …).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// The operation, as its method is named.
+    pub operation: String,
+}
+
 /// A histogram of durations in seconds, from 0.5 ms to about 4.5 min.
 #[must_use]
 pub fn duration_histogram() -> Histogram {

@@ -278,6 +278,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %cause, "job store unavailable");
                 Self::Unavailable("the job store is unavailable")
             }
+            StoreError::TimedOut { .. } => Self::Unavailable("the database did not answer in time"),
             StoreError::Duplicate(id) => {
                 tracing::warn!(error = %cause, "duplicate job id");
                 Self::Conflict(format!("a job with id {id} already exists"))

@@ -14,6 +14,7 @@
 //! status never moves backwards) live in [`transition`] as pure functions, so both backends
 //! apply exactly the same rules.
 
+mod deadline;
 mod memory;
 mod postgres;
 pub mod transition;
@@ -153,6 +154,15 @@ pub enum StoreError {
     /// fault; retrying it will not help. The message is the database's own.
     #[error("the job store cannot keep this data: {0}")]
     BadData(String),
+    /// The database did not answer within `WARREN_STORE_TIMEOUT`: try again later (the call
+    /// may still complete; writes keep the outbox and idempotency rules either way).
+    #[error("the database did not answer {operation} within {after:?} (WARREN_STORE_TIMEOUT)")]
+    TimedOut {
+        /// The store operation.
+        operation: &'static str,
+        /// The deadline it missed.
+        after: std::time::Duration,
+    },
     /// A stored record could not be read back (a bug, or a hand-edited row).
     #[error("a stored job record is corrupt: {0}")]
     Corrupt(String),
@@ -249,6 +259,12 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Succeeds when the store is usable; backs `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether calls leave the process (a database), and so need a deadline
+    /// ([`Stores::with_deadline`]); the memory store answers at once.
+    fn is_remote(&self) -> bool {
+        true
+    }
 
     /// For a store shared by several gateways, a feed of the jobs that changed anywhere;
     /// `None` for a store only this process uses (its own changes wake its waiters directly).

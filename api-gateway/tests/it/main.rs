@@ -27,6 +27,7 @@ mod queues;
 mod refusals;
 mod retry;
 mod schedules;
+mod stall;
 mod store_write;
 mod stream;
 mod sync;

@@ -1,5 +1,7 @@
-//! A TCP proxy between the app and RabbitMQ that a test can cut and restore, so a broker
-//! outage can be staged without restarting the broker other tests share.
+//! A TCP proxy between the app and RabbitMQ (or PostgreSQL) that a test can cut and restore,
+//! or stall and heal, so an outage or a partition can be staged without touching the servers
+//! other tests share. A stall stops forwarding without closing anything: bytes wait, as on a
+//! link that went silent.
 
 use std::{
     net::SocketAddr,
@@ -10,7 +12,9 @@ use std::{
 };
 
 use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::watch,
     task::JoinHandle,
 };
 
@@ -18,6 +22,7 @@ use tokio::{
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    stalled: watch::Sender<bool>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -33,17 +38,27 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let (stalled, _) = watch::channel(false);
         let links = Arc::new(Mutex::new(Vec::new()));
         let accept = tokio::spawn({
-            let (cut, links) = (cut.clone(), links.clone());
+            let (cut, links, stalled) = (cut.clone(), links.clone(), stalled.clone());
             async move {
-                while let Ok((mut client, _)) = listener.accept().await {
+                while let Ok((client, _)) = listener.accept().await {
                     if cut.load(Ordering::SeqCst) {
                         continue; // dropping the socket refuses the connection
                     }
+                    let stalled = stalled.subscribe();
                     let link = tokio::spawn(async move {
-                        if let Ok(mut broker) = TcpStream::connect(target).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                        let mut open = stalled.clone();
+                        // A connection made during a stall waits for the heal.
+                        let _ = open.wait_for(|stalled| !stalled).await;
+                        if let Ok(server) = TcpStream::connect(target).await {
+                            let (client_read, client_write) = client.into_split();
+                            let (server_read, server_write) = server.into_split();
+                            tokio::join!(
+                                forward(client_read, server_write, stalled.clone()),
+                                forward(server_read, client_write, stalled),
+                            );
                         }
                     });
                     links.lock().unwrap().push(link);
@@ -53,6 +68,7 @@ impl Proxy {
         Self {
             addr,
             cut,
+            stalled,
             links,
             accept,
         }
@@ -71,9 +87,44 @@ impl Proxy {
         }
     }
 
+    /// Stops forwarding on every connection, new ones included, without closing any: the
+    /// link is silent.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Forwards again whatever waited.
+    pub fn heal(&self) {
+        self.stalled.send_replace(false);
+    }
+
     /// Accepts connections again: RabbitMQ is "back".
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the link is stalled.
+async fn forward(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut stalled: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else {
+            return;
+        };
+        if read == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        if stalled.wait_for(|stalled| !stalled).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -146,6 +146,10 @@ impl JobStore for MemoryStore {
         Ok(u64::try_from(purged).unwrap_or(u64::MAX))
     }
 
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

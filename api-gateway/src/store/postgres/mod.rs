@@ -43,9 +43,6 @@ use crate::model::Job;
 use committer::{Committer, Unmarker};
 use migrations::migrate;
 
-/// How long to wait for a connection (to get one from the pool, or to open one).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How the store connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -53,6 +50,8 @@ pub struct StoreOptions {
     pub pool_size: usize,
     /// The CA bundle to trust beside the system's (`WARREN_TLS_CA_FILE`), for `sslmode=verify-*`.
     pub tls: warren_shared::tls::TlsConfig,
+    /// How long to wait for a pooled connection, or to open one (`WARREN_STORE_TIMEOUT`).
+    pub timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -60,6 +59,7 @@ impl Default for StoreOptions {
         Self {
             pool_size: 16,
             tls: warren_shared::tls::TlsConfig::default(),
+            timeout: Duration::from_secs(5),
         }
     }
 }
@@ -123,19 +123,19 @@ impl PostgresStore {
         };
         let (url, tls) = tls::prepare(url, &options.tls)?;
         let mut listen_config: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
-        listen_config.connect_timeout(CONNECT_TIMEOUT);
+        listen_config.connect_timeout(options.timeout);
         let mut config = deadpool_postgres::Config::new();
         config.url = Some(url);
-        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.connect_timeout = Some(options.timeout);
         config.manager = Some(ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         });
         config.pool = Some(PoolConfig {
             max_size: options.pool_size.max(1),
             timeouts: Timeouts {
-                wait: Some(CONNECT_TIMEOUT),
-                create: Some(CONNECT_TIMEOUT),
-                recycle: Some(CONNECT_TIMEOUT),
+                wait: Some(options.timeout),
+                create: Some(options.timeout),
+                recycle: Some(options.timeout),
             },
             ..PoolConfig::default()
         });

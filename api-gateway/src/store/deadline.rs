@@ -1,0 +1,428 @@
+//! A deadline on every store call (`WARREN_STORE_TIMEOUT`), for any backend: a database that
+//! stalls (a partition, a hung server) turns into a quick `StoreError::TimedOut` (a `503` with
+//! `Retry-After`, a `/readyz` failure, a backoff in the background loops) instead of requests
+//! and memory piling up while nobody is told to retry.
+//!
+//! Each call runs in a task of its own and only the *wait* for it is cut: a call that is
+//! abandoned goes on to its end in the background (bounded by the connection pool's size), so
+//! no connection is dropped half-way through a transaction begun by hand, and a write that
+//! commits after its deadline obeys the outbox and idempotency rules as any commit does.
+//! The two calls that take a borrowed closure (`update_schedule`, `fire_due`) cannot be moved
+//! into a task; they are cut in place, and their transactions roll back on drop.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use warren_shared::{
+    JobError, JobEvent, JobId,
+    metrics::{Counter, Family, OperationLabels},
+};
+
+use super::{
+    Applied, CallbackStore, Cancelled, ChangeFeed, FireRound, Inserted, JobStore, KeyClaim,
+    KeyStore, ListQuery, OutboxStore, Redriven, ScheduleStore, StoreError, Stores, TypeCount,
+};
+use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule};
+
+/// One concern's store behind a deadline.
+pub(super) struct Bounded<S: ?Sized> {
+    inner: Arc<S>,
+    deadline: Duration,
+    timeouts: Family<OperationLabels, Counter>,
+}
+
+impl<S: ?Sized> Clone for Bounded<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            deadline: self.deadline,
+            timeouts: self.timeouts.clone(),
+        }
+    }
+}
+
+impl Stores {
+    /// These stores with a deadline of `deadline` on every call; calls that miss it are counted
+    /// in `timeouts` by operation. Stores that never leave the process are returned as they are.
+    #[must_use]
+    pub fn with_deadline(
+        self,
+        deadline: Duration,
+        timeouts: &Family<OperationLabels, Counter>,
+    ) -> Self {
+        if !self.jobs.is_remote() {
+            return self;
+        }
+        let (d, t) = (deadline, timeouts.clone());
+        Self {
+            jobs: Arc::new(Bounded {
+                inner: self.jobs,
+                deadline: d,
+                timeouts: t.clone(),
+            }),
+            outbox: Arc::new(Bounded {
+                inner: self.outbox,
+                deadline: d,
+                timeouts: t.clone(),
+            }),
+            keys: Arc::new(Bounded {
+                inner: self.keys,
+                deadline: d,
+                timeouts: t.clone(),
+            }),
+            schedules: Arc::new(Bounded {
+                inner: self.schedules,
+                deadline: d,
+                timeouts: t.clone(),
+            }),
+            callbacks: Arc::new(Bounded {
+                inner: self.callbacks,
+                deadline: d,
+                timeouts: t,
+            }),
+        }
+    }
+}
+
+impl<S: ?Sized> Bounded<S> {
+    fn timed_out(&self, operation: &'static str) -> StoreError {
+        self.timeouts
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .inc();
+        tracing::warn!(operation, deadline = ?self.deadline, "the database did not answer in time (WARREN_STORE_TIMEOUT)");
+        StoreError::TimedOut {
+            operation,
+            after: self.deadline,
+        }
+    }
+
+    /// Runs `call` in a task of its own and waits for it until the deadline.
+    async fn run<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.deadline, tokio::spawn(call)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(StoreError::unavailable(format!(
+                "the store call {operation} failed: {join}"
+            ))),
+            Err(_elapsed) => Err(self.timed_out(operation)),
+        }
+    }
+
+    /// Waits for `call` in place until the deadline (for calls that borrow).
+    async fn run_here<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.deadline, call)
+            .await
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))
+    }
+}
+
+#[async_trait]
+impl JobStore for Bounded<dyn JobStore> {
+    async fn insert(&self, job: Job, key: Option<KeyClaim>) -> Result<Inserted, StoreError> {
+        let inner = self.inner.clone();
+        self.run("insert", async move { inner.insert(job, key).await })
+            .await
+    }
+
+    async fn insert_capped(
+        &self,
+        job: Job,
+        key: Option<KeyClaim>,
+        max_in_flight: u32,
+    ) -> Result<Inserted, StoreError> {
+        let inner = self.inner.clone();
+        self.run("insert_capped", async move {
+            inner.insert_capped(job, key, max_in_flight).await
+        })
+        .await
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("get", async move { inner.get(id).await }).await
+    }
+
+    async fn get_many(&self, ids: &[JobId]) -> Result<Vec<Job>, StoreError> {
+        let (inner, ids) = (self.inner.clone(), ids.to_vec());
+        self.run("get_many", async move { inner.get_many(&ids).await })
+            .await
+    }
+
+    async fn apply_events(&self, events: &[JobEvent]) -> Result<Vec<Applied>, StoreError> {
+        let (inner, events) = (self.inner.clone(), events.to_vec());
+        self.run(
+            "apply_events",
+            async move { inner.apply_events(&events).await },
+        )
+        .await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<Cancelled, StoreError> {
+        let inner = self.inner.clone();
+        self.run("cancel", async move { inner.cancel(id).await })
+            .await
+    }
+
+    async fn redrive(&self, id: JobId, cap: Option<(Uuid, u32)>) -> Result<Redriven, StoreError> {
+        let inner = self.inner.clone();
+        self.run("redrive", async move { inner.redrive(id, cap).await })
+            .await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        let (inner, query) = (self.inner.clone(), query.clone());
+        self.run("list", async move { inner.list(&query).await })
+            .await
+    }
+
+    async fn count_by_type(
+        &self,
+        tenant: Option<&str>,
+        finished_since: DateTime<Utc>,
+    ) -> Result<Vec<TypeCount>, StoreError> {
+        let (inner, tenant) = (self.inner.clone(), tenant.map(str::to_owned));
+        self.run("count_by_type", async move {
+            inner.count_by_type(tenant.as_deref(), finished_since).await
+        })
+        .await
+    }
+
+    async fn forget_key(&self, key: &str) -> Result<(), StoreError> {
+        let (inner, key) = (self.inner.clone(), key.to_owned());
+        self.run("forget_key", async move { inner.forget_key(&key).await })
+            .await
+    }
+
+    async fn purge(
+        &self,
+        jobs_before: DateTime<Utc>,
+        keys_before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        self.run("purge", async move {
+            inner.purge(jobs_before, keys_before).await
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run("ping", async move { inner.ping().await }).await
+    }
+
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
+
+    async fn changes(&self) -> Result<Option<ChangeFeed>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("changes", async move { inner.changes().await })
+            .await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for Bounded<dyn OutboxStore> {
+    async fn confirm_published(&self, id: JobId, now: bool) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run("confirm_published", async move {
+            inner.confirm_published(id, now).await
+        })
+        .await
+    }
+
+    async fn fail_unpublished(
+        &self,
+        id: JobId,
+        error: JobError,
+        key: Option<&str>,
+    ) -> Result<Option<Job>, StoreError> {
+        let (inner, key) = (self.inner.clone(), key.map(str::to_owned));
+        self.run("fail_unpublished", async move {
+            inner.fail_unpublished(id, error, key.as_deref()).await
+        })
+        .await
+    }
+
+    async fn withdraw(&self, id: JobId, key: Option<&str>) -> Result<bool, StoreError> {
+        let (inner, key) = (self.inner.clone(), key.map(str::to_owned));
+        self.run("withdraw", async move {
+            inner.withdraw(id, key.as_deref()).await
+        })
+        .await
+    }
+
+    async fn claim_unpublished(
+        &self,
+        marked_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("claim_unpublished", async move {
+            inner.claim_unpublished(marked_before, now, limit).await
+        })
+        .await
+    }
+
+    async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let inner = self.inner.clone();
+        self.run(
+            "release_due",
+            async move { inner.release_due(now, limit).await },
+        )
+        .await
+    }
+
+    async fn count_scheduled(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        self.run(
+            "count_scheduled",
+            async move { inner.count_scheduled().await },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl KeyStore for Bounded<dyn KeyStore> {
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let (inner, key) = (self.inner.clone(), key.clone());
+        self.run(
+            "insert_api_key",
+            async move { inner.insert_api_key(&key).await },
+        )
+        .await
+    }
+
+    async fn api_key(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("api_key", async move { inner.api_key(id).await })
+            .await
+    }
+
+    async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("api_keys", async move { inner.api_keys().await })
+            .await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("revoke_api_key", async move {
+            inner.revoke_api_key(id, at).await
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ScheduleStore for Bounded<dyn ScheduleStore> {
+    async fn insert_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        self.run("insert_schedule", async move {
+            inner.insert_schedule(schedule).await
+        })
+        .await
+    }
+
+    async fn get_schedule(&self, id: Uuid) -> Result<Option<Schedule>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("get_schedule", async move { inner.get_schedule(id).await })
+            .await
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<Schedule>, StoreError> {
+        let inner = self.inner.clone();
+        self.run(
+            "list_schedules",
+            async move { inner.list_schedules().await },
+        )
+        .await
+    }
+
+    async fn update_schedule(
+        &self,
+        id: Uuid,
+        change: &(dyn for<'s> Fn(&'s mut Schedule) + Send + Sync),
+    ) -> Result<Option<Schedule>, StoreError> {
+        self.run_here("update_schedule", self.inner.update_schedule(id, change))
+            .await
+    }
+
+    async fn delete_schedule(&self, id: Uuid) -> Result<bool, StoreError> {
+        let inner = self.inner.clone();
+        self.run(
+            "delete_schedule",
+            async move { inner.delete_schedule(id).await },
+        )
+        .await
+    }
+
+    async fn fire_due(
+        &self,
+        now: DateTime<Utc>,
+        plan: &(dyn for<'s> Fn(&'s Schedule) -> Fired + Send + Sync),
+    ) -> Result<FireRound, StoreError> {
+        self.run_here("fire_due", self.inner.fire_due(now, plan))
+            .await
+    }
+}
+
+#[async_trait]
+impl CallbackStore for Bounded<dyn CallbackStore> {
+    async fn claim_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("claim_callbacks", async move {
+            inner.claim_callbacks(now, lease_until, limit).await
+        })
+        .await
+    }
+
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        let (inner, delivery, callback) = (self.inner.clone(), delivery.clone(), callback.clone());
+        self.run("record_delivery", async move {
+            inner.record_delivery(id, &delivery, &callback).await
+        })
+        .await
+    }
+
+    async fn deliveries(&self, id: JobId) -> Result<Vec<Delivery>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("deliveries", async move { inner.deliveries(id).await })
+            .await
+    }
+
+    async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        self.run("count_pending_callbacks", async move {
+            inner.count_pending_callbacks().await
+        })
+        .await
+    }
+}
