@@ -3,8 +3,12 @@
 //! a test fails. A test removes what it made with [`Namespace::remove`] or
 //! [`TestSchema::drop_schema`]; if it panics first, `Drop` removes it on a thread of its own
 //! (a test's runtime cannot be awaited while it unwinds), so a failing test leaks nothing.
+//! [`proxy::Proxy`] stands between a process and RabbitMQ or PostgreSQL to stage an outage or
+//! a silent link.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+pub mod proxy;
 
 use std::{future::Future, time::Duration};
 

@@ -67,6 +67,7 @@ async fn run_job(
 ) {
     let reporter = Reporter::new(
         channel,
+        shared.publish_timeout,
         &shared.topology,
         job.clone(),
         shared.identity.clone(),

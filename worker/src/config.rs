@@ -60,6 +60,17 @@ pub struct WorkerConfig {
     )]
     pub announce_running_after_ms: u64,
 
+    /// How long a publish (an event, a retried job, a dead letter) waits for RabbitMQ's confirm;
+    /// without one in time the job goes back to its queue and runs again.
+    #[arg(
+        long = "publish-timeout-ms",
+        env = "WARREN_PUBLISH_TIMEOUT_MS",
+        value_name = "WARREN_PUBLISH_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=600_000)
+    )]
+    pub publish_timeout_ms: u64,
+
     /// Address of the worker's `/healthz` and `/readyz` (and, later, `/metrics`).
     #[arg(
         long = "metrics-addr",

@@ -19,9 +19,6 @@ use warren_shared::{
     trace::{TRACEPARENT, TraceContext},
 };
 
-/// How long a publish (event, retried job or dead letter) may wait for its confirm.
-pub(crate) const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// What an event says happened.
 #[derive(Debug, Clone)]
 pub(crate) struct Change {
@@ -62,6 +59,8 @@ pub(crate) struct Reporter {
 #[derive(Debug)]
 struct ReporterInner {
     channel: Channel,
+    /// How long a publish may wait for its confirm (`WARREN_PUBLISH_TIMEOUT_MS`).
+    publish_timeout: std::time::Duration,
     exchange: String,
     job: JobMessage,
     worker: Arc<str>,
@@ -72,6 +71,7 @@ struct ReporterInner {
 impl Reporter {
     pub(crate) fn new(
         channel: Channel,
+        publish_timeout: std::time::Duration,
         topology: &Topology,
         job: JobMessage,
         worker: Arc<str>,
@@ -80,6 +80,7 @@ impl Reporter {
         Self {
             inner: Arc::new(ReporterInner {
                 channel,
+                publish_timeout,
                 exchange: topology.events_exchange(),
                 job,
                 worker,
@@ -103,6 +104,11 @@ impl Reporter {
             AMQPValue::LongString(value.as_str().into()),
         );
         headers
+    }
+
+    /// How long a publish on [`Reporter::channel`] may wait for its confirm.
+    pub(crate) fn publish_timeout(&self) -> std::time::Duration {
+        self.inner.publish_timeout
     }
 
     /// The confirm channel the events go out on (also used for retries and dead letters).
@@ -138,7 +144,7 @@ impl Reporter {
             headers: self.trace_headers(),
             mandatory: false,
         };
-        amqp::publish_confirmed(&inner.channel, outgoing, PUBLISH_TIMEOUT).await
+        amqp::publish_confirmed(&inner.channel, outgoing, inner.publish_timeout).await
     }
 
     /// Publishes a progress report; failures are logged, not returned.

@@ -26,7 +26,7 @@ use warren_shared::{
 
 use crate::{
     decide::{DeadReason, Outcome, Settlement, decide},
-    events::{Change, PUBLISH_TIMEOUT, Reporter},
+    events::{Change, Reporter},
     headers::history_headers,
     state::Shared,
 };
@@ -125,7 +125,7 @@ async fn retry(
         // Unroutable means the tier's wait queue is missing: keep the job rather than lose it.
         mandatory: true,
     };
-    amqp::publish_confirmed(reporter.channel(), outgoing, PUBLISH_TIMEOUT).await?;
+    amqp::publish_confirmed(reporter.channel(), outgoing, reporter.publish_timeout()).await?;
     let next_attempt_at = Utc::now() + delay;
     let change = Change {
         next_attempt_at: Some(next_attempt_at),
@@ -182,7 +182,7 @@ async fn publish_dead(
         headers,
         mandatory: false,
     };
-    amqp::publish_confirmed(channel, outgoing, PUBLISH_TIMEOUT).await
+    amqp::publish_confirmed(channel, outgoing, shared.publish_timeout).await
 }
 
 /// Moves an unreadable message to `<ns>.dead` with the reason, then acks it; if that cannot be

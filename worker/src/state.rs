@@ -23,6 +23,9 @@ pub(crate) struct Shared {
     pub(crate) concurrency: u16,
     /// Attempts that finish within this are not announced as `running` (zero: all are).
     pub(crate) announce_running_after: Duration,
+    /// How long a publish (event, retried job, dead letter) may wait for its confirm; one that
+    /// gets none in time returns the job to its queue (it runs again), never blocking others.
+    pub(crate) publish_timeout: Duration,
     pub(crate) cancels: Cancels,
     /// Whether a session is consuming every job queue.
     pub(crate) readiness: ReadyFlag,

@@ -108,6 +108,7 @@ impl WorkerBuilder {
             identity: identity.into(),
             concurrency: config.concurrency,
             announce_running_after: Duration::from_millis(config.announce_running_after_ms),
+            publish_timeout: Duration::from_millis(config.publish_timeout_ms),
             cancels: Cancels::default(),
             readiness: ReadyFlag::default(),
             broker_address: config.broker.amqp_url.to_string().into(),

@@ -22,7 +22,6 @@ mod openapi;
 mod outage;
 mod outbox;
 mod postgres;
-mod proxy;
 mod queues;
 mod refusals;
 mod retry;
@@ -40,3 +39,5 @@ mod wake;
 mod webdriver;
 mod webhook_crash;
 mod webhooks;
+
+use warren_test_support::proxy;

@@ -13,3 +13,4 @@ mod health;
 mod helpers;
 mod malformed;
 mod shutdown;
+mod stall;
