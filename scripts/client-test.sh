@@ -15,9 +15,10 @@ RUFF_VERSION=0.17.6
 VENV=${WARREN_CLIENT_VENV:-target/client-venv}
 WORK=$(mktemp -d)
 
-if ! "$VENV/bin/openapi-python-client" --version 2>/dev/null | grep -q "$GENERATOR_VERSION" \
-    || ! "$VENV/bin/pip" show openapi-spec-validator 2>/dev/null | grep -q "Version: $VALIDATOR_VERSION" \
-    || ! "$VENV/bin/ruff" --version 2>/dev/null | grep -q "$RUFF_VERSION"; then
+installed="$("$VENV/bin/openapi-python-client" --version 2>/dev/null || true) \
+$("$VENV/bin/pip" show openapi-spec-validator 2>/dev/null || true) $("$VENV/bin/ruff" --version 2>/dev/null || true)"
+if [[ $installed != *"version: $GENERATOR_VERSION"* || $installed != *"Version: $VALIDATOR_VERSION"* \
+    || $installed != *"ruff $RUFF_VERSION"* ]]; then
     echo "== installing openapi-python-client $GENERATOR_VERSION and openapi-spec-validator $VALIDATOR_VERSION in $VENV"
     python3 -m venv "$VENV"
     # ruff is what the generator formats its output with by default.
