@@ -69,7 +69,9 @@ pub async fn authenticate(
     };
     if state.auth.is_open() {
         // Open mode: every request acts as the operator, whatever it carries (a key sent to
-        // an open gateway is not checked, so it is not refused either).
+        // an open gateway is not checked, so it is not refused either); its jobs are the
+        // default tenant's, and the log says so.
+        Span::current().record("tenant", crate::model::DEFAULT_TENANT);
         request.extensions_mut().insert(Caller::operator());
         return next.run(request).await;
     }

@@ -117,7 +117,7 @@ async fn require_object_body(request: Request, next: Next, max_body_bytes: usize
     let other_json = first.is_some_and(|byte| *byte != b'{')
         && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
     if other_json {
-        return ApiError::InvalidBody("the body must be a JSON object".into()).into_response();
+        return ApiError::invalid_body("the body must be a JSON object".into()).into_response();
     }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await

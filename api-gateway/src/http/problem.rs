@@ -64,8 +64,13 @@ pub enum ApiError {
         message: String,
     },
     /// The JSON does not have the expected shape (unknown field, wrong type, missing field).
-    #[error("{0}")]
-    InvalidBody(String),
+    #[error("{message}")]
+    InvalidBody {
+        /// What is wrong.
+        message: String,
+        /// The field it is about, when there is one (`type`, `steps[3].type`).
+        field: Option<String>,
+    },
     /// No worker queue is bound for the job type.
     #[error(
         "no worker handles job type \"{0}\": no queue is bound for it; start a worker that \
@@ -139,6 +144,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// An [`ApiError::InvalidBody`] about no one field.
+    #[must_use]
+    pub fn invalid_body(message: String) -> Self {
+        Self::InvalidBody {
+            message,
+            field: None,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::MalformedJson(_) | Self::MalformedId(_) | Self::BadParameter(_) => {
@@ -151,7 +165,7 @@ impl ApiError {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField { .. }
-            | Self::InvalidBody(_)
+            | Self::InvalidBody { .. }
             | Self::UnknownJobType(_)
             | Self::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Self::JobNotFound(_) | Self::RouteNotFound(_) => StatusCode::NOT_FOUND,
@@ -176,7 +190,7 @@ impl ApiError {
             Self::NoAnswer(_) => "no-answer",
             Self::BodyTooLarge => "body-too-large",
             Self::NotJson => "unsupported-media-type",
-            Self::InvalidField { .. } | Self::InvalidBody(_) => "invalid-field",
+            Self::InvalidField { .. } | Self::InvalidBody { .. } => "invalid-field",
             Self::UnknownJobType(_) => "unknown-job-type",
             Self::IdempotencyMismatch => "idempotency-key-reused",
             Self::JobNotFound(_) => "job-not-found",
@@ -204,6 +218,7 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
             field: match &self {
                 Self::InvalidField { field, .. } => Some((*field).to_owned()),
+                Self::InvalidBody { field, .. } => field.clone(),
                 _ => None,
             },
         };
@@ -236,14 +251,42 @@ impl From<JsonRejection> for ApiError {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => Self::NotJson,
             JsonRejection::JsonSyntaxError(e) => Self::MalformedJson(in_our_words(&e.body_text())),
-            JsonRejection::JsonDataError(e) => Self::InvalidBody(format!(
-                "the body does not have the expected shape: {}",
-                in_our_words(&e.body_text())
-            )),
+            JsonRejection::JsonDataError(e) => {
+                let reason = in_our_words(&e.body_text());
+                Self::InvalidBody {
+                    field: field_of(&reason),
+                    message: format!("the body does not have the expected shape: {reason}"),
+                }
+            }
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::BodyTooLarge,
             other => Self::MalformedJson(other.body_text()),
         }
     }
+}
+
+/// The field a shape error is about: the path serde reports before the reason (`type: invalid
+/// type …`), or the field an unknown-field or missing-field error names.
+fn field_of(reason: &str) -> Option<String> {
+    let path = reason
+        .split_once(": ")
+        .map(|(path, _)| path)
+        .filter(|path| is_path(path) && *path != ".");
+    if let Some(path) = path {
+        return Some(path.to_owned());
+    }
+    let named = |marker: &str| {
+        let rest = reason.split_once(marker)?.1;
+        let (name, _) = rest.split_once('`')?;
+        Some(name.to_owned())
+    };
+    named("missing field `").or_else(|| named("unknown field `"))
+}
+
+fn is_path(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c))
 }
 
 /// The JSON library's own reason, without axum's "Failed to …" preamble.
@@ -289,7 +332,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::BadData(message) => {
                 tracing::warn!(error = %cause, "the store refused the request's data");
-                Self::InvalidBody(format!(
+                Self::invalid_body(format!(
                     "the job store cannot keep this data ({message}); change the value it names"
                 ))
             }

@@ -57,6 +57,10 @@ pub struct Job {
     /// `callback_url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub callback: Option<Box<Callback>>,
+    /// The recurring schedule that made it, for jobs a schedule fired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub schedule_id: Option<Uuid>,
     /// The API key that submitted it, whose cap on jobs in flight counts it (not part of the
     /// resource).
     #[serde(skip)]

@@ -249,6 +249,7 @@ impl ValidJob {
             id,
             tenant: tenant.to_owned(),
             key_id,
+            schedule_id: None,
             job_type: self.job_type,
             status: if run_at.is_some() {
                 JobStatus::Scheduled

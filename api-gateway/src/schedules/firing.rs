@@ -20,7 +20,11 @@ const EVERY: Duration = Duration::from_millis(250);
 /// submit would be (`None`, and a warning, if they no longer pass).
 pub fn job_for(schedule: &Schedule, id: JobId, limits: &SpecLimits) -> Option<Job> {
     match spec_of(schedule).validate(limits) {
-        Ok(valid) => Some(valid.into_job_of(id, &schedule.tenant, None)),
+        Ok(valid) => {
+            let mut job = valid.into_job_of(id, &schedule.tenant, None);
+            job.schedule_id = Some(schedule.id);
+            Some(job)
+        }
         Err(error) => {
             tracing::warn!(schedule_id = %schedule.id, %error, "a schedule's job is invalid; not fired");
             None

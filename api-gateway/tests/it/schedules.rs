@@ -174,6 +174,15 @@ async fn two_gateways_make_one_job_per_due_time_even_when_one_is_killed() {
     assert_eq!(created.status(), 201);
     let location = created.headers()["location"].to_str().unwrap().to_owned();
     wait_for_ticks(&first, 3).await;
+    // A fired job points back to its schedule.
+    let schedule_id = location.rsplit('/').next().unwrap();
+    let page: Value = first
+        .get("/v1/jobs?type=tick&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["jobs"][0]["schedule_id"], schedule_id, "{page}");
     second.kill().await.unwrap(); // SIGKILL, wherever it was
     let (restarted, _) = spawn_gateway_process(&url, &namespace, &[]).await;
     let before = ticks(&first).await.len();

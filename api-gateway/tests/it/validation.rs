@@ -130,6 +130,16 @@ async fn wrong_shapes_and_unknown_fields_are_422_in_warrens_words() {
     let (_, refused) = problem(call(submit(&typo)).await, 422);
     let detail = refused["detail"].as_str().unwrap();
     assert!(detail.contains("unknown field `max_attempt`"), "{detail}");
+    // Shape errors name their field, as the other validation errors do.
+    for (body, field) in [
+        (json!({"type": "echo", "max_attempt": 3}), "max_attempt"),
+        (json!({"payload": {}}), "type"),
+        (json!({"type": 5}), "type"),
+        (json!({"type": "echo", "timeout_ms": "soon"}), "timeout_ms"),
+    ] {
+        let (_, refused) = problem(call(submit(&body)).await, 422);
+        assert_eq!(refused["field"], field, "{body} → {refused}");
+    }
 }
 
 #[tokio::test]

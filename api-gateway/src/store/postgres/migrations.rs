@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../migrations/0005_callbacks.sql")),
     (6, include_str!("../migrations/0006_tenants.sql")),
     (7, include_str!("../migrations/0007_error_history.sql")),
+    (8, include_str!("../migrations/0008_schedule_id.sql")),
 ];
 /// The advisory lock that serialises migrations ("WARREN" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5741_5252_454e;

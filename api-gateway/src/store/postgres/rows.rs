@@ -16,7 +16,7 @@ macro_rules! columns {
         "id, job_type, status, attempt, max_attempts, attempt_budget, progress, result, error, \
          payload, timeout_ms, callback_url, seq, version, created_at, updated_at, \
          next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback, callback_due, \
-         tenant, key_id, errors"
+         tenant, key_id, errors, schedule_id"
     };
 }
 
@@ -79,11 +79,11 @@ pub(super) const INSERT: &str = concat!(
         $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
         $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
         $21::timestamptz[], $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[],
-        $26::jsonb[])
+        $26::jsonb[], $27::uuid[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
 /// Writes back every column a change can touch, for many records. Binds the same arrays as
-/// [`INSERT`] (all twenty-six), so there is one parameter list; the columns a change never
+/// [`INSERT`] (all twenty-seven), so there is one parameter list; the columns a change never
 /// touches (type, payload, tenant, key, …) are not written.
 pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
@@ -96,11 +96,12 @@ pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[], $12::text[],
         $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
         $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
-        $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[], $26::jsonb[])
+        $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[], $26::jsonb[],
+        $27::uuid[])
         AS u(id, job_type, status, attempt, max_attempts, attempt_budget, progress, result,
              error, payload, timeout_ms, callback_url, seq, version, created_at, updated_at,
              next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback,
-             callback_due, tenant, key_id, errors)
+             callback_due, tenant, key_id, errors, schedule_id)
     WHERE j.id = u.id";
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
@@ -140,6 +141,7 @@ pub(super) struct Columns<'a> {
     callback_due: Vec<Stamp>,
     tenant: Vec<&'a str>,
     key_id: Vec<Option<Uuid>>,
+    schedule_id: Vec<Option<Uuid>>,
     errors: Vec<Option<Json<&'a [AttemptError]>>>,
 }
 
@@ -173,6 +175,7 @@ impl<'a> Columns<'a> {
             callback_due: Vec::with_capacity(n),
             tenant: Vec::with_capacity(n),
             key_id: Vec::with_capacity(n),
+            schedule_id: Vec::with_capacity(n),
             errors: Vec::with_capacity(n),
         };
         for job in jobs {
@@ -205,6 +208,7 @@ impl<'a> Columns<'a> {
                 .push(job.callback.as_ref().and_then(|c| c.due_at()));
             columns.tenant.push(job.tenant.as_str());
             columns.key_id.push(job.key_id);
+            columns.schedule_id.push(job.schedule_id);
             columns
                 .errors
                 .push((!job.errors.is_empty()).then_some(Json(job.errors.as_slice())));
@@ -213,7 +217,7 @@ impl<'a> Columns<'a> {
     }
 
     /// The parameters of [`INSERT`] and [`UPDATE`].
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 26] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 27] {
         [
             &self.id,
             &self.job_type,
@@ -241,6 +245,7 @@ impl<'a> Columns<'a> {
             &self.tenant,
             &self.key_id,
             &self.errors,
+            &self.schedule_id,
         ]
     }
 }
@@ -297,6 +302,7 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
         callback: callback.map(|Json(c)| Box::new(c)),
         tenant: get!("tenant"),
         key_id: get!("key_id"),
+        schedule_id: get!("schedule_id"),
         errors: errors.map(|Json(errors)| errors).unwrap_or_default(),
     })
 }

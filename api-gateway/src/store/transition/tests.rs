@@ -11,6 +11,7 @@ fn queued_job() -> Job {
     Job {
         tenant: "default".into(),
         key_id: None,
+        schedule_id: None,
         errors: Vec::new(),
         id: JobId::new(),
         job_type: JobType::parse("echo").unwrap(),
