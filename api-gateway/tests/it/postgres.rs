@@ -399,3 +399,23 @@ async fn idempotency_and_pagination_in_postgres() {
     app.stop().await;
     schema.drop_schema().await;
 }
+
+/// The URL takes several hosts, as libpq's does: with `target_session_attrs=read-write` new
+/// connections go to whichever host accepts writes (here the first host is down), which is how
+/// a gateway follows a promoted standby (README, "The job store").
+#[tokio::test]
+async fn a_url_with_several_hosts_uses_the_one_that_takes_writes() {
+    let schema = TestSchema::create().await;
+    let single = schema.url();
+    let rest = single.strip_prefix("postgresql://postgres@").unwrap();
+    let (host_port, path) = rest.split_once('/').unwrap();
+    let url = format!(
+        "postgresql://postgres@127.0.0.1:1,{host_port}/{}&target_session_attrs=read-write",
+        path
+    );
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let job = new_job();
+    store.insert(job.clone(), None).await.unwrap();
+    assert_eq!(store.get(job.id).await.unwrap().map(|j| j.id), Some(job.id));
+    schema.drop_schema().await;
+}
