@@ -33,7 +33,7 @@ pub struct GatewayConfig {
         long = "admin-key",
         env = "WARREN_ADMIN_KEY",
         value_name = "WARREN_ADMIN_KEY",
-        value_parser = SecretParser(crate::auth::AdminKey::parse),
+        value_parser = warren_shared::config::SecretParser(crate::auth::AdminKey::parse),
         hide_env_values = true
     )]
     pub admin_key: Option<crate::auth::AdminKey>,
@@ -245,37 +245,5 @@ fn parse_http_url(value: &str) -> Result<String, String> {
         Ok(url.to_string())
     } else {
         Err(format!("{value:?} must be an http:// or https:// URL"))
-    }
-}
-
-/// Parses a secret setting (`WARREN_ADMIN_KEY`, `WARREN_WEBHOOK_SECRET`) without ever echoing
-/// it: a refusal names the variable and the rule, never the value (clap's own message would
-/// print "invalid value '<the secret>'" to the log).
-#[derive(Clone, Copy)]
-pub struct SecretParser<T>(pub fn(&str) -> Result<T, String>);
-
-impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
-    type Value = T;
-
-    fn parse_ref(
-        &self,
-        _command: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<T, clap::Error> {
-        let name = arg
-            .and_then(|arg| arg.get_value_names())
-            .and_then(|names| names.first())
-            .map_or_else(|| "a secret setting".to_owned(), ToString::to_string);
-        let refuse = |why: &str| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("{name} is refused (its value is not shown): {why}\n"),
-            )
-        };
-        let text = value
-            .to_str()
-            .ok_or_else(|| refuse("it is not valid UTF-8"))?;
-        (self.0)(text).map_err(|why| refuse(&why))
     }
 }

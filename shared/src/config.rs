@@ -287,6 +287,38 @@ pub fn parse_namespace(value: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a secret setting (e.g. `WARREN_ADMIN_KEY`, `WARREN_WEBHOOK_SECRET`) without ever echoing
+/// it: a refusal names the variable and the rule, never the value (clap's own message would
+/// print "invalid value '<the secret>'" to the log).
+#[derive(Clone, Copy)]
+pub struct SecretParser<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for SecretParser<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let name = arg
+            .and_then(|arg| arg.get_value_names())
+            .and_then(|names| names.first())
+            .map_or_else(|| "a secret setting".to_owned(), ToString::to_string);
+        let refuse = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{name} is refused (its value is not shown): {why}\n"),
+            )
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("it is not valid UTF-8"))?;
+        (self.0)(text).map_err(|why| refuse(&why))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,7 @@ pub struct WebhookConfig {
         long = "webhook-secret",
         env = "WARREN_WEBHOOK_SECRET",
         value_name = "WARREN_WEBHOOK_SECRET",
-        value_parser = crate::config::SecretParser(Secret::parse),
+        value_parser = warren_shared::config::SecretParser(Secret::parse),
         hide_env_values = true
     )]
     pub secret: Option<Secret>,

@@ -145,6 +145,17 @@ async fn the_dashboard_follows_cancels_and_redrives_jobs_in_a_real_browser() {
         "{links}"
     );
     save(&browser, "ui-overview.png").await;
+
+    // /docs renders the document: jobs first (the probes last), `code` as code, request bodies.
+    browser.open(&format!("{}/docs", app.address)).await;
+    browser.wait_for_text("#api h2", |t| t == "jobs").await;
+    let api = browser
+        .wait_for_text("#api", |t| {
+            t.contains("Request body: application/json SubmitRequest")
+        })
+        .await;
+    assert!(!api.contains('`'), "raw backticks on /docs");
+    assert!(!browser.text("#api section p code").await.is_empty());
     browser.quit().await;
     app.stop().await;
 }
