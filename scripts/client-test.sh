@@ -29,37 +29,46 @@ cargo build --quiet --bin api-gateway --bin worker --bin warren-admin
 VENV_BIN=$(cd "$VENV/bin" && pwd)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-NAMESPACE="client-test-$$"
 PIDS=()
-cleanup() {
+NAMESPACES=()
+stop_processes() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    WARREN_NAMESPACE=$NAMESPACE target/debug/warren-admin remove-namespace --force --types echo >/dev/null 2>&1 || true
+    PIDS=()
+}
+cleanup() {
+    stop_processes
+    for namespace in "${NAMESPACES[@]}"; do
+        WARREN_NAMESPACE=$namespace target/debug/warren-admin remove-namespace --force --types echo >/dev/null 2>&1 || true
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-export WARREN_NAMESPACE=$NAMESPACE RUST_LOG=error
+export RUST_LOG=error
 ADMIN_KEY="client-test-admin-key-$$-0123456789"
-open_port=$(free_port)
-keys_port=$(free_port)
-WARREN_HTTP_ADDR="127.0.0.1:$open_port" target/debug/api-gateway &
-PIDS+=($!)
-WARREN_HTTP_ADDR="127.0.0.1:$keys_port" WARREN_ADMIN_KEY="$ADMIN_KEY" target/debug/api-gateway &
-PIDS+=($!)
-WARREN_METRICS_ADDR=127.0.0.1:0 target/debug/worker &
-PIDS+=($!)
-for port in "$open_port" "$keys_port"; do
+# Each mode gets a gateway and a worker in a namespace of its own: two in-memory gateways on
+# one namespace would take each other's worker events.
+start_stack() { # MODE PORT
+    local namespace="client-test-$1-$$"
+    NAMESPACES+=("$namespace")
+    local keys=()
+    [[ $1 == keys ]] && keys=(WARREN_ADMIN_KEY="$ADMIN_KEY")
+    env WARREN_NAMESPACE="$namespace" WARREN_HTTP_ADDR="127.0.0.1:$2" "${keys[@]}" target/debug/api-gateway &
+    PIDS+=($!)
+    WARREN_NAMESPACE="$namespace" WARREN_METRICS_ADDR=127.0.0.1:0 target/debug/worker &
+    PIDS+=($!)
     for _ in $(seq 100); do
-        curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+        curl -sf "http://127.0.0.1:$2/readyz" >/dev/null && return
         sleep 0.1
     done
-    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: a gateway never became ready"; exit 1; }
-done
+    echo "FAIL: the $1 gateway never became ready"
+    exit 1
+}
 
 for mode in open keys; do
-    port=$open_port
-    [[ $mode == keys ]] && port=$keys_port
+    port=$(free_port)
+    start_stack "$mode" "$port"
     echo "== $mode gateway: the served document validates"
     curl -sf "http://127.0.0.1:$port/openapi.json" >"$WORK/$mode.json"
     "$VENV/bin/openapi-spec-validator" "$WORK/$mode.json"
@@ -102,5 +111,6 @@ print(f"   ok: job {job.id} {job.status.value}, result {job.result.to_dict()}")
 PY
     ) || { echo "FAIL: the generated client did not run a job on the $mode gateway"; exit 1; }
     rm -rf "$WORK/warren_client"
+    stop_processes
 done
 echo "client test passed"
