@@ -334,3 +334,51 @@ async fn without_a_signing_secret_a_callback_url_is_refused_not_ignored() {
     );
     app.stop().await;
 }
+
+/// Issue 30's report: with the default delays (first retry after 5 s), a receiver answering
+/// `500` once got no retry within 90 s, one run in five. Sixteen deliveries at once on each
+/// store, under whatever else runs: each first retry must come within 5 s + 2 s. (Not
+/// reproduced in 64 first retries per store under load; kept as the guard.)
+#[tokio::test]
+async fn many_failing_deliveries_each_get_their_first_retry_on_time_on_both_stores() {
+    let schema = TestSchema::create().await;
+    for postgres in [false, true] {
+        let url = schema.url();
+        let app = app_with_echo(|config| {
+            config.webhooks.retry_delays = vec![Duration::from_secs(5), Duration::from_secs(300)];
+            config.webhooks.timeout_ms = 10_000;
+            if postgres {
+                config.database_url = Some(url);
+            }
+        })
+        .await;
+        const N: usize = 16;
+        let mut receiver = Receiver::start(&[Reply::Status(500); N]).await;
+        for _ in 0..N {
+            submit_with_callback(&app, &receiver.url).await;
+        }
+        let started = Instant::now();
+        let mut seen: std::collections::HashMap<String, Vec<Instant>> = Default::default();
+        while seen.values().filter(|v| v.len() >= 2).count() < N {
+            let got = tokio::time::timeout(Duration::from_secs(25), receiver.requests.recv()).await;
+            let Ok(Some(got)) = got else {
+                let attempts: Vec<usize> = seen.values().map(Vec::len).collect();
+                panic!(
+                    "postgres={postgres}: after {:?}, attempts per webhook: {attempts:?}",
+                    started.elapsed()
+                );
+            };
+            let id = got.headers["webhook-id"].to_str().unwrap().to_owned();
+            seen.entry(id).or_default().push(got.at);
+        }
+        let gaps: Vec<_> = seen.values().map(|v| v[1] - v[0]).collect();
+        let slowest = gaps.iter().max().copied().unwrap_or_default();
+        eprintln!("postgres={postgres}: slowest first retry after {slowest:?}");
+        assert!(
+            slowest < Duration::from_secs(7),
+            "postgres={postgres}: a first retry came {slowest:?} after the failure"
+        );
+        app.stop().await;
+    }
+    schema.drop_schema().await;
+}
