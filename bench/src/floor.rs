@@ -66,7 +66,7 @@ pub(crate) async fn run(
     concurrency: usize,
     prefetch: u16,
     samples: usize,
-) -> lapin::Result<(f64, Vec<Duration>)> {
+) -> lapin::Result<(f64, Vec<Duration>, serde_json::Value)> {
     let connection = connect(url).await?;
     let id = uuid::Uuid::now_v7().simple().to_string();
     let (jobs, results) = (
@@ -128,6 +128,8 @@ pub(crate) async fn run(
 
     // Throughput: `concurrency` publishers with confirms.
     let publisher = confirm_channel(&connection).await?;
+    let roles = crate::cpu::Roles::of(&[], &[]);
+    let before = roles.read();
     let started = Instant::now();
     let per_task = messages.div_ceil(concurrency);
     let publishers = (0..concurrency).map(|_| {
@@ -149,6 +151,7 @@ pub(crate) async fn run(
         result?;
     }
     let throughput = total as f64 / started.elapsed().as_secs_f64();
+    let per_job = before.per_job(&roles.read(), total);
 
     // Round trips, one at a time.
     let mut latencies = Vec::with_capacity(samples);
@@ -174,7 +177,7 @@ pub(crate) async fn run(
         }
     }
     let _ = cleanup.close(200, "bench done".into()).await;
-    Ok((throughput, latencies))
+    Ok((throughput, latencies, per_job))
 }
 
 /// A connection to `url`, over TLS for `amqps://` trusting `WARREN_TLS_CA_FILE` as Warren does,

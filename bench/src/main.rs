@@ -21,6 +21,7 @@
 #![allow(clippy::print_stdout, missing_docs)]
 
 mod auth;
+mod cpu;
 mod floor;
 mod load;
 mod stack;
@@ -143,7 +144,16 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
         "throughput: {} jobs, {} clients...",
         args.jobs, args.concurrency
     );
+    let pids = |children: &[tokio::process::Child]| -> Vec<u32> {
+        children
+            .iter()
+            .filter_map(tokio::process::Child::id)
+            .collect()
+    };
+    let roles = cpu::Roles::of(&pids(&stack.gateways), &pids(&stack.workers));
+    let before = roles.read();
     let run = load::throughput(&client, &stack.bases, args.jobs, args.concurrency).await?;
+    let per_job = before.per_job(&roles.read(), args.jobs);
     println!("sync latency: {} sequential submits...", args.sync_samples);
     let sync = load::sync_latency(&client, &stack.bases[0], args.sync_samples).await?;
     let hooks = if args.webhooks > 0 {
@@ -169,6 +179,7 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
         "gateway_peak_rss_mib": max_rss(&stack.gateways),
         "worker_peak_rss_mib": max_rss(&stack.workers),
         "webhooks": hooks,
+        "per_job": per_job,
     }))
 }
 
@@ -203,7 +214,7 @@ async fn main() -> Result<(), Error> {
         timeout_ms: 60_000,
         created_at: chrono::Utc::now(),
     });
-    let (floor_throughput, mut floor_latencies) = floor::run(
+    let (floor_throughput, mut floor_latencies, floor_per_job) = floor::run(
         &args.amqp_url,
         &body,
         args.jobs,
@@ -225,6 +236,7 @@ async fn main() -> Result<(), Error> {
         "scenarios": scenarios.iter().map(|(name, figures)| json!({"scenario": name, "figures": figures})).collect::<Vec<_>>(),
         "floor": {
             "throughput_jobs_per_s": floor_throughput,
+            "per_job": floor_per_job,
             "round_trip_ms": {"p50": percentile(&floor, 50.0), "p90": percentile(&floor, 90.0), "p99": percentile(&floor, 99.0)},
         },
     });
@@ -245,7 +257,7 @@ fn print_report(results: &Value) {
         print!(" {:>20}", s["scenario"].as_str().unwrap_or("?"));
     }
     println!(" {:>12}", "raw floor");
-    let rows: [(&str, &str, Option<&Value>); 14] = [
+    let rows: [(&str, &str, Option<&Value>); 23] = [
         (
             "throughput, counter (jobs/s)",
             "/throughput_jobs_per_s",
@@ -283,6 +295,51 @@ fn print_report(results: &Value) {
         ),
         ("webhook lag p50 (ms)", "/webhooks/lag_ms/p50", None),
         ("webhook lag p99 (ms)", "/webhooks/lag_ms/p99", None),
+        (
+            "CPU ms/job: gateways",
+            "/per_job/cpu_ms_per_job/gateways",
+            None,
+        ),
+        (
+            "CPU ms/job: workers",
+            "/per_job/cpu_ms_per_job/workers",
+            None,
+        ),
+        (
+            "CPU ms/job: rabbitmq",
+            "/per_job/cpu_ms_per_job/rabbitmq",
+            Some(&floor["per_job"]["cpu_ms_per_job"]["rabbitmq"]),
+        ),
+        (
+            "CPU ms/job: postgresql",
+            "/per_job/cpu_ms_per_job/postgresql",
+            Some(&floor["per_job"]["cpu_ms_per_job"]["postgresql"]),
+        ),
+        (
+            "CPU ms/job: bench client",
+            "/per_job/cpu_ms_per_job/client",
+            Some(&floor["per_job"]["cpu_ms_per_job"]["client"]),
+        ),
+        (
+            "CPU ms/job: total",
+            "/per_job/cpu_ms_per_job/total",
+            Some(&floor["per_job"]["cpu_ms_per_job"]["total"]),
+        ),
+        (
+            "broker messages in/job",
+            "/per_job/broker_per_job/messages_received",
+            Some(&floor["per_job"]["broker_per_job"]["messages_received"]),
+        ),
+        (
+            "broker confirms/job",
+            "/per_job/broker_per_job/confirms",
+            Some(&floor["per_job"]["broker_per_job"]["confirms"]),
+        ),
+        (
+            "broker deliveries/job",
+            "/per_job/broker_per_job/deliveries",
+            Some(&floor["per_job"]["broker_per_job"]["deliveries"]),
+        ),
         ("", "", None),
     ];
     for (label, pointer, floor_value) in rows.iter().filter(|r| !r.0.is_empty()) {
