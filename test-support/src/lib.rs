@@ -42,18 +42,24 @@ pub fn test_broker(namespace: &str) -> BrokerConfig {
     broker
 }
 
-/// Runs `work` to completion on a runtime of its own, on a thread of its own: usable from
-/// `Drop`, even while a test's runtime unwinds.
+/// Runs `work` on a runtime of its own, on a thread of its own: usable from `Drop`, even while
+/// a test's runtime unwinds. Waits for it at most [`DEADLINE`]: the test's own runtime is
+/// blocked meanwhile, so anything `work` waits on that needs that runtime (a transaction of
+/// the app under test, say) would otherwise wait forever and hang the suite.
 fn finish_elsewhere(work: impl Future<Output = ()> + Send + 'static) {
-    let thread = std::thread::spawn(move || {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
         if let Ok(runtime) = runtime {
             runtime.block_on(work);
         }
+        let _ = done.send(());
     });
-    let _ = thread.join();
+    if finished.recv_timeout(DEADLINE).is_err() {
+        eprintln!("test cleanup did not finish within {DEADLINE:?}; leaving it");
+    }
 }
 
 /// Deletes `topology`'s exchanges and queues (with the job queues of `job_types`).
@@ -151,9 +157,10 @@ impl TestSchema {
         let base = database_url();
         let rest = base.split_once('@').map_or(base.as_str(), |(_, rest)| rest);
         let path = rest.split_once('/').map_or("test", |(_, path)| path);
+        // The schema's name is also the sessions' application_name, so cleanup can end them.
         format!(
-            "postgresql://postgres@{host_port}/{path}?options=-csearch_path%3D{}",
-            self.name
+            "postgresql://postgres@{host_port}/{path}?options=-csearch_path%3D{}&application_name={}",
+            self.name, self.name
         )
     }
 
@@ -165,13 +172,20 @@ impl TestSchema {
         self.url_via(host_port)
     }
 
+    /// Ends every session still connected to this schema (a failed test's app may hold one
+    /// inside a transaction), then drops the schema.
+    fn cleanup_sql(&self, if_exists: &str) -> String {
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}';
+             DROP SCHEMA {if_exists}{name} CASCADE",
+            name = self.name
+        )
+    }
+
     /// Drops the schema and everything in it.
     pub async fn drop_schema(mut self) {
         if let Some(client) = self.client.take() {
-            client
-                .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
-                .await
-                .unwrap();
+            client.batch_execute(&self.cleanup_sql("")).await.unwrap();
         }
     }
 }
@@ -179,7 +193,7 @@ impl TestSchema {
 impl Drop for TestSchema {
     fn drop(&mut self) {
         if self.client.take().is_some() {
-            let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
+            let statement = self.cleanup_sql("IF EXISTS ");
             finish_elsewhere(async move {
                 let connected =
                     tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await;
