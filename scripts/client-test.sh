@@ -39,7 +39,7 @@ stop_processes() {
 cleanup() {
     stop_processes
     for namespace in "${NAMESPACES[@]}"; do
-        WARREN_NAMESPACE=$namespace target/debug/warren-admin remove-namespace --force --types echo >/dev/null 2>&1 || true
+        WARREN_NAMESPACE=$namespace target/debug/warren-admin remove-namespace --force --types echo,sleep,fail,report.generate,user.get >/dev/null 2>&1 || true
     done
     rm -rf "$WORK"
 }
