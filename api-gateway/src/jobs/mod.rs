@@ -364,27 +364,25 @@ impl JobService {
             _ => ErrorKind::PublishFailed,
         };
         tracing::warn!(%error, job_id = %job.id, "job not accepted by RabbitMQ");
-        if if_refused == IfRefused::Withdraw {
-            match self.outbox.withdraw(job.id, key).await {
+        match if_refused {
+            IfRefused::Withdraw => match self.outbox.withdraw(job.id, key).await {
                 Ok(true) => tracing::info!(job_id = %job.id, "refused submit withdrawn"),
                 Ok(false) => {}
                 // The mark stays: the relay publishes the job later (or fails it, unroutable).
                 Err(store_error) => {
                     tracing::error!(%store_error, job_id = %job.id, "cannot withdraw the refused job");
                 }
-            }
-            return Err(match error {
-                PublishError::Unroutable { .. } => JobsError::UnknownJobType(job.job_type),
-                other => JobsError::NotConfirmed(other),
-            });
-        }
-        let reason = JobError::new(kind, error.to_string());
-        match self.outbox.fail_unpublished(job.id, reason, key).await {
-            Ok(Some(failed)) => self.watchers.publish(failed),
-            Ok(None) => {}
-            // The mark stays: the relay publishes the job later.
-            Err(store_error) => {
-                tracing::error!(%store_error, job_id = %job.id, "cannot mark the unpublished job failed");
+            },
+            IfRefused::Fail => {
+                let reason = JobError::new(kind, error.to_string());
+                match self.outbox.fail_unpublished(job.id, reason, key).await {
+                    Ok(Some(failed)) => self.watchers.publish(failed),
+                    Ok(None) => {}
+                    // The mark stays: the relay publishes the job later.
+                    Err(store_error) => {
+                        tracing::error!(%store_error, job_id = %job.id, "cannot mark the unpublished job failed");
+                    }
+                }
             }
         }
         Err(match error {
