@@ -26,6 +26,8 @@ pub struct QueueStats {
     #[serde(rename = "type")]
     #[schema(example = "report.generate")]
     pub job_type: String,
+    /// Workflow steps waiting for the steps they depend on.
+    pub waiting: u64,
     /// Jobs waiting for their `run_at`.
     pub scheduled: u64,
     /// Jobs waiting for a worker.
@@ -93,6 +95,7 @@ impl QueueService {
                     ..QueueStats::default()
                 });
             let slot = match count.status {
+                JobStatus::Waiting => &mut stats.waiting,
                 JobStatus::Scheduled => &mut stats.scheduled,
                 JobStatus::Queued => &mut stats.queued,
                 JobStatus::Running => &mut stats.running,

@@ -213,6 +213,7 @@ async fn main() -> Result<(), Error> {
         max_attempts: 3,
         timeout_ms: 60_000,
         created_at: chrono::Utc::now(),
+        parents: None,
     });
     let (floor_throughput, mut floor_latencies, floor_per_job) = floor::run(
         &args.amqp_url,

@@ -134,6 +134,9 @@ impl fmt::Display for JobType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// A workflow step whose dependencies have not all succeeded yet; not published until
+    /// they have.
+    Waiting,
     /// Accepted for later (`run_at`/`delay_ms`); not published until it is due.
     Scheduled,
     /// Accepted and published; no worker has started it yet.
@@ -152,7 +155,8 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [JobStatus; 7] = [
+    pub const ALL: [JobStatus; 8] = [
+        Self::Waiting,
         Self::Scheduled,
         Self::Queued,
         Self::Running,
@@ -173,7 +177,7 @@ impl JobStatus {
     #[must_use]
     pub fn rank(self) -> u8 {
         match self {
-            Self::Scheduled => 0,
+            Self::Waiting | Self::Scheduled => 0,
             Self::Queued => 1,
             Self::Running => 2,
             Self::Retrying => 3,
@@ -185,6 +189,7 @@ impl JobStatus {
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Waiting => "waiting",
             Self::Scheduled => "scheduled",
             Self::Queued => "queued",
             Self::Running => "running",
@@ -205,7 +210,7 @@ impl fmt::Display for JobStatus {
 /// Why a string is not a [`JobStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown job status {0:?}: expected one of scheduled, queued, running, retrying, succeeded, failed, cancelled"
+    "unknown job status {0:?}: expected one of waiting, scheduled, queued, running, retrying, succeeded, failed, cancelled"
 )]
 pub struct UnknownStatus(pub String);
 

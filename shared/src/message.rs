@@ -55,6 +55,9 @@ pub struct JobMessage<P = Value> {
     pub timeout_ms: u64,
     /// When the gateway accepted the job.
     pub created_at: DateTime<Utc>,
+    /// For a workflow step with dependencies: each dependency's result, by step name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<P>,
 }
 
 /// Something that happened to a job, as published by a worker to the events exchange.

@@ -106,6 +106,7 @@ async fn run_job(
         attempt: job.attempt,
         max_attempts: job.max_attempts,
         payload: job.payload,
+        parents: job.parents,
         reporter: reporter.clone(),
         cancel,
     };

@@ -70,6 +70,9 @@ pub struct JobContext {
     pub max_attempts: u32,
     /// The client's input.
     pub payload: Value,
+    /// For a workflow step with dependencies: each dependency's result, by step name (see
+    /// [`JobContext::parents`]).
+    pub(crate) parents: Option<Value>,
     pub(crate) reporter: Reporter,
     pub(crate) cancel: CancellationToken,
 }
@@ -87,6 +90,14 @@ impl JobContext {
                 ),
             )
         })
+    }
+
+    /// For a workflow step that depends on others: their results, as an object keyed by step
+    /// name (`{"fetch": <its result>, …}`); `None` for a plain job or a step without
+    /// dependencies.
+    #[must_use]
+    pub fn parents(&self) -> Option<&Value> {
+        self.parents.as_ref()
     }
 
     /// Reports progress (0–100) to everyone watching the job. Best effort: a report that

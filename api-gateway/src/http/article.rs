@@ -107,7 +107,11 @@ pub async fn report_status(
 ) -> Result<Json<Value>, ApiError> {
     let job = load_report(&state, &caller, &raw_id).await?;
     Ok(Json(match job.status {
-        JobStatus::Scheduled | JobStatus::Queued | JobStatus::Running | JobStatus::Retrying => {
+        JobStatus::Waiting
+        | JobStatus::Scheduled
+        | JobStatus::Queued
+        | JobStatus::Running
+        | JobStatus::Retrying => {
             json!({"status": "processing"})
         }
         JobStatus::Succeeded => {

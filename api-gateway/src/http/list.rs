@@ -1,4 +1,4 @@
-//! `GET /v1/jobs?status=&type=&limit=&cursor=`: jobs newest first, one page at a time.
+//! `GET /v1/jobs?status=&type=&workflow=&limit=&cursor=`: jobs newest first, one page at a time.
 //!
 //! The cursor is the last job's id of the previous page. Ids are time-ordered (UUIDv7), so a
 //! page is "older than the cursor": jobs created while a client walks the pages never shift
@@ -34,6 +34,7 @@ pub struct ListParams {
     status: Option<String>,
     #[serde(rename = "type")]
     job_type: Option<String>,
+    workflow: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -51,6 +52,13 @@ impl ListParams {
             .map(JobType::parse)
             .transpose()
             .map_err(|e| bad(format!("type: {e}")))?;
+        let workflow = self
+            .workflow
+            .map(|raw| {
+                raw.parse::<uuid::Uuid>()
+                    .map_err(|_| bad(format!("workflow={raw:?} is not a workflow id (a UUID)")))
+            })
+            .transpose()?;
         let limit = match self.limit {
             None => DEFAULT_LIMIT,
             Some(raw) => raw
@@ -74,6 +82,7 @@ impl ListParams {
             tenant: caller.tenant().map(str::to_owned),
             status,
             job_type,
+            workflow,
             limit,
             before,
         })
@@ -86,6 +95,7 @@ impl ListParams {
     params(
         ("status" = Option<JobStatus>, Query, description = "Only jobs with this status"),
         ("type" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9._-]{0,99}$", description = "Only jobs of this type"),
+        ("workflow" = Option<String>, Query, format = Uuid, description = "Only the step jobs of this workflow"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Jobs per page, 1 to 500 (default 50)"),
         ("cursor" = Option<String>, Query, format = Uuid, description = "`next_cursor` of the previous page"),
     ),

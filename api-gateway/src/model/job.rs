@@ -61,6 +61,17 @@ pub struct Job {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
     pub schedule_id: Option<Uuid>,
+    /// The workflow it is a step of, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub workflow_id: Option<Uuid>,
+    /// Its step's name in that workflow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// For a workflow step with dependencies, once released: their results by step name, sent
+    /// with the job message (not part of the resource).
+    #[serde(skip)]
+    pub parents: Option<RawJson>,
     /// The API key that submitted it, whose cap on jobs in flight counts it (not part of the
     /// resource).
     #[serde(skip)]
@@ -121,6 +132,7 @@ impl Job {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             created_at: self.created_at,
+            parents: self.parents.as_ref().map(RawJson::as_raw),
         }
     }
 }

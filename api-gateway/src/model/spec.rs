@@ -250,6 +250,9 @@ impl ValidJob {
             tenant: tenant.to_owned(),
             key_id,
             schedule_id: None,
+            workflow_id: None,
+            step: None,
+            parents: None,
             job_type: self.job_type,
             status: if run_at.is_some() {
                 JobStatus::Scheduled

@@ -22,9 +22,10 @@ use warren_shared::{
 
 use super::{
     Applied, CallbackStore, Cancelled, ChangeFeed, FireRound, Inserted, JobStore, KeyClaim,
-    KeyStore, ListQuery, OutboxStore, Redriven, ScheduleStore, StoreError, Stores, TypeCount,
+    KeyStore, ListQuery, OutboxStore, Redriven, ScheduleStore, Settled, StepStatuses, StoreError,
+    Stores, TypeCount, WorkflowInserted, WorkflowQuery, WorkflowStore,
 };
-use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule};
+use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule, Workflow};
 
 /// One concern's store behind a deadline.
 pub(super) struct Bounded<S: ?Sized> {
@@ -79,6 +80,11 @@ impl Stores {
             }),
             callbacks: Arc::new(Bounded {
                 inner: self.callbacks,
+                deadline: d,
+                timeouts: t.clone(),
+            }),
+            workflows: Arc::new(Bounded {
+                inner: self.workflows,
                 deadline: d,
                 timeouts: t,
             }),
@@ -424,5 +430,66 @@ impl CallbackStore for Bounded<dyn CallbackStore> {
             inner.count_pending_callbacks().await
         })
         .await
+    }
+}
+
+#[async_trait]
+impl WorkflowStore for Bounded<dyn WorkflowStore> {
+    async fn insert_workflow(
+        &self,
+        workflow: &Workflow,
+        jobs: Vec<Job>,
+        key: Option<KeyClaim>,
+        max_in_flight: Option<u32>,
+    ) -> Result<WorkflowInserted, StoreError> {
+        let (inner, workflow) = (self.inner.clone(), workflow.clone());
+        self.run("insert_workflow", async move {
+            inner
+                .insert_workflow(&workflow, jobs, key, max_in_flight)
+                .await
+        })
+        .await
+    }
+
+    async fn get_workflow(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Workflow, StepStatuses)>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("get_workflow", async move { inner.get_workflow(id).await })
+            .await
+    }
+
+    async fn list_workflows(
+        &self,
+        query: &WorkflowQuery,
+    ) -> Result<Vec<(Workflow, StepStatuses)>, StoreError> {
+        let (inner, query) = (self.inner.clone(), query.clone());
+        self.run("list_workflows", async move {
+            inner.list_workflows(&query).await
+        })
+        .await
+    }
+
+    async fn settle_workflow(&self, id: Uuid) -> Result<Option<Settled>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("settle_workflow", async move {
+            inner.settle_workflow(id).await
+        })
+        .await
+    }
+
+    async fn request_workflow_cancel(&self, id: Uuid) -> Result<Option<Workflow>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("request_workflow_cancel", async move {
+            inner.request_workflow_cancel(id).await
+        })
+        .await
+    }
+
+    async fn unsettled(&self, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("unsettled", async move { inner.unsettled(limit).await })
+            .await
     }
 }

@@ -7,8 +7,10 @@
 //! - [`KeyStore`]: API keys.
 //! - [`ScheduleStore`]: recurring schedules, and firing them.
 //! - [`CallbackStore`]: webhook callbacks due and their delivery attempts.
+//! - [`WorkflowStore`]: workflows, their step jobs, and settling them (releasing and
+//!   cancelling steps under [`crate::model::workflow::plan`]).
 //!
-//! [`Stores`] holds one of each; a backend implements all five, so they share one database
+//! [`Stores`] holds one of each; a backend implements all six, so they share one database
 //! (and one lock, in memory) and writes that span concerns (a fired schedule's job) stay in
 //! one transaction. The rules of the lifecycle (terminal is final, stale events are ignored,
 //! status never moves backwards) live in [`transition`] as pure functions, so both backends
@@ -26,7 +28,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobStatus, JobType};
 
-use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule};
+use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule, Workflow, WorkflowStatus};
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
@@ -77,6 +79,8 @@ pub struct ListQuery {
     pub status: Option<JobStatus>,
     /// Only jobs of this type.
     pub job_type: Option<JobType>,
+    /// Only the step jobs of this workflow.
+    pub workflow: Option<Uuid>,
     /// At most this many jobs.
     pub limit: usize,
     /// Only jobs older than this one (the previous page's last job): ids are time-ordered,
@@ -402,10 +406,103 @@ pub trait CallbackStore: Send + Sync + 'static {
     async fn count_pending_callbacks(&self) -> Result<u64, StoreError>;
 }
 
-/// A backend that keeps every concern (both backends do).
-pub trait Backend: JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore {}
+/// What storing a new workflow found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkflowInserted {
+    /// The workflow, its step jobs and its key are stored.
+    New,
+    /// The key was used before with the same request: this is that request's workflow.
+    Replay(Uuid),
+    /// The key was used before with another request body; nothing was stored.
+    KeyMismatch,
+    /// The submitting key cannot take this many more jobs in flight; nothing was stored.
+    AtCapacity,
+}
 
-impl<T: JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore> Backend for T {}
+/// Each step job's status, by job id.
+pub type StepStatuses = std::collections::HashMap<JobId, JobStatus>;
+
+/// Which workflows `GET /v1/workflows` asks for: newest first, one page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowQuery {
+    /// Only this tenant's (`None`: every tenant's).
+    pub tenant: Option<String>,
+    /// Only workflows with this status.
+    pub status: Option<WorkflowStatus>,
+    /// At most this many.
+    pub limit: usize,
+    /// Only workflows older than this one (the previous page's last).
+    pub before: Option<Uuid>,
+}
+
+/// What settling a workflow did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// The workflow after it.
+    pub workflow: Workflow,
+    /// Steps released now (`queued`, with their parents' results and an outbox mark):
+    /// publish them.
+    pub released: Vec<Job>,
+    /// Steps cancelled now, because a dependency failed or the workflow was cancelled.
+    pub cancelled: Vec<Job>,
+    /// Whether the workflow ended in this settle.
+    pub finished: bool,
+}
+
+/// Workflows and their steps. A step's job is an ordinary job record (with `workflow_id` and
+/// `step`); what this store adds is the workflow record and the settle: the one write that
+/// moves a workflow on after its steps changed.
+///
+/// The settle rule ([`crate::model::workflow::plan`]) reads only state, and a step leaves
+/// `waiting` only under its row lock, so settling twice (two gateways, or again after a
+/// crash) releases nothing twice. Whoever makes a step job finish (applying an event, a
+/// cancel) also marks its workflow unsettled in the same transaction; a gateway that dies
+/// before it settles leaves the mark, and [`WorkflowStore::unsettled`] finds it.
+#[async_trait]
+pub trait WorkflowStore: Send + Sync + 'static {
+    /// Stores a new workflow with its step jobs and idempotency key, in one transaction.
+    /// With `max_in_flight`, refuses when the submitting key's unfinished jobs plus the steps
+    /// would exceed it (a replay is answered whatever the count).
+    async fn insert_workflow(
+        &self,
+        workflow: &Workflow,
+        jobs: Vec<Job>,
+        key: Option<KeyClaim>,
+        max_in_flight: Option<u32>,
+    ) -> Result<WorkflowInserted, StoreError>;
+
+    /// The workflow with this id and its steps' statuses, if any.
+    async fn get_workflow(&self, id: Uuid) -> Result<Option<(Workflow, StepStatuses)>, StoreError>;
+
+    /// One page of workflows, newest first, each with its steps' statuses.
+    async fn list_workflows(
+        &self,
+        query: &WorkflowQuery,
+    ) -> Result<Vec<(Workflow, StepStatuses)>, StoreError>;
+
+    /// Settles workflow `id`: releases the waiting steps whose dependencies all succeeded,
+    /// cancels those that can never run, and records the workflow's status, in one
+    /// transaction. `None` when there is no such workflow.
+    async fn settle_workflow(&self, id: Uuid) -> Result<Option<Settled>, StoreError>;
+
+    /// Records that a client asked to cancel workflow `id` (no step is released after this
+    /// returns); the record after, or `None` when there is none.
+    async fn request_workflow_cancel(&self, id: Uuid) -> Result<Option<Workflow>, StoreError>;
+
+    /// Up to `limit` workflows owed a settle (a step finished since the last complete one).
+    async fn unsettled(&self, limit: usize) -> Result<Vec<Uuid>, StoreError>;
+}
+
+/// A backend that keeps every concern (both backends do).
+pub trait Backend:
+    JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore + WorkflowStore
+{
+}
+
+impl<T: JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore + WorkflowStore> Backend
+    for T
+{
+}
 
 /// One store per concern, as the services take them.
 #[derive(Clone)]
@@ -420,6 +517,8 @@ pub struct Stores {
     pub schedules: Arc<dyn ScheduleStore>,
     /// Webhook callbacks and deliveries.
     pub callbacks: Arc<dyn CallbackStore>,
+    /// Workflows.
+    pub workflows: Arc<dyn WorkflowStore>,
 }
 
 impl Stores {
@@ -437,7 +536,8 @@ impl<B: Backend> From<Arc<B>> for Stores {
             outbox: backend.clone(),
             keys: backend.clone(),
             schedules: backend.clone(),
-            callbacks: backend,
+            callbacks: backend.clone(),
+            workflows: backend,
         }
     }
 }

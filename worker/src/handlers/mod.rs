@@ -22,9 +22,13 @@ pub fn register(builder: WorkerBuilder) -> WorkerBuilder {
         .handler("user.get", get_user)
 }
 
-/// `echo`: answers with its payload.
+/// `echo`: answers with its payload; a workflow step with dependencies answers
+/// `{"payload": …, "parents": {"<step>": <its result>, …}}`.
 pub async fn echo(context: JobContext) -> HandlerResult {
-    Ok(context.payload)
+    Ok(match context.parents {
+        Some(parents) => json!({"payload": context.payload, "parents": parents}),
+        None => context.payload,
+    })
 }
 
 #[derive(Deserialize)]

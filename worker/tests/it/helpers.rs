@@ -94,6 +94,7 @@ impl Broker {
             max_attempts: 1,
             timeout_ms,
             created_at: Utc::now(),
+            parents: None,
         }
     }
 

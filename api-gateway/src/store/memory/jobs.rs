@@ -101,6 +101,7 @@ impl JobStore for MemoryStore {
             .filter(|job| query.tenant.as_ref().is_none_or(|t| &job.tenant == t))
             .filter(|job| query.status.is_none_or(|status| job.status == status))
             .filter(|job| query.job_type.as_ref().is_none_or(|t| &job.job_type == t))
+            .filter(|job| query.workflow.is_none_or(|w| job.workflow_id == Some(w)))
             .take(query.limit)
             .map(|job| Job::clone(job))
             .collect())
@@ -126,9 +127,23 @@ impl JobStore for MemoryStore {
     ) -> Result<u64, StoreError> {
         let mut inner = self.inner();
         let before = inner.jobs.len();
-        inner.jobs.retain(|_, job| {
-            !(job.status.is_terminal() && job.finished_at.is_some_and(|at| at < jobs_before))
+        let Inner {
+            jobs,
+            workflows,
+            ..
+        } = &mut *inner;
+        // A running workflow's finished steps stay (its settle reads them); a finished
+        // workflow goes with the same age rule.
+        jobs.retain(|_, job| {
+            let old = job.status.is_terminal() && job.finished_at.is_some_and(|at| at < jobs_before);
+            let running_workflow = job.workflow_id.is_some_and(|id| {
+                workflows
+                    .get(&id)
+                    .is_some_and(|entry| !entry.workflow.status.is_terminal())
+            });
+            !old || running_workflow
         });
+        workflows.retain(|_, entry| entry.workflow.finished_at.is_none_or(|at| at >= jobs_before));
         let Inner {
             jobs,
             unconfirmed,

@@ -6,7 +6,8 @@
 
 //!
 //! Each store trait is implemented in the file named for its concern: [`jobs`], [`outbox`],
-//! [`keys`], [`schedules`], [`callbacks`]; [`records`] keeps the indexes true on every change.
+//! [`keys`], [`schedules`], [`callbacks`], [`workflows`]; [`records`] keeps the indexes true on
+//! every change.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -24,6 +25,7 @@ mod keys;
 mod outbox;
 mod records;
 mod schedules;
+mod workflows;
 
 use records::Key;
 
@@ -53,6 +55,8 @@ struct Inner {
     in_flight: HashMap<Uuid, HashSet<JobId>>,
     /// API keys, oldest first (ids are UUIDv7).
     api_keys: BTreeMap<Uuid, ApiKey>,
+    /// Workflows, oldest first (ids are UUIDv7).
+    workflows: BTreeMap<Uuid, workflows::Entry>,
 }
 
 impl MemoryStore {

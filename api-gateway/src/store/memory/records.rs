@@ -1,5 +1,6 @@
 //! The memory store's records and their indexes: storing a record with its idempotency key,
-//! and keeping the outbox, scheduled, callback and in-flight indexes true on every change.
+//! and keeping the outbox, scheduled, callback and in-flight indexes true on every change (and
+//! a finished workflow step's workflow marked owed a settle).
 
 use std::collections::HashSet;
 
@@ -49,9 +50,14 @@ impl Inner {
         change: impl FnOnce(&mut Job) -> T,
     ) -> Option<T> {
         let job = self.jobs.get_mut(&id)?;
+        let was_terminal = job.status.is_terminal();
         let outcome = change(job);
         let marks = Marks::of(job);
+        let finished_step = job.workflow_id.filter(|_| !was_terminal && job.status.is_terminal());
         self.index(id, marks);
+        if let Some(workflow) = finished_step {
+            self.mark_workflow(workflow);
+        }
         Some(outcome)
     }
 

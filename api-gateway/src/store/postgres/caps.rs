@@ -17,9 +17,9 @@ use crate::model::Job;
 const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock($1)";
 /// The key's unfinished jobs (the partial index `warren_jobs_key_in_flight` answers it).
 const COUNT_IN_FLIGHT: &str = "SELECT count(*) FROM warren_jobs WHERE key_id = $1
-    AND status IN ('scheduled', 'queued', 'running', 'retrying')";
-const SELECT_CLAIM: &str = "SELECT request_hash, job_id FROM warren_idempotency WHERE key = $1";
-const INSERT_CLAIM: &str = "INSERT INTO warren_idempotency (key, request_hash, job_id, created_at)
+    AND status IN ('waiting', 'scheduled', 'queued', 'running', 'retrying')";
+pub(super) const SELECT_CLAIM: &str = "SELECT request_hash, job_id FROM warren_idempotency WHERE key = $1";
+pub(super) const INSERT_CLAIM: &str = "INSERT INTO warren_idempotency (key, request_hash, job_id, created_at)
     VALUES ($1, $2, $3, now()) ON CONFLICT (key) DO NOTHING";
 
 /// The advisory lock's key for API key `id`: its last 8 bytes (random in a UUIDv7). Two keys
@@ -105,6 +105,18 @@ async fn count_reaches(
     key: Uuid,
     max: u32,
 ) -> Result<bool, StoreError> {
-    let in_flight: i64 = tx.query_one(COUNT_IN_FLIGHT, &[&key]).await?.get(0);
-    Ok(in_flight >= i64::from(max))
+    Ok(in_flight(tx, key).await? >= i64::from(max))
+}
+
+/// Takes API key `key`'s advisory lock in `tx` and counts its unfinished jobs.
+pub(super) async fn lock_and_count(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: Uuid,
+) -> Result<i64, StoreError> {
+    tx.execute(LOCK_KEY, &[&lock_of(key)]).await?;
+    in_flight(tx, key).await
+}
+
+async fn in_flight(tx: &deadpool_postgres::Transaction<'_>, key: Uuid) -> Result<i64, StoreError> {
+    Ok(tx.query_one(COUNT_IN_FLIGHT, &[&key]).await?.get(0))
 }

@@ -98,9 +98,9 @@ impl JobStore for PostgresStore {
         let before = query.before.map(|id| id.as_uuid());
         let limit = saturating_i64(query.limit);
         let tenant = query.tenant.as_deref();
-        let rows = client
-            .query(&statement, &[&status, &job_type, &before, &limit, &tenant])
-            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+            [&status, &job_type, &before, &limit, &tenant, &query.workflow];
+        let rows = client.query(&statement, &params).await?;
         rows.iter().map(rows::from_row).collect()
     }
 
@@ -145,10 +145,20 @@ impl JobStore for PostgresStore {
         keys_before: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
+        // A running workflow's finished steps stay: its settle reads their statuses and its
+        // waiting steps their results. A finished workflow goes with the same age rule.
         let purged = client
             .execute(
                 "DELETE FROM warren_jobs
-                 WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1",
+                 WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_at < $1
+                   AND (workflow_id IS NULL OR workflow_id NOT IN (
+                        SELECT id FROM warren_workflows WHERE status = 'running'))",
+                &[&jobs_before],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM warren_workflows WHERE finished_at < $1",
                 &[&jobs_before],
             )
             .await?;

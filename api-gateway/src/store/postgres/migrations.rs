@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../migrations/0006_tenants.sql")),
     (7, include_str!("../migrations/0007_error_history.sql")),
     (8, include_str!("../migrations/0008_schedule_id.sql")),
+    (9, include_str!("../migrations/0009_workflows.sql")),
 ];
 /// The advisory lock that serialises migrations ("WARREN" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5741_5252_454e;

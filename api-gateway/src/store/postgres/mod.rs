@@ -12,7 +12,8 @@
 //! - **Errors say what to do** ([`errors`]): retry later, a conflict, or a bug.
 //!
 //! Each store trait is implemented in the file named for its concern: [`jobs`], [`outbox`],
-//! [`keys`] (with [`caps`], the per-key in-flight cap), [`schedules`], [`callbacks`].
+//! [`keys`] (with [`caps`], the per-key in-flight cap), [`schedules`], [`callbacks`],
+//! [`workflows`].
 //!
 //! Migrations run at start, in one transaction under an advisory lock, so gateways starting
 //! together apply each migration once.
@@ -29,6 +30,7 @@ mod outbox;
 mod rows;
 mod schedules;
 mod tls;
+mod workflows;
 mod writes;
 
 use std::time::Duration;

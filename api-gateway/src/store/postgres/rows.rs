@@ -16,7 +16,7 @@ macro_rules! columns {
         "id, job_type, status, attempt, max_attempts, attempt_budget, progress, result, error, \
          payload, timeout_ms, callback_url, seq, version, created_at, updated_at, \
          next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback, callback_due, \
-         tenant, key_id, errors, schedule_id"
+         tenant, key_id, errors, schedule_id, workflow_id, step, parents"
     };
 }
 
@@ -35,13 +35,21 @@ pub(super) const LOCK_MANY: &str = concat!(
     columns!(),
     " FROM warren_jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
 );
+/// The step records a workflow's settle changes: only `waiting` ones, locked, skipping any
+/// another transaction holds (see [`super::workflows`]).
+pub(super) const LOCK_WAITING: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM warren_jobs WHERE id = ANY($1) AND status = 'waiting'
+     ORDER BY id FOR UPDATE SKIP LOCKED"
+);
 /// A page of the list, newest first.
 pub(super) const LIST: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM warren_jobs WHERE ($1::text IS NULL OR status = $1)
        AND ($2::text IS NULL OR job_type = $2) AND ($3::uuid IS NULL OR id < $3)
-       AND ($5::text IS NULL OR tenant = $5)
+       AND ($5::text IS NULL OR tenant = $5) AND ($6::uuid IS NULL OR workflow_id = $6)
      ORDER BY id DESC LIMIT $4"
 );
 /// Claims unconfirmed records for the relay, skipping rows another gateway has locked.
@@ -79,11 +87,11 @@ pub(super) const INSERT: &str = concat!(
         $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
         $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
         $21::timestamptz[], $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[],
-        $26::jsonb[], $27::uuid[])
+        $26::jsonb[], $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
 /// Writes back every column a change can touch, for many records. Binds the same arrays as
-/// [`INSERT`] (all twenty-seven), so there is one parameter list; the columns a change never
+/// [`INSERT`] (all thirty), so there is one parameter list; the columns a change never
 /// touches (type, payload, tenant, key, …) are not written.
 pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
@@ -91,17 +99,17 @@ pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         updated_at = u.updated_at, next_attempt_at = u.next_attempt_at,
         started_at = u.started_at, finished_at = u.finished_at,
         unconfirmed_since = u.unconfirmed_since, run_at = u.run_at, callback = u.callback,
-        callback_due = u.callback_due, errors = u.errors
+        callback_due = u.callback_due, errors = u.errors, parents = u.parents
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[],
         $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[], $12::text[],
         $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
         $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
         $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[], $26::jsonb[],
-        $27::uuid[])
+        $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[])
         AS u(id, job_type, status, attempt, max_attempts, attempt_budget, progress, result,
              error, payload, timeout_ms, callback_url, seq, version, created_at, updated_at,
              next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback,
-             callback_due, tenant, key_id, errors, schedule_id)
+             callback_due, tenant, key_id, errors, schedule_id, workflow_id, step, parents)
     WHERE j.id = u.id";
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
@@ -143,6 +151,9 @@ pub(super) struct Columns<'a> {
     key_id: Vec<Option<Uuid>>,
     schedule_id: Vec<Option<Uuid>>,
     errors: Vec<Option<Json<&'a [AttemptError]>>>,
+    workflow_id: Vec<Option<Uuid>>,
+    step: Vec<Option<&'a str>>,
+    parents: Vec<Option<Json<&'a RawValue>>>,
 }
 
 impl<'a> Columns<'a> {
@@ -177,6 +188,9 @@ impl<'a> Columns<'a> {
             key_id: Vec::with_capacity(n),
             schedule_id: Vec::with_capacity(n),
             errors: Vec::with_capacity(n),
+            workflow_id: Vec::with_capacity(n),
+            step: Vec::with_capacity(n),
+            parents: Vec::with_capacity(n),
         };
         for job in jobs {
             columns.id.push(job.id.as_uuid());
@@ -212,12 +226,17 @@ impl<'a> Columns<'a> {
             columns
                 .errors
                 .push((!job.errors.is_empty()).then_some(Json(job.errors.as_slice())));
+            columns.workflow_id.push(job.workflow_id);
+            columns.step.push(job.step.as_deref());
+            columns
+                .parents
+                .push(job.parents.as_ref().map(|p| Json(p.as_raw())));
         }
         columns
     }
 
     /// The parameters of [`INSERT`] and [`UPDATE`].
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 27] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 30] {
         [
             &self.id,
             &self.job_type,
@@ -246,6 +265,9 @@ impl<'a> Columns<'a> {
             &self.key_id,
             &self.errors,
             &self.schedule_id,
+            &self.workflow_id,
+            &self.step,
+            &self.parents,
         ]
     }
 }
@@ -303,6 +325,9 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
         tenant: get!("tenant"),
         key_id: get!("key_id"),
         schedule_id: get!("schedule_id"),
+        workflow_id: get!("workflow_id"),
+        step: get!("step"),
+        parents: raw("parents")?,
         errors: errors.map(|Json(errors)| errors).unwrap_or_default(),
     })
 }

@@ -1,5 +1,6 @@
 //! The store's multi-row writes: applying worker events, releasing due scheduled jobs and
-//! single-record changes, each as one transaction that also announces the changed ids.
+//! single-record changes, each as one transaction that also announces the changed ids and
+//! marks the workflows of finished steps owed a settle.
 
 use std::collections::HashMap;
 
@@ -12,6 +13,7 @@ use warren_shared::{JobEvent, JobId};
 use super::{
     super::{Applied, Job, StoreError, transition},
     PostgresStore, caps, changes,
+    workflows,
     rows::{self, Columns, from_row},
     saturating_i64,
 };
@@ -72,16 +74,34 @@ impl PostgresStore {
         let update = client.prepare_cached(rows::UPDATE).await?;
         let notify = client.prepare_cached(changes::NOTIFY).await?;
         let columns = Columns::of(changed.iter().copied());
-        let ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
+        // Finished workflow steps mark their workflows owed a settle, in this transaction.
+        let workflows = workflows::to_mark(changed.iter().copied());
+        let mut ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
+        ids.extend(workflows.iter().copied().map(JobId::from));
         let payloads = changes::payloads(&self.origin, &ids);
         let update_params = columns.params();
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
-        let (updated, notified, committed) = tokio::join!(
+        if workflows.is_empty() {
+            let (updated, notified, committed) = tokio::join!(
+                client.execute(&update, &update_params),
+                client.execute(&notify, &notify_params),
+                client.batch_execute("COMMIT")
+            );
+            updated?;
+            notified?;
+            committed?;
+            return Ok(());
+        }
+        let mark = client.prepare_cached(workflows::MARK).await?;
+        let mark_params: [&(dyn ToSql + Sync); 1] = [&workflows];
+        let (updated, marked, notified, committed) = tokio::join!(
             client.execute(&update, &update_params),
+            client.execute(&mark, &mark_params),
             client.execute(&notify, &notify_params),
             client.batch_execute("COMMIT")
         );
         updated?;
+        marked?;
         notified?;
         committed?;
         Ok(())
@@ -156,7 +176,13 @@ impl PostgresStore {
             let statement = tx.prepare_cached(rows::UPDATE).await?;
             tx.execute(&statement, &Columns::of([&job].into_iter()).params())
                 .await?;
-            changes::notify(&tx, &self.channel, &self.origin, &[job.id]).await?;
+            let mut ids = vec![job.id];
+            let workflows = workflows::to_mark([&job]);
+            if !workflows.is_empty() {
+                tx.execute(workflows::MARK, &[&workflows]).await?;
+                ids.extend(workflows.iter().copied().map(JobId::from));
+            }
+            changes::notify(&tx, &self.channel, &self.origin, &ids).await?;
         }
         tx.commit().await?;
         Ok(Modified::Done(Box::new(job), outcome))

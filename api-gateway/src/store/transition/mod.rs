@@ -10,10 +10,14 @@
 //! 4. within an attempt, a `seq` at or below the last applied one is stale or a duplicate, and
 //!    a status of lower rank (e.g. `running` after `retrying`) would move backwards.
 
-use chrono::Utc;
-use warren_shared::{ErrorKind, JobError, JobEvent, JobStatus};
+use std::collections::HashMap;
 
-use crate::model::{AttemptError, Callback, Job, MAX_ERRORS, RawJson};
+use chrono::{DateTime, Utc};
+use warren_shared::{ErrorKind, JobError, JobEvent, JobId, JobStatus};
+
+use crate::model::{
+    AttemptError, Callback, Job, MAX_ERRORS, Plan, RawJson, Workflow, WorkflowStatus,
+};
 
 /// Why an event was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,10 +188,112 @@ pub fn release(job: &mut Job, now: chrono::DateTime<Utc>) -> bool {
     true
 }
 
+/// What [`settle`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SettleOutcome {
+    /// Steps now `queued`, to publish.
+    pub released: Vec<JobId>,
+    /// Steps now `cancelled`.
+    pub cancelled: Vec<JobId>,
+    /// Whether every step the plan named was still `waiting` and changed; if not (another
+    /// writer held one), the workflow's status was left alone and it stays owed a settle.
+    pub complete: bool,
+    /// Whether the workflow ended now.
+    pub finished: bool,
+}
+
+/// Applies `plan` to `workflow` and to its step jobs it names (`steps`: those records, by id,
+/// as locked by the store; `results`: the results of every released step's dependencies):
+/// a released step becomes `queued` with its dependencies' results as `parents` and an outbox
+/// mark, so it is published (now by the settler, or by the relay if that dies first); a
+/// doomed one becomes `cancelled`. Only `waiting` steps change, so a step is released once
+/// however often this runs. When every named step changed, the workflow takes the plan's
+/// status.
+pub fn settle(
+    workflow: &mut Workflow,
+    plan: &Plan,
+    steps: &mut HashMap<JobId, Job>,
+    results: &HashMap<JobId, Option<RawJson>>,
+    now: DateTime<Utc>,
+) -> SettleOutcome {
+    let mut outcome = SettleOutcome {
+        complete: true,
+        ..SettleOutcome::default()
+    };
+    for &i in &plan.release {
+        let Some(step) = workflow.steps.get(i) else {
+            continue;
+        };
+        let parents = workflow.parents(i, results);
+        let released = steps
+            .get_mut(&step.job_id)
+            .is_some_and(|job| release_step(job, parents, now));
+        if released {
+            outcome.released.push(step.job_id);
+        } else {
+            outcome.complete = false;
+        }
+    }
+    let reason = if workflow.cancel_requested {
+        "the workflow was cancelled"
+    } else {
+        "a step it depends on did not succeed, so it can never run"
+    };
+    for &i in &plan.cancel {
+        let Some(step) = workflow.steps.get(i) else {
+            continue;
+        };
+        match steps.get_mut(&step.job_id) {
+            Some(job) if job.status == JobStatus::Waiting => {
+                let error = JobError::new(ErrorKind::Cancelled, reason);
+                finish(job, JobStatus::Cancelled, Some(error));
+                outcome.cancelled.push(job.id);
+            }
+            _ => outcome.complete = false,
+        }
+    }
+    if outcome.complete {
+        outcome.finished = conclude(workflow, plan.status, now);
+    }
+    outcome
+}
+
+/// Releases a `waiting` workflow step: `queued`, with `parents` and an outbox mark. Returns
+/// whether the record changed.
+pub fn release_step(job: &mut Job, parents: RawJson, now: DateTime<Utc>) -> bool {
+    if job.status != JobStatus::Waiting {
+        return false;
+    }
+    job.status = JobStatus::Queued;
+    job.parents = Some(parents);
+    job.unconfirmed_since = Some(now);
+    job.updated_at = now;
+    job.version += 1;
+    true
+}
+
+/// Gives a running workflow the status its steps say; a terminal status is final. Returns
+/// whether it ended now.
+pub fn conclude(workflow: &mut Workflow, status: WorkflowStatus, now: DateTime<Utc>) -> bool {
+    if workflow.status.is_terminal() || status == workflow.status {
+        return false;
+    }
+    workflow.status = status;
+    workflow.updated_at = now;
+    workflow.version += 1;
+    if status.is_terminal() {
+        workflow.finished_at = Some(now);
+        return true;
+    }
+    false
+}
+
 /// Re-drives a `failed` job: `queued` again with the next attempt number and a fresh budget
 /// of attempts. Returns whether the record changed (only failed jobs can be re-driven).
 pub fn redrive(job: &mut Job) -> bool {
-    if job.status != JobStatus::Failed {
+    // A workflow's failed step has had its dependents cancelled: running it again alone
+    // would leave them cancelled, so the workflow is what a client runs again.
+    if job.status != JobStatus::Failed || job.workflow_id.is_some() {
         return false;
     }
     job.attempt += 1;
