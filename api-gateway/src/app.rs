@@ -22,6 +22,7 @@ use crate::{
     store::{PostgresStore, StoreError, Stores},
     watch::Watchers,
     webhooks::{CallbackPolicy, deliverer::Deliverer},
+    workflows::{self, WorkflowService},
 };
 
 /// Connections the gateway keeps to RabbitMQ (the publisher and the events consumer share
@@ -143,6 +144,12 @@ impl Application {
             policy,
         );
         let state = AppState {
+            workflows: WorkflowService::new(
+                &stores,
+                jobs.clone(),
+                publisher.clone(),
+                metrics.clone(),
+            ),
             schedules: ScheduleService::new(stores.schedules.clone(), jobs.clone()),
             keys: KeyService::new(stores.keys.clone(), auth.clone()),
             queues: QueueService::new(stores.jobs.clone(), publisher.clone()),
@@ -208,8 +215,12 @@ impl Application {
                 pool.clone(),
                 topology,
                 store.clone(),
-                watchers.clone(),
+                state.workflows.clone(),
                 state.metrics.clone(),
+                stop_consumer.clone(),
+            )),
+            tokio::spawn(workflows::sweeper::run(
+                state.workflows.clone(),
                 stop_consumer.clone(),
             )),
             tokio::spawn(jobs::wake::run(

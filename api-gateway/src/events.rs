@@ -7,6 +7,11 @@
 //! from the store's change feed (see [`crate::jobs::wake`]). A waiter is therefore only ever
 //! woken with what the store already has.
 //!
+//! A step of a workflow that finished has its workflow settled right after the batch is
+//! acked (its dependents released or cancelled, see [`crate::workflows`]); a gateway that
+//! dies in between leaves the workflow marked owed a settle, and some gateway's sweeper
+//! settles it.
+//!
 //! A malformed event is rejected without requeue (the queue dead-letters it to `<ns>.dead`).
 //! When the store fails, the consumer stops and its unacked events return to the queue; it
 //! reconnects with backoff, so events wait in RabbitMQ until the store is back.
@@ -27,9 +32,11 @@ use warren_shared::{
 };
 
 use crate::{
+    fault,
     metrics::GatewayMetrics,
     store::{Applied, JobStore, StoreError},
     watch::Watchers,
+    workflows::WorkflowService,
 };
 
 /// Events fetched ahead of the store (and the largest batch).
@@ -65,13 +72,15 @@ pub async fn run(
     pool: Pool,
     topology: Topology,
     store: Arc<dyn JobStore>,
-    watchers: Arc<Watchers>,
+    workflows: WorkflowService,
     metrics: Arc<GatewayMetrics>,
     stop: CancellationToken,
 ) {
+    let watchers = workflows.watchers().clone();
     let consumer = Consumer {
         store: store.as_ref(),
         watchers: &watchers,
+        workflows: &workflows,
         metrics: &metrics,
     };
     amqp::reconnecting("events consumer", &stop, || {
@@ -84,6 +93,7 @@ pub async fn run(
 struct Consumer<'a> {
     store: &'a dyn JobStore,
     watchers: &'a Watchers,
+    workflows: &'a WorkflowService,
     metrics: &'a GatewayMetrics,
 }
 
@@ -152,12 +162,18 @@ async fn handle_batch(consumer: &Consumer<'_>, batch: Vec<Delivery>) -> Result<(
             }
         }
     }
+    let mut finished_steps = Vec::new();
     if !events.is_empty() {
         let outcomes = consumer.store.apply_events(&events).await?;
         for (event, outcome) in events.iter().zip(outcomes) {
             log_outcome(event, &outcome);
             consumer.metrics.event_applied(&outcome);
             if let Applied::Updated(job) = outcome {
+                if job.status.is_terminal()
+                    && let Some(workflow) = job.workflow_id
+                {
+                    finished_steps.push(workflow);
+                }
                 consumer.watchers.publish(*job);
             }
         }
@@ -166,6 +182,12 @@ async fn handle_batch(consumer: &Consumer<'_>, batch: Vec<Delivery>) -> Result<(
         // Deliveries on this channel are settled in order: acking the last valid one with
         // `multiple` acks every earlier one not settled yet (rejected ones already are).
         last.acker.ack(BasicAckOptions { multiple: true }).await?;
+    }
+    if !finished_steps.is_empty() {
+        // The worst place to die: the outcomes are stored and acked, the dependents not yet
+        // released. The store marked the workflows owed a settle; a sweeper finishes it.
+        fault::pause_point("after_step_outcome").await;
+        consumer.workflows.settle_after(finished_steps).await;
     }
     Ok(())
 }

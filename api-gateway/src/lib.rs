@@ -7,8 +7,9 @@
 //! Layers import one way, from the bottom up (`scripts/import-graph.sh` checks it in CI):
 //!
 //! 1. [`model`]: the domain types and their pure rules (job, job spec and its validation,
-//!    schedule, API key, callback and delivery). Imports nothing else from the crate.
-//! 2. [`store`]: one trait per concern (jobs, outbox, keys, schedules, callbacks), each
+//!    schedule, workflow and its settle rule, API key, callback and delivery). Imports nothing
+//!    else from the crate.
+//! 2. [`store`]: one trait per concern (jobs, outbox, keys, schedules, callbacks, workflows), each
 //!    implemented by the memory and PostgreSQL backends, and the shared transition rules.
 //! 3. Parts the services use: [`metrics`] (the Prometheus series), [`watch`] (the registry
 //!    that wakes requests waiting on a job), [`publisher`] (the confirmed publish), [`auth`]
@@ -16,8 +17,9 @@
 //!    tests, debug builds only).
 //! 4. Services, which own the use cases: [`jobs`] (submit, accept with the outbox,
 //!    idempotency, cancel, re-drive, waiting; the outbox relay, the scheduler and the change
-//!    feed), [`schedules`], [`keys`], [`queues`], [`webhooks`] (the deliverer), [`events`]
-//!    (the consumer that applies worker events), [`retention`].
+//!    feed), [`workflows`] (submit, settle, cancel, the sweeper), [`schedules`], [`keys`],
+//!    [`queues`], [`webhooks`] (the deliverer), [`events`] (the consumer that applies worker
+//!    events and settles the workflows of finished steps), [`retention`].
 //! 5. [`http`]: the router, handlers and problem+json errors, over an [`state::AppState`]
 //!    of services.
 //! 6. [`app`]: startup ([`Application::build`]), serving and graceful shutdown; [`config`]:
@@ -42,6 +44,7 @@ pub mod state;
 pub mod store;
 pub mod watch;
 pub mod webhooks;
+pub mod workflows;
 
 pub use app::Application;
 pub use config::GatewayConfig;

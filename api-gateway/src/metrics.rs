@@ -11,6 +11,10 @@
 //!   `warren_webhook_delivery_lag_seconds` (job finished → delivered) and
 //!   `warren_webhook_pending`: webhook attempts by what they led to (`delivered`, `pending`
 //!   i.e. retried later, `given_up`);
+//! - `warren_workflows_submitted_total`, `warren_workflow_steps_submitted_total`,
+//!   `warren_workflows_finished_total{reason}` (the terminal status) and
+//!   `warren_workflow_settles_total{reason}` (`after_step`, `swept`: owed by a gateway that
+//!   died or failed to settle);
 //! - `warren_store_timeouts_total{operation}`: store calls that missed `WARREN_STORE_TIMEOUT`;
 //! - `warren_http_requests_total{route,method,status}` and
 //!   `warren_http_request_duration_seconds{route}`.
@@ -106,6 +110,14 @@ pub struct GatewayMetrics {
     pub webhook_lag: Histogram,
     /// Callbacks waiting for delivery (read from the store every few seconds).
     pub webhook_pending: Gauge,
+    /// Workflows accepted.
+    pub workflows_submitted: Counter,
+    /// Steps of accepted workflows.
+    pub workflow_steps: Counter,
+    /// Workflows that ended, by status.
+    pub workflows_finished: Family<ReasonLabels, Counter>,
+    /// Workflow settles by what led to them.
+    pub workflow_settles: Family<ReasonLabels, Counter>,
     /// Store calls that missed `WARREN_STORE_TIMEOUT`, by operation.
     pub store_timeouts: Family<OperationLabels, Counter>,
     /// Requests by route, method and status.
@@ -131,6 +143,10 @@ impl Default for GatewayMetrics {
             webhook_attempt: duration_histogram(),
             webhook_lag: duration_histogram(),
             webhook_pending: Gauge::default(),
+            workflows_submitted: Counter::default(),
+            workflow_steps: Counter::default(),
+            workflows_finished: Family::default(),
+            workflow_settles: Family::default(),
             store_timeouts: Family::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
@@ -207,6 +223,26 @@ impl Default for GatewayMetrics {
             metrics.webhook_pending.clone(),
         );
         registry.register(
+            "workflows_submitted",
+            "Workflows accepted",
+            metrics.workflows_submitted.clone(),
+        );
+        registry.register(
+            "workflow_steps_submitted",
+            "Steps of accepted workflows (each a job)",
+            metrics.workflow_steps.clone(),
+        );
+        registry.register(
+            "workflows_finished",
+            "Workflows that ended, by status (reason): succeeded, failed or cancelled",
+            metrics.workflows_finished.clone(),
+        );
+        registry.register(
+            "workflow_settles",
+            "Workflow settles by cause (reason): after_step (a step finished here) or swept (owed by a gateway that died or could not settle)",
+            metrics.workflow_settles.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
             metrics.http_requests.clone(),
@@ -267,6 +303,29 @@ impl GatewayMetrics {
         {
             self.webhook_lag.observe(lag.as_secs_f64());
         }
+    }
+
+    /// Counts an accepted workflow of `steps` steps.
+    pub fn workflow_submitted(&self, steps: usize) {
+        self.workflows_submitted.inc();
+        self.workflow_steps
+            .inc_by(u64::try_from(steps).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a workflow that ended with `status`.
+    pub fn workflow_finished(&self, status: crate::model::WorkflowStatus) {
+        let labels = ReasonLabels {
+            reason: status.as_str().to_owned(),
+        };
+        self.workflows_finished.get_or_create(&labels).inc();
+    }
+
+    /// Counts a settle caused by `cause` (`after_step`, `swept`, `cancel`, `submit`).
+    pub fn workflow_settled(&self, cause: &'static str) {
+        let labels = ReasonLabels {
+            reason: cause.to_owned(),
+        };
+        self.workflow_settles.get_or_create(&labels).inc();
     }
 
     /// Counts a job the outbox relay published.

@@ -11,6 +11,7 @@ use warren_shared::readiness::ReadyFlag;
 use crate::{
     auth::Authenticator, jobs::JobService, keys::KeyService, metrics::GatewayMetrics,
     model::SpecLimits, publisher::Publisher, queues::QueueService, schedules::ScheduleService,
+    workflows::WorkflowService,
 };
 
 /// What every handler can reach.
@@ -18,6 +19,8 @@ use crate::{
 pub struct AppState {
     /// Submits, reads, lists, cancels, re-drives and waits on jobs.
     pub jobs: JobService,
+    /// Submits, settles, cancels, reads and waits on workflows.
+    pub workflows: WorkflowService,
     /// Recurring schedules.
     pub schedules: ScheduleService,
     /// API keys.

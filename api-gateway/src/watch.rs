@@ -1,5 +1,8 @@
 //! Waking requests that wait on a job: synchronous submits, long polls and event streams.
 //!
+//! Workflows are watched the same way, by workflow id ([`Watchers::subscribe_workflow`]): any
+//! change to one of its steps, or to the workflow itself, wakes its waiters, who re-read it.
+//!
 //! A request subscribes to a job id, then reads the store; whatever changes the job after
 //! that (this gateway's events consumer, cancel or re-drive, or the store's change feed for
 //! other gateways' changes, see [`crate::jobs::wake`]) hands the new snapshot to its
@@ -26,6 +29,8 @@ pub struct Watchers {
     /// Woken when a job that owes a webhook delivery changes here (see
     /// [`crate::webhooks::deliverer`]).
     callbacks: tokio::sync::Notify,
+    /// Waiters on workflows: a tick per change, after which they re-read the store.
+    workflows: Mutex<HashMap<uuid::Uuid, broadcast::Sender<()>>>,
 }
 
 impl Watchers {
@@ -53,10 +58,51 @@ impl Watchers {
         self.senders().contains_key(&id)
     }
 
-    /// Hands a new snapshot to everyone waiting on its job.
+    fn workflow_senders(&self) -> MutexGuard<'_, HashMap<uuid::Uuid, broadcast::Sender<()>>> {
+        // As for `senders`: single map operations only.
+        self.workflows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts hearing of changes to workflow `id` (and its steps).
+    pub fn subscribe_workflow(self: &Arc<Self>, id: uuid::Uuid) -> WorkflowSubscription {
+        let receiver = self
+            .workflow_senders()
+            .entry(id)
+            .or_insert_with(|| broadcast::channel(BUFFER).0)
+            .subscribe();
+        WorkflowSubscription {
+            id,
+            receiver,
+            watchers: Arc::clone(self),
+        }
+    }
+
+    /// Whether anyone waits on workflow `id`.
+    pub fn is_watched_workflow(&self, id: uuid::Uuid) -> bool {
+        self.workflow_senders().contains_key(&id)
+    }
+
+    /// Wakes everyone waiting on workflow `id`.
+    pub fn publish_workflow(&self, id: uuid::Uuid) {
+        if let Some(sender) = self.workflow_senders().get(&id) {
+            let _ = sender.send(());
+        }
+    }
+
+    /// The ids of every watched workflow.
+    pub fn watched_workflows(&self) -> Vec<uuid::Uuid> {
+        self.workflow_senders().keys().copied().collect()
+    }
+
+    /// Hands a new snapshot to everyone waiting on its job (and wakes its workflow's waiters).
     pub fn publish(&self, job: Job) {
         if job.callback.as_ref().is_some_and(|c| c.due_at().is_some()) {
             self.callbacks.notify_one();
+        }
+        if let Some(workflow) = job.workflow_id {
+            self.publish_workflow(workflow);
         }
         if let Some(sender) = self.senders().get(&job.id) {
             // An error only means every subscriber has just gone.
@@ -127,6 +173,34 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let mut senders = self.watchers.senders();
         // This subscription's receiver is still alive here, so it counts as one.
+        if senders
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            senders.remove(&self.id);
+        }
+    }
+}
+
+/// One waiter's ticks for one workflow; unsubscribes on drop.
+#[derive(Debug)]
+pub struct WorkflowSubscription {
+    id: uuid::Uuid,
+    receiver: broadcast::Receiver<()>,
+    watchers: Arc<Watchers>,
+}
+
+impl WorkflowSubscription {
+    /// Resolves at the next change (or a missed one): re-read the workflow then.
+    pub async fn changed(&mut self) {
+        // `Lagged` means changes were missed: re-reading covers them as well.
+        let _ = self.receiver.recv().await;
+    }
+}
+
+impl Drop for WorkflowSubscription {
+    fn drop(&mut self) {
+        let mut senders = self.watchers.workflow_senders();
         if senders
             .get(&self.id)
             .is_some_and(|sender| sender.receiver_count() <= 1)

@@ -18,6 +18,7 @@ pub mod queues;
 pub mod schedules;
 pub mod stream;
 pub mod ui;
+pub mod workflows;
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(jobs::retry))
         .routes(routes!(stream::events))
         .routes(routes!(callbacks::deliveries))
+        .routes(routes!(workflows::submit, workflows::list))
+        .routes(routes!(workflows::get))
+        .routes(routes!(workflows::cancel))
+        .routes(routes!(workflows::events))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
         .routes(routes!(queues::overview))

@@ -22,6 +22,7 @@ use crate::model::SpecLimits;
     ),
     tags(
         (name = "jobs", description = "Submitting and following jobs"),
+        (name = "workflows", description = "Steps that depend on one another: batches, chains, fan-out and fan-in"),
         (name = "article", description = "The article's example routes"),
         (name = "schedules", description = "Recurring jobs"),
         (name = "keys", description = "API keys for tenants (the admin right)"),

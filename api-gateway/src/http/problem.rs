@@ -17,7 +17,7 @@ use warren_shared::{
 
 use crate::{
     jobs::JobsError, keys::KeysError, model::SpecError, schedules::SchedulesError,
-    store::StoreError,
+    store::StoreError, workflows::WorkflowsError,
 };
 
 /// An error answer (RFC 9457 problem details), `application/problem+json`: the body every
@@ -348,9 +348,9 @@ impl From<JobsError> for ApiError {
     fn from(error: JobsError) -> Self {
         match error {
             JobsError::NotFound(id) => Self::JobNotFound(id),
-            error @ (JobsError::AlreadyFinished { .. } | JobsError::NotFailed { .. }) => {
-                Self::Conflict(error.to_string())
-            }
+            error @ (JobsError::AlreadyFinished { .. }
+            | JobsError::NotFailed { .. }
+            | JobsError::StepOfWorkflow { .. }) => Self::Conflict(error.to_string()),
             JobsError::KeyReused => Self::IdempotencyMismatch,
             error @ JobsError::AtCapacity(_) => Self::TooManyRequests {
                 detail: error.to_string(),
@@ -363,6 +363,29 @@ impl From<JobsError> for ApiError {
             JobsError::NotConfirmed(_) => Self::Unavailable("RabbitMQ did not confirm the job"),
             JobsError::Invalid(error) => error.into(),
             JobsError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<WorkflowsError> for ApiError {
+    fn from(error: WorkflowsError) -> Self {
+        match error {
+            error @ WorkflowsError::NotFound(_) => Self::NotFound(error.to_string()),
+            error @ WorkflowsError::AlreadyFinished { .. } => Self::Conflict(error.to_string()),
+            WorkflowsError::Invalid(invalid) => Self::InvalidBody {
+                message: invalid.to_string(),
+                field: Some(invalid.field),
+            },
+            WorkflowsError::KeyReused => Self::IdempotencyMismatch,
+            error @ WorkflowsError::AtCapacity { .. } => Self::TooManyRequests {
+                detail: error.to_string(),
+                retry_after_secs: 1,
+            },
+            WorkflowsError::BrokerUnavailable(cause) => {
+                tracing::warn!(%cause, "workflow refused: RabbitMQ is unreachable");
+                Self::BrokerUnreachable
+            }
+            WorkflowsError::Store(error) => error.into(),
         }
     }
 }

@@ -66,6 +66,19 @@ pub enum JobsError {
         /// Its status.
         status: JobStatus,
     },
+    /// A workflow's step cannot be re-driven alone (its dependents were cancelled).
+    #[error(
+        "job {id} is step {step:?} of workflow {workflow}; a failed step is not retried alone \
+         (the steps after it were cancelled): submit the workflow again"
+    )]
+    StepOfWorkflow {
+        /// The job.
+        id: JobId,
+        /// Its step's name.
+        step: String,
+        /// Its workflow.
+        workflow: uuid::Uuid,
+    },
     /// The submitting API key already has its cap of jobs in flight.
     #[error(
         "this API key already has {0} jobs in flight (scheduled, queued, running or retrying), \
@@ -429,6 +442,13 @@ impl JobService {
         trace: &TraceContext,
     ) -> Result<Job, JobsError> {
         let failed = self.get(caller, id).await?;
+        if let Some(workflow) = failed.workflow_id {
+            return Err(JobsError::StepOfWorkflow {
+                id,
+                step: failed.step.unwrap_or_default(),
+                workflow,
+            });
+        }
         // The job counts against the key that submitted it, whoever re-drives it.
         let cap = match failed.key_id {
             Some(key) => self

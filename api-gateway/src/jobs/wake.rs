@@ -43,6 +43,9 @@ async fn follow(
     };
     let _ready = ready.up();
     wake(store, watchers, &watchers.watched_ids()).await;
+    for workflow in watchers.watched_workflows() {
+        watchers.publish_workflow(workflow);
+    }
     loop {
         let changed = tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -59,8 +62,14 @@ async fn follow(
     }
 }
 
-/// Reads the watched ones among `ids` and hands them to their waiters.
+/// Reads the watched ones among `ids` and hands them to their waiters; wakes the waiters of
+/// watched workflows among them (a workflow's id is announced with its steps' changes).
 async fn wake(store: &dyn JobStore, watchers: &Watchers, ids: &[JobId]) {
+    for id in ids {
+        if watchers.is_watched_workflow(id.as_uuid()) {
+            watchers.publish_workflow(id.as_uuid());
+        }
+    }
     let watched: Vec<JobId> = ids
         .iter()
         .copied()

@@ -132,10 +132,7 @@ impl WorkflowSpec {
             if let Some(first) = index.insert(&step.name, i) {
                 return Err(WorkflowError::new(
                     format!("steps[{i}].name"),
-                    format!(
-                        "duplicate step name {:?} (also steps[{first}])",
-                        step.name
-                    ),
+                    format!("duplicate step name {:?} (also steps[{first}])", step.name),
                 ));
             }
         }
@@ -346,9 +343,7 @@ impl ValidWorkflow {
 }
 
 /// Where a workflow is.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowStatus {
     /// Some step has not finished.
@@ -457,7 +452,10 @@ impl Workflow {
             .map(|step| (step.name.as_str(), step))
             .collect();
         let mut text = String::from("{");
-        let depends_on = self.steps.get(i).map_or(&[][..], |s| s.depends_on.as_slice());
+        let depends_on = self
+            .steps
+            .get(i)
+            .map_or(&[][..], |s| s.depends_on.as_slice());
         for (n, name) in depends_on.iter().enumerate() {
             if n > 0 {
                 text.push(',');
@@ -473,16 +471,16 @@ impl Workflow {
         }
         text.push('}');
         // Built from valid JSON texts, so it parses; were it not to, the step gets `null`.
-        serde_json::value::RawValue::from_string(text)
-            .map_or_else(|_| RawJson::from_value(&serde_json::Value::Null), RawJson::from_raw)
+        serde_json::value::RawValue::from_string(text).map_or_else(
+            |_| RawJson::from_value(&serde_json::Value::Null),
+            RawJson::from_raw,
+        )
     }
 
-    /// The resource, with each step's status read from `jobs` (its step jobs; a step whose job
-    /// is missing shows as `cancelled`).
+    /// The resource, with each step's status from `statuses` (by job id; a step whose job is
+    /// missing shows as `cancelled`).
     #[must_use]
-    pub fn view(&self, jobs: &[Job]) -> WorkflowView {
-        let statuses: HashMap<JobId, JobStatus> =
-            jobs.iter().map(|job| (job.id, job.status)).collect();
+    pub fn view(&self, statuses: &HashMap<JobId, JobStatus>) -> WorkflowView {
         WorkflowView {
             id: self.id,
             status: self.status,

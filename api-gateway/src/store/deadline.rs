@@ -451,10 +451,7 @@ impl WorkflowStore for Bounded<dyn WorkflowStore> {
         .await
     }
 
-    async fn get_workflow(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<(Workflow, StepStatuses)>, StoreError> {
+    async fn get_workflow(&self, id: Uuid) -> Result<Option<(Workflow, StepStatuses)>, StoreError> {
         let inner = self.inner.clone();
         self.run("get_workflow", async move { inner.get_workflow(id).await })
             .await
@@ -473,9 +470,10 @@ impl WorkflowStore for Bounded<dyn WorkflowStore> {
 
     async fn settle_workflow(&self, id: Uuid) -> Result<Option<Settled>, StoreError> {
         let inner = self.inner.clone();
-        self.run("settle_workflow", async move {
-            inner.settle_workflow(id).await
-        })
+        self.run(
+            "settle_workflow",
+            async move { inner.settle_workflow(id).await },
+        )
         .await
     }
 

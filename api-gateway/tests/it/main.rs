@@ -39,5 +39,6 @@ mod wake;
 mod webdriver;
 mod webhook_crash;
 mod webhooks;
+mod workflows;
 
 use warren_test_support::proxy;

@@ -76,12 +76,20 @@ pub async fn submit(
 
 /// The request's `Idempotency-Key` claim, if it sent one (hashing the request only then).
 fn key_claim(headers: &HeaderMap, request: &JobSpec) -> Result<Option<KeyClaim>, ApiError> {
+    key_claim_of(headers, &request.canonical())
+}
+
+/// The request's `Idempotency-Key` claim over `canonical_request`, if it sent a key.
+pub fn key_claim_of(
+    headers: &HeaderMap,
+    canonical_request: &str,
+) -> Result<Option<KeyClaim>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
     let bad = |e: idempotency::BadKey| ApiError::BadParameter(e.to_string());
     let key = value.to_str().map_err(|_| bad(idempotency::BadKey))?;
-    idempotency::claim(key, &request.canonical())
+    idempotency::claim(key, canonical_request)
         .map(Some)
         .map_err(bad)
 }
@@ -129,6 +137,25 @@ pub async fn load(state: &AppState, caller: &Caller, id: JobId) -> Result<Job, A
     Ok(state.jobs.get(caller, id).await?)
 }
 
+/// A `?wait=N` long poll's duration: N seconds, cut to `max_wait`; zero without one.
+pub fn parse_wait(raw: Option<&str>, max_wait: Duration) -> Result<Duration, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(Duration::ZERO);
+    };
+    let wait = raw
+        .parse()
+        .ok()
+        .filter(|secs| *secs <= MAX_WAIT_PARAM)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ApiError::BadParameter(format!(
+                "wait={raw:?} is not a whole number of seconds from 0 to {MAX_WAIT_PARAM} \
+                 (waits are also cut to WARREN_MAX_WAIT_SECS)"
+            ))
+        })?;
+    Ok(wait.min(max_wait))
+}
+
 /// The query of `GET /v1/jobs/{id}`.
 #[derive(Debug, Deserialize)]
 pub struct GetQuery {
@@ -150,21 +177,7 @@ pub async fn get(
 ) -> Result<Json<Job>, ApiError> {
     let id = parse_id(&id)?;
     let Query(query) = query.map_err(|e| ApiError::BadParameter(e.body_text()))?;
-    let wait = match query.wait.as_deref() {
-        None => Duration::ZERO,
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|secs| *secs <= MAX_WAIT_PARAM)
-            .map(Duration::from_secs)
-            .ok_or_else(|| {
-                ApiError::BadParameter(format!(
-                    "wait={raw:?} is not a whole number of seconds from 0 to {MAX_WAIT_PARAM} \
-                     (waits are also cut to WARREN_MAX_WAIT_SECS)"
-                ))
-            })?,
-    };
-    let wait = wait.min(state.max_wait);
+    let wait = parse_wait(query.wait.as_deref(), state.max_wait)?;
     if wait.is_zero() {
         return load(&state, &caller, id).await.map(Json);
     }
@@ -199,10 +212,12 @@ pub async fn cancel(
     Path(raw_id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let id = parse_id(&raw_id)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(state.jobs.cancel(&caller, id).await?),
-    ))
+    let job = state.jobs.cancel(&caller, id).await?;
+    if let Some(workflow) = job.workflow_id {
+        // The steps that depended on it can never run now.
+        state.workflows.settle_after([workflow]).await;
+    }
+    Ok((StatusCode::ACCEPTED, Json(job)))
 }
 
 /// `POST /v1/jobs/{id}/retry`: re-drives a `failed` job as a new attempt series; `202` with

@@ -127,12 +127,18 @@ fn too_many_steps_and_no_steps_are_refused() {
 fn a_step_is_released_once_every_dependency_succeeded() {
     let wf = workflow(&[("a", &[]), ("b", &[]), ("join", &["a", "b"])]);
     let plan_of = |statuses: &[JobStatus]| plan(&wf, statuses);
-    assert_eq!(plan_of(&[Succeeded, Running, Waiting]).release, Vec::<usize>::new());
+    assert_eq!(
+        plan_of(&[Succeeded, Running, Waiting]).release,
+        Vec::<usize>::new()
+    );
     let both = plan_of(&[Succeeded, Succeeded, Waiting]);
     assert_eq!(both.release, vec![2]);
     assert_eq!(both.status, WorkflowStatus::Running);
     // Once released, the same state plans nothing more: a release happens once.
-    assert_eq!(plan_of(&[Succeeded, Succeeded, Queued]).release, Vec::<usize>::new());
+    assert_eq!(
+        plan_of(&[Succeeded, Succeeded, Queued]).release,
+        Vec::<usize>::new()
+    );
     assert_eq!(
         plan_of(&[Succeeded, Succeeded, Succeeded]).status,
         WorkflowStatus::Succeeded

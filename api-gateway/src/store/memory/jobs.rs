@@ -128,14 +128,13 @@ impl JobStore for MemoryStore {
         let mut inner = self.inner();
         let before = inner.jobs.len();
         let Inner {
-            jobs,
-            workflows,
-            ..
+            jobs, workflows, ..
         } = &mut *inner;
         // A running workflow's finished steps stay (its settle reads them); a finished
         // workflow goes with the same age rule.
         jobs.retain(|_, job| {
-            let old = job.status.is_terminal() && job.finished_at.is_some_and(|at| at < jobs_before);
+            let old =
+                job.status.is_terminal() && job.finished_at.is_some_and(|at| at < jobs_before);
             let running_workflow = job.workflow_id.is_some_and(|id| {
                 workflows
                     .get(&id)
@@ -143,7 +142,12 @@ impl JobStore for MemoryStore {
             });
             !old || running_workflow
         });
-        workflows.retain(|_, entry| entry.workflow.finished_at.is_none_or(|at| at >= jobs_before));
+        workflows.retain(|_, entry| {
+            entry
+                .workflow
+                .finished_at
+                .is_none_or(|at| at >= jobs_before)
+        });
         let Inner {
             jobs,
             unconfirmed,

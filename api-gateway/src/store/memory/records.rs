@@ -53,7 +53,9 @@ impl Inner {
         let was_terminal = job.status.is_terminal();
         let outcome = change(job);
         let marks = Marks::of(job);
-        let finished_step = job.workflow_id.filter(|_| !was_terminal && job.status.is_terminal());
+        let finished_step = job
+            .workflow_id
+            .filter(|_| !was_terminal && job.status.is_terminal());
         self.index(id, marks);
         if let Some(workflow) = finished_step {
             self.mark_workflow(workflow);

@@ -18,8 +18,10 @@ const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock($1)";
 /// The key's unfinished jobs (the partial index `warren_jobs_key_in_flight` answers it).
 const COUNT_IN_FLIGHT: &str = "SELECT count(*) FROM warren_jobs WHERE key_id = $1
     AND status IN ('waiting', 'scheduled', 'queued', 'running', 'retrying')";
-pub(super) const SELECT_CLAIM: &str = "SELECT request_hash, job_id FROM warren_idempotency WHERE key = $1";
-pub(super) const INSERT_CLAIM: &str = "INSERT INTO warren_idempotency (key, request_hash, job_id, created_at)
+pub(super) const SELECT_CLAIM: &str =
+    "SELECT request_hash, job_id FROM warren_idempotency WHERE key = $1";
+pub(super) const INSERT_CLAIM: &str =
+    "INSERT INTO warren_idempotency (key, request_hash, job_id, created_at)
     VALUES ($1, $2, $3, now()) ON CONFLICT (key) DO NOTHING";
 
 /// The advisory lock's key for API key `id`: its last 8 bytes (random in a UUIDv7). Two keys

@@ -98,8 +98,14 @@ impl JobStore for PostgresStore {
         let before = query.before.map(|id| id.as_uuid());
         let limit = saturating_i64(query.limit);
         let tenant = query.tenant.as_deref();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-            [&status, &job_type, &before, &limit, &tenant, &query.workflow];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &status,
+            &job_type,
+            &before,
+            &limit,
+            &tenant,
+            &query.workflow,
+        ];
         let rows = client.query(&statement, &params).await?;
         rows.iter().map(rows::from_row).collect()
     }

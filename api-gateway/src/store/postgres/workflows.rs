@@ -55,8 +55,7 @@ const LIST_WORKFLOWS: &str = concat!(
      ORDER BY id DESC LIMIT $4"
 );
 /// Step statuses of many workflows.
-const STEP_STATUSES: &str =
-    "SELECT id, status FROM warren_jobs WHERE workflow_id = ANY($1)";
+const STEP_STATUSES: &str = "SELECT id, status FROM warren_jobs WHERE workflow_id = ANY($1)";
 const RESULTS: &str = "SELECT id, result FROM warren_jobs WHERE id = ANY($1)";
 const SAVE_SETTLE: &str = "UPDATE warren_workflows SET status = $2, finished_at = $3,
     updated_at = $4, version = $5, settled = CASE WHEN $6 THEN $7 ELSE settled END
@@ -131,7 +130,10 @@ async fn statuses_of(
     for row in &rows {
         let id: Uuid = row.try_get(0).map_err(|_| corrupt("step id"))?;
         let status: String = row.try_get(1).map_err(|_| corrupt("step status"))?;
-        statuses.insert(id.into(), status.parse().map_err(|_| corrupt("step status"))?);
+        statuses.insert(
+            id.into(),
+            status.parse().map_err(|_| corrupt("step status"))?,
+        );
     }
     Ok(statuses)
 }
@@ -201,9 +203,9 @@ impl WorkflowStore for PostgresStore {
         let columns = Columns::of(jobs.iter());
         let inserted = tx.query(&insert, &columns.params()).await?;
         if inserted.len() != jobs.len() {
-            return Err(StoreError::Conflict(std::sync::Arc::new(std::io::Error::other(
-                "a step's job id is already taken",
-            ))));
+            return Err(StoreError::Conflict(std::sync::Arc::new(
+                std::io::Error::other("a step's job id is already taken"),
+            )));
         }
         tx.commit().await?;
         Ok(WorkflowInserted::New)
@@ -342,9 +344,7 @@ impl WorkflowStore for PostgresStore {
     async fn unsettled(&self, limit: usize) -> Result<Vec<Uuid>, StoreError> {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(UNSETTLED).await?;
-        let rows = client
-            .query(&statement, &[&saturating_i64(limit)])
-            .await?;
+        let rows = client.query(&statement, &[&saturating_i64(limit)]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }

@@ -13,9 +13,8 @@ use warren_shared::{JobEvent, JobId};
 use super::{
     super::{Applied, Job, StoreError, transition},
     PostgresStore, caps, changes,
-    workflows,
     rows::{self, Columns, from_row},
-    saturating_i64,
+    saturating_i64, workflows,
 };
 
 impl PostgresStore {
