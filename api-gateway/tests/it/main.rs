@@ -39,6 +39,7 @@ mod wake;
 mod webdriver;
 mod webhook_crash;
 mod webhooks;
+mod workflow_crash;
 mod workflows;
 
 use warren_test_support::proxy;
