@@ -114,6 +114,7 @@ impl Application {
         let publisher = Arc::new(publisher);
         let deliverer = Deliverer::new(
             stores.callbacks.clone(),
+            stores.workflows.clone(),
             config.webhooks.clone(),
             metrics.clone(),
         )

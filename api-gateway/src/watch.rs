@@ -110,6 +110,11 @@ impl Watchers {
         }
     }
 
+    /// Wakes the deliverer: a callback (e.g. a finished workflow's) was armed here.
+    pub fn callback_armed(&self) {
+        self.callbacks.notify_one();
+    }
+
     /// Resolves once a job that owes a webhook delivery was published (at once if one was
     /// since the last call).
     pub async fn callback_due(&self) {

@@ -335,6 +335,7 @@ impl ValidWorkflow {
             finished_at: None,
             steps,
             callback_url: self.callback_url,
+            callback: None,
             cancel_requested: false,
             version: 0,
         };
@@ -429,6 +430,8 @@ pub struct Workflow {
     pub steps: Vec<Step>,
     /// Where to POST it once it has ended.
     pub callback_url: Option<String>,
+    /// The delivery to `callback_url`, armed when it ends.
+    pub callback: Option<super::Callback>,
     /// Whether a client asked to cancel it (no step is released after that).
     pub cancel_requested: bool,
     /// How many changes the record has had.

@@ -490,4 +490,31 @@ impl WorkflowStore for Bounded<dyn WorkflowStore> {
         self.run("unsettled", async move { inner.unsettled(limit).await })
             .await
     }
+
+    async fn claim_workflow_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Workflow, StepStatuses)>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("claim_workflow_callbacks", async move {
+            inner
+                .claim_workflow_callbacks(now, lease_until, limit)
+                .await
+        })
+        .await
+    }
+
+    async fn record_workflow_callback(
+        &self,
+        id: Uuid,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        let (inner, callback) = (self.inner.clone(), callback.clone());
+        self.run("record_workflow_callback", async move {
+            inner.record_workflow_callback(id, &callback).await
+        })
+        .await
+    }
 }

@@ -491,6 +491,22 @@ pub trait WorkflowStore: Send + Sync + 'static {
 
     /// Up to `limit` workflows owed a settle (a step finished since the last complete one).
     async fn unsettled(&self, limit: usize) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Claims up to `limit` finished workflows whose callback is due at `now`, as
+    /// [`CallbackStore::claim_callbacks`] claims jobs' (a lease until `lease_until`).
+    async fn claim_workflow_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Workflow, StepStatuses)>, StoreError>;
+
+    /// Records the workflow's callback state after an attempt.
+    async fn record_workflow_callback(
+        &self,
+        id: Uuid,
+        callback: &Callback,
+    ) -> Result<(), StoreError>;
 }
 
 /// A backend that keeps every concern (both backends do).

@@ -1,6 +1,7 @@
 //! The deliverer: every gateway runs one. It claims due callbacks from the store (woken when
 //! a job with a callback finishes here, and every half second for other gateways' and retries),
 //! sends each on its own task, and records the attempt with the state [`after_attempt`] plans.
+//! A finished workflow's callback goes the same way, with the workflow resource as its body.
 //!
 //! Deliveries never hold up job processing or submits: they run on their own tasks, bounded
 //! by `WARREN_WEBHOOK_CONCURRENCY` in all and `WARREN_WEBHOOK_HOST_CONCURRENCY` per host, so a
@@ -20,8 +21,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use super::{Answer, WebhookConfig, after_attempt, guard};
 use crate::{
     metrics::GatewayMetrics,
-    model::{Callback, Delivery, Job},
-    store::CallbackStore,
+    model::{Callback, Delivery, Job, Workflow},
+    store::{CallbackStore, StepStatuses, WorkflowStore},
     watch::Watchers,
 };
 
@@ -35,6 +36,7 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Sends callbacks; shared by the delivery tasks.
 pub struct Deliverer {
     store: Arc<dyn CallbackStore>,
+    workflows: Arc<dyn WorkflowStore>,
     client: reqwest::Client,
     config: WebhookConfig,
     metrics: Arc<GatewayMetrics>,
@@ -50,6 +52,7 @@ impl Deliverer {
     /// refuses private addresses (see [`guard`]).
     pub fn new(
         store: Arc<dyn CallbackStore>,
+        workflows: Arc<dyn WorkflowStore>,
         config: WebhookConfig,
         metrics: Arc<GatewayMetrics>,
     ) -> Result<Self, String> {
@@ -66,6 +69,7 @@ impl Deliverer {
         let slots = Arc::new(Semaphore::new(config.concurrency as usize));
         Ok(Self {
             store,
+            workflows,
             client,
             config,
             metrics,
@@ -117,7 +121,7 @@ impl Deliverer {
                     return;
                 }
             };
-            let full = claimed.len() == room;
+            let mut full = claimed.len() == room;
             for job in claimed {
                 // Only this loop takes slots, so the room counted above is still free.
                 let Ok(slot) = self.slots.clone().try_acquire_owned() else {
@@ -130,6 +134,32 @@ impl Deliverer {
                     // A free slot may take the next due callback at once.
                     this.wake.notify_one();
                 });
+            }
+            let room = self.slots.available_permits().min(BATCH);
+            if room > 0 {
+                let claimed = match self
+                    .workflows
+                    .claim_workflow_callbacks(now, now + lease, room)
+                    .await
+                {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot claim due workflow webhooks; trying again shortly");
+                        Vec::new()
+                    }
+                };
+                full |= claimed.len() == room;
+                for (workflow, statuses) in claimed {
+                    let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                        return;
+                    };
+                    let this = Arc::clone(self);
+                    tasks.spawn(async move {
+                        this.deliver_workflow(workflow, statuses).await;
+                        drop(slot);
+                        this.wake.notify_one();
+                    });
+                }
             }
             if !full {
                 return;
@@ -148,7 +178,7 @@ impl Deliverer {
         )
     }
 
-    /// One attempt: send, then record it with the state it leads to.
+    /// One attempt for a job: send, then record it with the state it leads to.
     #[tracing::instrument(name = "webhook", skip_all,
         fields(job_id = %job.id, job_type = %job.job_type, webhook_id, attempt))]
     async fn deliver(&self, job: Job) {
@@ -156,6 +186,49 @@ impl Deliverer {
         else {
             return;
         };
+        let body = serde_json::to_vec(&job).map_err(|e| format!("cannot encode the job: {e}"));
+        let (delivery, next) = self.attempt(url, callback, body, job.finished_at).await;
+        if let Err(error) = self.store.record_delivery(job.id, &delivery, &next).await {
+            tracing::error!(%error, "cannot record a webhook attempt; it is sent again once its lease runs out");
+            return;
+        }
+        self.wake_for_retry(next.due_at());
+    }
+
+    /// One attempt for a finished workflow (its resource as the body).
+    #[tracing::instrument(name = "webhook", skip_all,
+        fields(workflow_id = %workflow.id, webhook_id, attempt))]
+    async fn deliver_workflow(&self, workflow: Workflow, statuses: StepStatuses) {
+        let (Some(url), Some(callback)) =
+            (workflow.callback_url.as_deref(), workflow.callback.as_ref())
+        else {
+            return;
+        };
+        let body = serde_json::to_vec(&workflow.view(&statuses))
+            .map_err(|e| format!("cannot encode the workflow: {e}"));
+        let (_, next) = self
+            .attempt(url, callback, body, workflow.finished_at)
+            .await;
+        if let Err(error) = self
+            .workflows
+            .record_workflow_callback(workflow.id, &next)
+            .await
+        {
+            tracing::error!(%error, "cannot record a workflow webhook attempt; it is sent again once its lease runs out");
+            return;
+        }
+        self.wake_for_retry(next.due_at());
+    }
+
+    /// Sends `body` to `url` for `callback`'s next attempt; the attempt and the callback's
+    /// state after it.
+    async fn attempt(
+        &self,
+        url: &str,
+        callback: &Callback,
+        body: Result<Vec<u8>, String>,
+        finished_at: Option<chrono::DateTime<Utc>>,
+    ) -> (Delivery, Callback) {
         let span = tracing::Span::current();
         span.record("webhook_id", callback.webhook_id.as_str());
         span.record("attempt", callback.attempts + 1);
@@ -167,7 +240,10 @@ impl Deliverer {
         let _host_slot = host_slots.acquire().await;
         let at = Utc::now();
         let started = Instant::now();
-        let answer = self.send(&job, url, callback).await;
+        let answer = match body {
+            Ok(body) => self.send(body, url, callback).await,
+            Err(why) => Answer::Failed(why),
+        };
         let elapsed = started.elapsed();
         crate::fault::pause_point("after_webhook_send").await;
         let next = after_attempt(callback, &answer, &self.config.retry_delays, Utc::now());
@@ -188,13 +264,9 @@ impl Deliverer {
         tracing::info!(%host, status_code = ?delivery.status_code, error = ?delivery.error,
             outcome = next.state.as_str(), next_attempt_at = ?next.next_attempt_at,
             duration_ms = delivery.duration_ms, "webhook attempt");
-        let lag = job.finished_at.map(|finished| Utc::now() - finished);
+        let lag = finished_at.map(|finished| Utc::now() - finished);
         self.metrics.webhook_attempted(next.state, elapsed, lag);
-        if let Err(error) = self.store.record_delivery(job.id, &delivery, &next).await {
-            tracing::error!(%error, "cannot record a webhook attempt; it is sent again once its lease runs out");
-            return;
-        }
-        self.wake_for_retry(next.due_at());
+        (delivery, next)
     }
 
     /// Makes the loop look again when a retry is due before its next poll would.
@@ -211,8 +283,8 @@ impl Deliverer {
         }
     }
 
-    /// Signs and POSTs the job resource; what came back.
-    async fn send(&self, job: &Job, url: &str, callback: &Callback) -> Answer {
+    /// Signs and POSTs `body` (a job or workflow resource); what came back.
+    async fn send(&self, body: Vec<u8>, url: &str, callback: &Callback) -> Answer {
         let Some(secret) = &self.config.secret else {
             return Answer::Failed(
                 "WARREN_WEBHOOK_SECRET is not set, so the delivery cannot be signed; set it and \
@@ -228,10 +300,6 @@ impl Deliverer {
         if let Err(why) = guard::check_literal(&url, self.config.allow_private) {
             return Answer::Failed(why);
         }
-        let body = match serde_json::to_vec(job) {
-            Ok(body) => body,
-            Err(error) => return Answer::Failed(format!("cannot encode the job: {error}")),
-        };
         let timestamp = Utc::now().timestamp();
         let signature = secret.sign(&callback.webhook_id, timestamp, &body);
         let sent = self

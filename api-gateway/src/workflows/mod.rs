@@ -266,6 +266,9 @@ impl WorkflowService {
             let workflow = &settled.workflow;
             tracing::info!(workflow_id = %id, status = %workflow.status, "workflow finished");
             self.metrics.workflow_finished(workflow.status);
+            if workflow.callback.is_some() {
+                self.watchers.callback_armed();
+            }
         }
         self.watchers.publish_workflow(id);
     }

@@ -45,7 +45,10 @@ fn fan_out() -> Value {
 async fn worker(
     namespace: &str,
     joins: Arc<AtomicUsize>,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut config = WorkerConfig::with_broker(test_broker(namespace));
     config.metrics_addr = "127.0.0.1:0".parse().unwrap();
     let worker = Worker::builder()
@@ -109,7 +112,10 @@ async fn assert_completed_once(survivor: &TestApp, id: &str, joins: &AtomicUsize
     assert!(per_step.values().all(|n| *n == 1), "{per_step:?}");
     let join_id = workflow["steps"][FAN_OUT]["job_id"].as_str().unwrap();
     let join = survivor.job(join_id).await;
-    assert_eq!(join["result"]["parents"].as_object().unwrap().len(), FAN_OUT);
+    assert_eq!(
+        join["result"]["parents"].as_object().unwrap().len(),
+        FAN_OUT
+    );
     assert_eq!(joins.load(Ordering::SeqCst), 1, "the join ran once");
 }
 
@@ -201,7 +207,8 @@ async fn a_gateway_killed_right_after_accepting_a_fan_out_leaves_it_to_the_other
 }
 
 #[tokio::test]
-async fn the_last_outcome_stored_by_a_gateway_that_died_before_settling_is_settled_by_the_sweeper() {
+async fn the_last_outcome_stored_by_a_gateway_that_died_before_settling_is_settled_by_the_sweeper()
+{
     let schema = TestSchema::create().await;
     let namespace = unique_namespace();
     declare_queues(&namespace).await;

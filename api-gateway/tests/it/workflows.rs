@@ -7,7 +7,10 @@ use tokio::time::Instant;
 use warren_gateway::GatewayConfig;
 use warren_worker::{HandlerError, JobContext, Worker, handlers};
 
-use crate::helpers::{DEADLINE, TestApp, TestSchema, spawn_app_with};
+use crate::{
+    helpers::{DEADLINE, TestApp, TestSchema, spawn_app_with},
+    webhooks::{Receiver, Reply, verifies, webhooks_on},
+};
 
 /// A handler that fails for good.
 async fn boom(_context: JobContext) -> Result<Value, HandlerError> {
@@ -432,4 +435,43 @@ async fn an_idempotency_key_gives_the_same_workflow_and_an_unknown_id_is_not_fou
         .await;
     assert_eq!(unknown.status(), 404);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_finished_workflow_calls_its_callback_url_signed_like_a_job_on_both_stores() {
+    let schema = TestSchema::create().await;
+    for store in [None, Some(&schema)] {
+        let url = store.map(TestSchema::url);
+        let mut app = spawn_app_with(|config: &mut GatewayConfig| {
+            webhooks_on(config);
+            config.database_url = url;
+        })
+        .await;
+        app.spawn_worker(
+            Worker::builder()
+                .handler("echo", handlers::echo)
+                .handler("boom", boom),
+        )
+        .await;
+        // The first attempt gets a 500: the workflow's delivery is retried as a job's is.
+        let mut receiver = Receiver::start(&[Reply::Status(500)]).await;
+        let submitted = submit_workflow(
+            &app,
+            &json!({"callback_url": receiver.url, "steps": [
+                {"name": "ok", "type": "echo"},
+                {"name": "bad", "type": "boom", "max_attempts": 1},
+            ]}),
+        )
+        .await;
+        let first = receiver.next().await;
+        let again = receiver.next().await;
+        assert!(verifies(&again), "signed");
+        assert_eq!(first.headers["webhook-id"], again.headers["webhook-id"]);
+        let body: Value = serde_json::from_slice(&again.body).unwrap();
+        assert_eq!(body["id"], submitted["id"]);
+        assert_eq!(body["status"], "failed");
+        assert_eq!(body["steps"].as_array().unwrap().len(), 2);
+        app.stop().await;
+    }
+    schema.drop_schema().await;
 }

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use warren_shared::{JobId, JobStatus};
 
 use super::{Inner, MemoryStore, records::Key};
 use crate::{
-    model::{Job, RawJson, Workflow, workflow::plan},
+    model::{Callback, Job, RawJson, Workflow, workflow::plan},
     store::{
         KeyClaim, Settled, StepStatuses, StoreError, WorkflowInserted, WorkflowQuery,
         WorkflowStore, transition,
@@ -189,6 +189,53 @@ impl WorkflowStore for MemoryStore {
             }
             entry.workflow.clone()
         }))
+    }
+
+    async fn claim_workflow_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Workflow, StepStatuses)>, StoreError> {
+        let mut inner = self.inner();
+        let due: Vec<Uuid> = inner
+            .workflows
+            .iter()
+            .filter(|(_, entry)| {
+                entry
+                    .workflow
+                    .callback
+                    .as_ref()
+                    .and_then(Callback::due_at)
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            let Some(entry) = inner.workflows.get_mut(&id) else {
+                continue;
+            };
+            if let Some(callback) = entry.workflow.callback.as_mut() {
+                callback.next_attempt_at = Some(lease_until);
+            }
+            let workflow = entry.workflow.clone();
+            let statuses = inner.statuses(&workflow);
+            claimed.push((workflow, statuses));
+        }
+        Ok(claimed)
+    }
+
+    async fn record_workflow_callback(
+        &self,
+        id: Uuid,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        if let Some(entry) = self.inner().workflows.get_mut(&id) {
+            entry.workflow.callback = Some(callback.clone());
+        }
+        Ok(())
     }
 
     async fn unsettled(&self, limit: usize) -> Result<Vec<Uuid>, StoreError> {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_postgres::{Row, types::Json, types::ToSql};
 use uuid::Uuid;
 use warren_shared::{JobId, JobStatus};
@@ -24,12 +24,12 @@ use super::{
     rows::{self, Columns, from_row},
     saturating_i64,
 };
-use crate::model::{Job, RawJson, Step, Workflow, workflow::plan};
+use crate::model::{Callback, Job, RawJson, Step, Workflow, workflow::plan};
 
 /// The columns of `warren_workflows` a record is read from.
 macro_rules! workflow_columns {
     () => {
-        "id, tenant, key_id, status, steps, callback_url, cancel_requested, version, \
+        "id, tenant, key_id, status, steps, callback_url, callback, cancel_requested, version, \
          created_at, updated_at, finished_at, marks"
     };
 }
@@ -58,8 +58,22 @@ const LIST_WORKFLOWS: &str = concat!(
 const STEP_STATUSES: &str = "SELECT id, status FROM warren_jobs WHERE workflow_id = ANY($1)";
 const RESULTS: &str = "SELECT id, result FROM warren_jobs WHERE id = ANY($1)";
 const SAVE_SETTLE: &str = "UPDATE warren_workflows SET status = $2, finished_at = $3,
-    updated_at = $4, version = $5, settled = CASE WHEN $6 THEN $7 ELSE settled END
+    updated_at = $4, version = $5, settled = CASE WHEN $6 THEN $7 ELSE settled END,
+    callback = $8, callback_due = $9
     WHERE id = $1";
+/// Claims finished workflows whose callback is due, moving the due time to the lease's end
+/// ($2), skipping rows another gateway has locked.
+const CLAIM_CALLBACKS: &str = concat!(
+    "UPDATE warren_workflows SET callback_due = $2,
+        callback = jsonb_set(callback, '{next_attempt_at}', to_jsonb($2::timestamptz))
+     WHERE id IN (
+        SELECT id FROM warren_workflows WHERE callback_due <= $1
+        ORDER BY callback_due LIMIT $3 FOR UPDATE SKIP LOCKED)
+     RETURNING ",
+    workflow_columns!()
+);
+const RECORD_CALLBACK: &str =
+    "UPDATE warren_workflows SET callback = $2, callback_due = $3 WHERE id = $1";
 const REQUEST_CANCEL: &str = concat!(
     "UPDATE warren_workflows SET cancel_requested = true, marks = marks + 1,
         marked_at = now(), version = version + 1, updated_at = now()
@@ -100,6 +114,7 @@ fn workflow_from_row(row: &Row) -> Result<(Workflow, i64), StoreError> {
     }
     let status: String = get!("status");
     let steps: Json<Vec<Step>> = get!("steps");
+    let callback: Option<Json<Callback>> = get!("callback");
     let version: i64 = get!("version");
     Ok((
         Workflow {
@@ -109,6 +124,7 @@ fn workflow_from_row(row: &Row) -> Result<(Workflow, i64), StoreError> {
             status: status.parse().map_err(|_| corrupt("status"))?,
             steps: steps.0,
             callback_url: get!("callback_url"),
+            callback: callback.map(|Json(c)| c),
             cancel_requested: get!("cancel_requested"),
             version: u64::try_from(version).map_err(|_| corrupt("version"))?,
             created_at: get!("created_at"),
@@ -305,7 +321,9 @@ impl WorkflowStore for PostgresStore {
         }
         let version = saturating_i64(workflow.version);
         let status = workflow.status.as_str();
-        let params: [&(dyn ToSql + Sync); 7] = [
+        let callback = workflow.callback.as_ref().map(Json);
+        let callback_due = workflow.callback.as_ref().and_then(Callback::due_at);
+        let params: [&(dyn ToSql + Sync); 9] = [
             &id,
             &status,
             &workflow.finished_at,
@@ -313,6 +331,8 @@ impl WorkflowStore for PostgresStore {
             &version,
             &outcome.complete,
             &marks,
+            &callback,
+            &callback_due,
         ];
         let save = tx.prepare_cached(SAVE_SETTLE).await?;
         tx.execute(&save, &params).await?;
@@ -339,6 +359,41 @@ impl WorkflowStore for PostgresStore {
         let row = client.query_opt(&statement, &[&id]).await?;
         row.map(|row| workflow_from_row(&row).map(|(w, _)| w))
             .transpose()
+    }
+
+    async fn claim_workflow_callbacks(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Workflow, StepStatuses)>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(CLAIM_CALLBACKS).await?;
+        let workflows: Vec<Workflow> = client
+            .query(&statement, &[&now, &lease_until, &saturating_i64(limit)])
+            .await?
+            .iter()
+            .map(|row| workflow_from_row(row).map(|(w, _)| w))
+            .collect::<Result<_, _>>()?;
+        if workflows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = workflows.iter().map(|w| w.id).collect();
+        let all = statuses_of(&client, &ids).await?;
+        let split = split(&workflows, all);
+        Ok(workflows.into_iter().zip(split).collect())
+    }
+
+    async fn record_workflow_callback(
+        &self,
+        id: Uuid,
+        callback: &Callback,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(RECORD_CALLBACK).await?;
+        let params: [&(dyn ToSql + Sync); 3] = [&id, &Json(callback), &callback.due_at()];
+        client.execute(&statement, &params).await?;
+        Ok(())
     }
 
     async fn unsettled(&self, limit: usize) -> Result<Vec<Uuid>, StoreError> {

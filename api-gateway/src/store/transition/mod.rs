@@ -273,7 +273,8 @@ pub fn release_step(job: &mut Job, parents: RawJson, now: DateTime<Utc>) -> bool
 }
 
 /// Gives a running workflow the status its steps say; a terminal status is final. Returns
-/// whether it ended now.
+/// whether it ended now; a workflow that ends owes its `callback_url` a delivery, armed in the
+/// same write.
 pub fn conclude(workflow: &mut Workflow, status: WorkflowStatus, now: DateTime<Utc>) -> bool {
     if workflow.status.is_terminal() || status == workflow.status {
         return false;
@@ -283,6 +284,9 @@ pub fn conclude(workflow: &mut Workflow, status: WorkflowStatus, now: DateTime<U
     workflow.version += 1;
     if status.is_terminal() {
         workflow.finished_at = Some(now);
+        if workflow.callback_url.is_some() {
+            workflow.callback = Some(Callback::due_now(now));
+        }
         return true;
     }
     false
