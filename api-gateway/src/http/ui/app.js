@@ -1,15 +1,18 @@
-// Warren's dashboard: three views over the public API, routed by the URL's hash.
+// Warren's dashboard: five views over the public API, routed by the URL's hash.
 //   #/            overview: /v1/queues every 2 s, and a chart of jobs finished per interval
 //   #/jobs?...    the job list with the API's filters (status, type) and paging
 //   #/jobs/<id>   one job: fields, payload, result or error, error history, deliveries, and
 //                 live progress over SSE; cancel and re-drive buttons, with confirmation
+//   #/workflows?... the workflow list (status filter, paging)
+//   #/workflows/<id> one workflow: each step's status, dependencies and a link to its job,
+//                 refreshed while it runs; a cancel button, with confirmation
 // The page is built with textContent only, never innerHTML: ids and payloads are data.
 "use strict";
 
 const POLL_MS = 2000;
 const CHART_POINTS = 60;
 const SVG = "http://www.w3.org/2000/svg";
-const STATUSES = ["scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled"];
+const STATUSES = ["waiting", "scheduled", "queued", "running", "retrying", "succeeded", "failed", "cancelled"];
 
 /** Stops whatever the current view runs (timers, event streams) when the view changes. */
 let stopView = () => {};
@@ -225,9 +228,11 @@ function job(id) {
       ["attempt", `${current.attempt} of ${current.max_attempts}`], ["created", when(current.created_at)],
       ["updated", when(current.updated_at)], ["started", when(current.started_at)], ["finished", when(current.finished_at)],
       ["next attempt", when(current.next_attempt_at)], ["run at", when(current.run_at)],
+      ["workflow", current.workflow_id ? `${current.workflow_id} (step ${current.step})` : ""],
       ["callback", current.callback ? `${current.callback.state} after ${current.callback.attempts} attempt(s)` : ""]];
     fields.replaceChildren(...rows.filter(([, v]) => v !== "" && v !== undefined && v !== null)
-      .flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k, class: k === "status" ? `status-${v}` : null }, v)]));
+      .flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k, class: k === "status" ? `status-${v}` : null },
+        k === "workflow" ? el("a", { href: `#/workflows/${encodeURIComponent(current.workflow_id)}` }, v) : v)]));
     const percent = current.progress ? current.progress.percent : null;
     progress.replaceChildren(...(current.status === "running" || percent !== null ? [
       el("label", { for: "job-progress" }, `Progress${current.progress && current.progress.message ? `: ${current.progress.message}` : ""}`),
@@ -282,6 +287,95 @@ function job(id) {
   stopView = () => { if (stream) stream.close(); };
 }
 
+// ---- Workflows -----------------------------------------------------------------------------
+
+const WORKFLOW_STATUSES = ["running", "succeeded", "failed", "cancelled"];
+
+function workflows(params) {
+  const status = params.get("status") || "";
+  const cursor = params.get("cursor") || "";
+  const statusSelect = el("select", { id: "filter-workflow-status", name: "status" },
+    el("option", { value: "" }, "any"), WORKFLOW_STATUSES.map((s) => el("option", { value: s, selected: s === status }, s)));
+  const filters = el("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    const next = new URLSearchParams();
+    if (statusSelect.value) next.set("status", statusSelect.value);
+    location.hash = `#/workflows?${next}`;
+  } },
+  el("div", {}, el("label", { for: "filter-workflow-status" }, "Status"), statusSelect),
+  el("button", { type: "submit" }, "Filter"));
+  const list = el("div", { class: "scroll" }, el("p", {}, "Loading…"));
+  const pager = el("div", { class: "pager" });
+  show("Workflows", filters, list, pager);
+  const query = new URLSearchParams({ limit: "25" });
+  if (status) query.set("status", status);
+  if (cursor) query.set("cursor", cursor);
+  async function refresh() {
+    let page;
+    try { page = await api(`/v1/workflows?${query}`); } catch (error) { say(`Workflows: ${error.message}`); return; }
+    say("");
+    replaceKeepingFocus(list, page.workflows.length ? el("table", {},
+      el("thead", {}, el("tr", {}, ["id", "status", "steps", "done", "created", "finished"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, page.workflows.map((w) => el("tr", { "data-workflow": w.id },
+        el("td", {}, el("a", { href: `#/workflows/${encodeURIComponent(w.id)}` }, w.id)),
+        statusCell(w.status), el("td", { class: "num" }, w.steps.length),
+        el("td", { class: "num" }, w.steps.filter((s) => ["succeeded", "failed", "cancelled"].includes(s.status)).length),
+        el("td", {}, when(w.created_at)), el("td", {}, when(w.finished_at))))))
+      : el("p", { class: "muted" }, "No workflows match."));
+    const links = [];
+    if (cursor) {
+      const first = new URLSearchParams(params);
+      first.delete("cursor");
+      links.push(el("a", { href: `#/workflows?${first}` }, "First page"));
+    }
+    if (page.next_cursor) {
+      const next = new URLSearchParams(params);
+      next.set("cursor", page.next_cursor);
+      links.push(el("a", { href: `#/workflows?${next}` }, "Next page"));
+    }
+    replaceKeepingFocus(pager, ...links);
+  }
+  refresh();
+  const timer = cursor ? null : setInterval(refresh, POLL_MS);
+  stopView = () => timer && clearInterval(timer);
+}
+
+function workflow(id) {
+  const path = `/v1/workflows/${encodeURIComponent(id)}`;
+  const fields = el("dl", { class: "fields" });
+  const actions = el("div", { class: "actions" });
+  const steps = el("div", { class: "scroll" });
+  show(`Workflow ${id}`, actions, fields, el("h2", {}, "Steps"), steps);
+  let timer = null;
+
+  function render(current) {
+    const rows = [["id", current.id], ["status", current.status], ["created", when(current.created_at)], ["finished", when(current.finished_at)]];
+    fields.replaceChildren(...rows.filter(([, v]) => v)
+      .flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k, class: k === "status" ? `status-${v}` : null }, v)]));
+    actions.replaceChildren(...(current.status === "running" ? [el("button", { type: "button", class: "danger", id: "cancel-workflow",
+      onclick: () => cancel(`Cancel workflow ${current.id}? Running steps are told to stop and no other step starts.`) }, "Cancel workflow")] : []));
+    replaceKeepingFocus(steps, el("table", {},
+      el("thead", {}, el("tr", {}, ["step", "status", "depends on", "job"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, current.steps.map((s) => el("tr", { "data-step": s.name },
+        el("th", { scope: "row" }, s.name), statusCell(s.status),
+        el("td", {}, s.depends_on.length ? s.depends_on.join(", ") : "–"),
+        el("td", {}, el("a", { href: `#/jobs/${encodeURIComponent(s.job_id)}` }, s.job_id)))))));
+    if (current.status !== "running" && timer) { clearInterval(timer); timer = null; }
+  }
+
+  async function cancel(question) {
+    if (!window.confirm(question)) return;
+    try { render(await api(`${path}/cancel`, { method: "POST" })); say("Cancelled."); } catch (error) { say(`Could not cancel: ${error.message}`); }
+  }
+
+  async function refresh() {
+    try { render(await api(path)); } catch (error) { say(`Workflow: ${error.message}`); }
+  }
+  refresh();
+  timer = setInterval(refresh, POLL_MS);
+  stopView = () => timer && clearInterval(timer);
+}
+
 // ---- Routing -------------------------------------------------------------------------------
 
 function route() {
@@ -291,13 +385,16 @@ function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
-  const section = path.startsWith("/jobs") ? "jobs" : "overview";
+  const section = path.startsWith("/jobs") ? "jobs" : path.startsWith("/workflows") ? "workflows" : "overview";
   document.querySelectorAll("[data-nav]").forEach((a) => {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   });
   const match = path.match(/^\/jobs\/([^/]+)$/);
+  const workflowMatch = path.match(/^\/workflows\/([^/]+)$/);
   if (match) job(decodeURIComponent(match[1]));
   else if (path === "/jobs") jobs(params);
+  else if (workflowMatch) workflow(decodeURIComponent(workflowMatch[1]));
+  else if (path === "/workflows") workflows(params);
   else overview();
   document.getElementById("app").focus({ preventScroll: true });
 }
