@@ -10,7 +10,8 @@
 //! long-poll phase after the burst, the submit-only rate, sync latency (`--sync-samples`
 //! sequential `Prefer: wait` submits), and peak RSS; then, on a stack of its own with keys on,
 //! sync latency again with a tenant's API key (`sync_with_key_ms`, the cost of
-//! authentication; one-gateway scenarios only). Then the raw floor on the same broker:
+//! authentication; one-gateway scenarios only); and workflows (`workflows`): a chain's time
+//! per step beside sequential sync submits, a batch in one workflow beside single submits. Then the raw floor on the same broker:
 //! publisher with confirms → consumer that publishes a persistent result with confirm, then
 //! acks → collector. It prints everything with ratios and writes JSON (`--json`).
 //!
@@ -26,6 +27,7 @@ mod floor;
 mod load;
 mod stack;
 mod webhooks;
+mod workflows;
 
 use std::path::PathBuf;
 
@@ -67,6 +69,12 @@ struct Args {
     /// (0: skip).
     #[arg(long, default_value_t = 2_000)]
     webhooks: usize,
+    /// Steps of the workflow chain measured per scenario (0: skip the workflow figures).
+    #[arg(long, default_value_t = 100)]
+    chain_steps: usize,
+    /// Steps of the workflow batch measured per scenario, beside as many single submits.
+    #[arg(long, default_value_t = 1_000)]
+    batch_steps: usize,
     /// Gateway counts to measure on PostgreSQL, comma separated (memory always runs one).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     gateways: Vec<usize>,
@@ -162,6 +170,22 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
     } else {
         Value::Null
     };
+    let flows = if args.chain_steps > 0 {
+        println!(
+            "workflows: a {}-step chain, a {}-step batch beside single submits...",
+            args.chain_steps, args.batch_steps
+        );
+        workflows::run(
+            &client,
+            &stack.bases,
+            args.chain_steps,
+            args.batch_steps,
+            args.concurrency,
+        )
+        .await?
+    } else {
+        Value::Null
+    };
     #[allow(clippy::cast_precision_loss)]
     let jobs = args.jobs as f64;
     let max_rss = |children: &[tokio::process::Child]| {
@@ -179,6 +203,7 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
         "gateway_peak_rss_mib": max_rss(&stack.gateways),
         "worker_peak_rss_mib": max_rss(&stack.workers),
         "webhooks": hooks,
+        "workflows": flows,
         "per_job": per_job,
     }))
 }
@@ -258,7 +283,7 @@ fn print_report(results: &Value) {
         print!(" {:>20}", s["scenario"].as_str().unwrap_or("?"));
     }
     println!(" {:>12}", "raw floor");
-    let rows: [(&str, &str, Option<&Value>); 23] = [
+    let rows: [(&str, &str, Option<&Value>); 27] = [
         (
             "throughput, counter (jobs/s)",
             "/throughput_jobs_per_s",
@@ -296,6 +321,26 @@ fn print_report(results: &Value) {
         ),
         ("webhook lag p50 (ms)", "/webhooks/lag_ms/p50", None),
         ("webhook lag p99 (ms)", "/webhooks/lag_ms/p99", None),
+        (
+            "workflow chain (ms/step)",
+            "/workflows/chain_ms_per_step",
+            None,
+        ),
+        (
+            "sequential sync (ms/job)",
+            "/workflows/sequential_sync_ms_per_job",
+            None,
+        ),
+        (
+            "workflow batch (jobs/s)",
+            "/workflows/batch_jobs_per_s",
+            None,
+        ),
+        (
+            "same jobs, single submits (jobs/s)",
+            "/workflows/singles_jobs_per_s",
+            None,
+        ),
         (
             "CPU ms/job: gateways",
             "/per_job/cpu_ms_per_job/gateways",

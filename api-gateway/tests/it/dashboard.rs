@@ -1,6 +1,6 @@
 //! The dashboard in a real browser (headless Chromium through `chromedriver`), against a
 //! running gateway (keys on) and worker: sign in, watch a job appear and finish, open it, cancel
-//! a long `sleep` job with its button, re-drive a failed one.
+//! a long `sleep` job with its button, re-drive a failed one, follow and cancel a workflow.
 //!
 //! Where `chromedriver` is not installed the test says so and passes without a browser, unless
 //! `WARREN_REQUIRE_BROWSER` is set (CI sets it, and installs Chromium). With
@@ -124,6 +124,52 @@ async fn the_dashboard_follows_cancels_and_redrives_jobs_in_a_real_browser() {
     browser.accept_dialog().await;
     browser
         .wait_for_text("dd[data-field='attempt']", |t| t.starts_with("3 of"))
+        .await;
+
+    // A workflow: listed, its page shows each step with its dependencies and job, and its
+    // cancel button (after confirming) cancels the running step and the one waiting on it.
+    let body = json!({"steps": [
+        {"name": "long", "type": "sleep", "payload": {"ms": 600_000}},
+        {"name": "after", "type": "echo", "depends_on": ["long"]},
+    ]});
+    let response = call(
+        &app,
+        Method::POST,
+        "/v1/workflows",
+        Some(ADMIN),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let workflow: Value = response.json().await.unwrap();
+    let workflow_id = workflow["id"].as_str().unwrap();
+    let long_job = workflow["steps"][0]["job_id"].as_str().unwrap();
+    browser
+        .open(&format!("{}/ui#/workflows", app.address))
+        .await;
+    browser
+        .click(&format!("tr[data-workflow='{workflow_id}'] a"))
+        .await;
+    browser
+        .wait_for_text("tr[data-step='long'] td.status-running", |t| t == "running")
+        .await;
+    assert_eq!(
+        browser
+            .text("tr[data-step='after'] td:nth-of-type(2)")
+            .await,
+        "long"
+    );
+    assert_eq!(browser.text("tr[data-step='long'] a").await, long_job);
+    save(&browser, "ui-workflow.png").await;
+    browser.click("#cancel-workflow").await;
+    browser.accept_dialog().await;
+    browser
+        .wait_for_text("dd[data-field='status']", |t| t == "cancelled")
+        .await;
+    browser
+        .wait_for_text("tr[data-step='after'] td.status-cancelled", |t| {
+            t == "cancelled"
+        })
         .await;
 
     browser.open(&format!("{}/ui#/", app.address)).await;
