@@ -1,6 +1,6 @@
 //! The overhead of a workflow step over a plain job, on the scenario's stack:
 //!
-//! - a chain of `--chain-steps` `echo` steps (each waits for the one before): time per step,
+//! - a chain of `--chain-steps` steps (`sleep` of 0 ms) (each waits for the one before): time per step,
 //!   beside the same number of sequential synchronous submits (one job after another, each
 //!   waited for), which is what a client orchestrating the chain itself would pay;
 //! - a batch of `--batch-steps` independent steps in one workflow, from submit until the
@@ -56,8 +56,9 @@ pub(crate) async fn run(
     let base = &bases[0];
     let chain: Vec<Value> = (0..chain_steps)
         .map(|i| match i {
-            0 => json!({"name": "s0", "type": "echo", "payload": {"i": 0}}),
-            _ => json!({"name": format!("s{i}"), "type": "echo", "depends_on": [format!("s{}", i - 1)]}),
+            // `sleep` of 0 ms: echo's answers would nest its parents' ever deeper.
+            0 => json!({"name": "s0", "type": "sleep", "payload": {"ms": 0}}),
+            _ => json!({"name": format!("s{i}"), "type": "sleep", "payload": {"ms": 0}, "depends_on": [format!("s{}", i - 1)]}),
         })
         .collect();
     let chain_s = run_workflow(client, base, &json!({ "steps": chain })).await?;

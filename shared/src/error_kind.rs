@@ -22,6 +22,9 @@ pub enum ErrorKind {
     Cancelled,
     /// The payload does not fit the handler's input (`invalid_payload`).
     InvalidPayload,
+    /// The handler's result cannot be kept faithfully (see [`crate::storable`]):
+    /// `invalid_result`.
+    InvalidResult,
     /// RabbitMQ had no queue for the job's type (`unroutable`).
     Unroutable,
     /// RabbitMQ did not confirm the job's publish (`publish_failed`).
@@ -31,13 +34,14 @@ pub enum ErrorKind {
 }
 
 /// Warren's own kinds and their strings.
-const KNOWN: [(ErrorKind, &str); 8] = [
+const KNOWN: [(ErrorKind, &str); 9] = [
     (ErrorKind::Timeout, "timeout"),
     (ErrorKind::Panic, "panic"),
     (ErrorKind::Aborted, "aborted"),
     (ErrorKind::Poison, "poison"),
     (ErrorKind::Cancelled, "cancelled"),
     (ErrorKind::InvalidPayload, "invalid_payload"),
+    (ErrorKind::InvalidResult, "invalid_result"),
     (ErrorKind::Unroutable, "unroutable"),
     (ErrorKind::PublishFailed, "publish_failed"),
 ];

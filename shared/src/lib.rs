@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod readiness;
 pub mod removal;
 pub mod shutdown;
+pub mod storable;
 pub mod telemetry;
 pub mod tls;
 pub mod topology;

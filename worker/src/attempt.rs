@@ -146,6 +146,26 @@ async fn announce_running_unless_quick(
     outcome
 }
 
+/// A handler's result, unless no store could keep it faithfully or no gateway could read it
+/// (nested past [`warren_shared::storable::MAX_DEPTH`], a NUL or lone surrogate in a string, a
+/// number beyond PostgreSQL's `numeric`): then the attempt fails for good with kind
+/// `invalid_result`, saying why, instead of sending an event every gateway would refuse.
+fn storable(result: serde_json::Value) -> Outcome {
+    let checked = serde_json::to_string(&result)
+        .map_err(|e| e.to_string())
+        .and_then(|text| warren_shared::storable::check(&text));
+    match checked {
+        Ok(()) => Outcome::Succeeded(result),
+        Err(why) => Outcome::Failed {
+            error: JobError::new(
+                ErrorKind::InvalidResult,
+                format!("the handler's result cannot be kept: it {why}"),
+            ),
+            retryable: false,
+        },
+    }
+}
+
 /// Runs the handler on its own task, so a panic is caught as a failed attempt; stops it at
 /// its timeout, or when a cancel request cancels its context (after [`CANCEL_GRACE`] to stop
 /// on its own). Timeouts and panics count as retryable; a handler error says for itself.
@@ -165,7 +185,7 @@ async fn execute(handler: &Handler, context: JobContext, timeout: Duration) -> O
         }
     };
     match joined {
-        Ok(Ok(result)) => Outcome::Succeeded(result),
+        Ok(Ok(result)) => storable(result),
         Ok(Err(error)) => Outcome::Failed {
             retryable: error.retryable,
             error: JobError::new(error.kind, error.message),

@@ -7,7 +7,6 @@
 pub mod callback;
 pub mod job;
 pub mod key;
-pub mod payload;
 pub mod raw_json;
 pub mod schedule;
 pub mod spec;

@@ -169,7 +169,7 @@ impl JobSpec {
             });
         }
         if let Some(payload) = &self.payload {
-            super::payload::check(payload.get()).map_err(|message| SpecError {
+            warren_shared::storable::check(payload.get()).map_err(|message| SpecError {
                 field: "payload",
                 message,
             })?;

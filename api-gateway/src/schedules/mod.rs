@@ -142,7 +142,7 @@ impl ScheduleService {
     async fn check(&self, schedule: &mut Schedule) -> Result<(), SchedulesError> {
         let cadence = Cadence::parse(&schedule.cron, &schedule.timezone)
             .map_err(|(field, message)| SpecError { field, message })?;
-        crate::model::payload::check(schedule.payload.as_raw().get()).map_err(|message| {
+        warren_shared::storable::check(schedule.payload.as_raw().get()).map_err(|message| {
             SpecError {
                 field: "payload",
                 message,

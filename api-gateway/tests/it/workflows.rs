@@ -475,3 +475,63 @@ async fn a_finished_workflow_calls_its_callback_url_signed_like_a_job_on_both_st
     }
     schema.drop_schema().await;
 }
+
+/// A chain of `n` steps of `step(i)`, each depending on the one before.
+fn chain(n: usize, step: impl Fn(usize) -> Value) -> Value {
+    let steps: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut body = step(i);
+            body["name"] = json!(format!("s{i}"));
+            if i > 0 {
+                body["depends_on"] = json!([format!("s{}", i - 1)]);
+            }
+            body
+        })
+        .collect();
+    json!({ "steps": steps })
+}
+
+#[tokio::test]
+async fn a_hundred_step_chain_and_a_thousand_step_batch_finish() {
+    let app = app_on(None).await;
+    let sleeps = chain(100, |_| json!({"type": "sleep", "payload": {"ms": 0}}));
+    let submitted = submit_workflow(&app, &sleeps).await;
+    let workflow = finished(&app, submitted["id"].as_str().unwrap()).await;
+    assert_eq!(workflow["status"], "succeeded");
+    let batch: Vec<Value> = (0..1000)
+        .map(|i| json!({"name": format!("s{i}"), "type": "echo"}))
+        .collect();
+    let submitted = submit_workflow(&app, &json!({ "steps": batch })).await;
+    let workflow = finished(&app, submitted["id"].as_str().unwrap()).await;
+    assert_eq!(workflow["status"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_result_nested_too_deep_fails_its_step_with_why_instead_of_stalling_the_workflow() {
+    // Each echo step answers {"payload", "parents": {<previous answer>}}: two levels deeper
+    // per step, so a long echo chain's results pass the 100 levels Warren keeps.
+    let app = app_on(None).await;
+    let echoes = chain(100, |_| json!({"type": "echo"}));
+    let submitted = submit_workflow(&app, &echoes).await;
+    let workflow = finished(&app, submitted["id"].as_str().unwrap()).await;
+    assert_eq!(workflow["status"], "failed", "{workflow}");
+    let steps = workflow["steps"].as_array().unwrap();
+    let failed = steps.iter().position(|s| s["status"] == "failed").unwrap();
+    assert!(steps[..failed].iter().all(|s| s["status"] == "succeeded"));
+    assert!(
+        steps[failed + 1..]
+            .iter()
+            .all(|s| s["status"] == "cancelled")
+    );
+    let job = app.job(steps[failed]["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["error"]["kind"], "invalid_result", "{job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 deep"),
+        "{job}"
+    );
+    app.stop().await;
+}

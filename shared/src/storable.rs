@@ -1,11 +1,14 @@
-//! What a payload must be to be kept faithfully by every store and read by every worker: JSON
+//! What a payload or a result must be to be kept faithfully by every store and read by every
+//! worker and gateway: JSON
 //! nested at most [`MAX_DEPTH`] deep, with no string holding a NUL character (`\u0000`) or half
 //! of a UTF-16 surrogate pair (`"\ud800"` alone), and no number beyond what PostgreSQL's
 //! `numeric` holds (131,072 digits before the point, 16,383 after). The memory store could keep
 //! any of these as text; PostgreSQL's `jsonb` refuses them, and a worker's JSON parser stops at
-//! 128 levels. So both stores refuse them alike, up front, naming what is wrong.
+//! 128 levels. So the gateway refuses such payloads up front, naming what is wrong, whatever
+//! its store; and a worker fails an attempt whose handler returned such a result (kind
+//! `invalid_result`), instead of sending an event no gateway could read or store.
 
-/// How deep arrays and objects may nest in a payload (a worker's JSON parser stops at 128).
+/// How deep arrays and objects may nest (a JSON parser here stops at 128).
 pub const MAX_DEPTH: usize = 100;
 
 /// Digits a number may have before its decimal point (PostgreSQL's `numeric`).
