@@ -166,7 +166,7 @@ impl Stack {
         for _ in 0..spec.workers {
             let mut env = common.to_vec();
             env.extend([
-                ("WARREN_WORKER_TYPES", "echo".to_owned()),
+                ("WARREN_WORKER_TYPES", "echo,sleep".to_owned()),
                 (
                     "WARREN_WORKER_CONCURRENCY",
                     spec.worker_concurrency.to_string(),
@@ -186,7 +186,10 @@ impl Stack {
         }
         let connection = crate::floor::connect(&self.amqp_url).await?;
         let topology = warren_shared::Topology::new(&self.namespace);
-        let names = removal::Names::declared(&topology, &[JobType::parse("echo")?]);
+        let names = removal::Names::declared(
+            &topology,
+            &[JobType::parse("echo")?, JobType::parse("sleep")?],
+        );
         removal::remove(&connection, &names, true).await?;
         if let Some((client, schema)) = self.schema {
             client

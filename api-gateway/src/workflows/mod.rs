@@ -18,6 +18,8 @@ pub mod sweeper;
 
 use std::{sync::Arc, time::Duration};
 
+use futures_util::StreamExt;
+
 use tokio::time::Instant;
 use uuid::Uuid;
 use warren_shared::{JobStatus, trace::TraceContext};
@@ -33,6 +35,9 @@ use crate::{
     },
     watch::Watchers,
 };
+
+/// Steps published at once (confirms in flight together) when a submit or a settle has many.
+const PUBLISHES_IN_FLIGHT: usize = 64;
 
 /// Why the service refused or could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -183,8 +188,13 @@ impl WorkflowService {
         self.metrics.workflow_submitted(steps);
         let mut all_published = true;
         let mut any_failed = false;
-        for job in first {
-            match self.jobs.publish(job, None, trace).await {
+        // Many first steps (a batch) are published with confirms in flight together, not one
+        // round trip after another.
+        let mut published = futures_util::stream::iter(first)
+            .map(|job| self.jobs.publish(job, None, trace))
+            .buffer_unordered(PUBLISHES_IN_FLIGHT);
+        while let Some(outcome) = published.next().await {
+            match outcome {
                 Ok(_) => {}
                 // Still marked: the relay publishes it.
                 Err(JobsError::NotConfirmed(_)) => all_published = false,
@@ -192,6 +202,7 @@ impl WorkflowService {
                 Err(_) => any_failed = true,
             }
         }
+        drop(published);
         if any_failed {
             self.settle(workflow.id, trace, "submit").await;
         }
@@ -253,15 +264,21 @@ impl WorkflowService {
             tracing::info!(workflow_id = %id, job_id = %job.id, step = ?job.step, "step cancelled: it can never run");
             self.watchers.publish(job);
         }
-        for job in settled.released {
+        for job in &settled.released {
             tracing::info!(workflow_id = %id, job_id = %job.id, step = ?job.step, "step released");
             self.watchers.publish(job.clone());
+        }
+        let mut published = futures_util::stream::iter(settled.released)
+            .map(|job| self.jobs.publish(job, None, trace))
+            .buffer_unordered(PUBLISHES_IN_FLIGHT);
+        while let Some(outcome) = published.next().await {
             // Unconfirmed or refused: the relay publishes it later, or it failed (and the
             // next settle cancels its dependents).
-            if let Err(error) = self.jobs.publish(job, None, trace).await {
+            if let Err(error) = outcome {
                 tracing::warn!(%error, workflow_id = %id, "a released step was not published now");
             }
         }
+        drop(published);
         if settled.finished {
             let workflow = &settled.workflow;
             tracing::info!(workflow_id = %id, status = %workflow.status, "workflow finished");

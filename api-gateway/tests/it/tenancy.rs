@@ -355,3 +355,51 @@ async fn status_of(app: &TestApp, id: &str) -> Value {
         .unwrap();
     job["status"].clone()
 }
+
+#[tokio::test]
+async fn another_tenants_workflow_is_404_and_a_workflow_counts_against_the_keys_cap() {
+    let mut app = spawn_app_with(with_admin).await;
+    app.declare_idle_queue("echo").await;
+    let a = make_key(&app, &json!({"tenant": "acme", "max_in_flight": 3})).await;
+    let b = make_key(&app, &json!({"tenant": "globex"})).await;
+    let (a, b) = (a["key"].as_str().unwrap(), b["key"].as_str().unwrap());
+    let body = json!({"steps": [
+        {"name": "one", "type": "echo"},
+        {"name": "two", "type": "echo", "depends_on": ["one"]},
+    ]});
+    let response = call(&app, Method::POST, "/v1/workflows", Some(a), Some(&body)).await;
+    assert_eq!(response.status(), 201);
+    let workflow: Value = response.json().await.unwrap();
+    let id = workflow["id"].as_str().unwrap();
+    let job = workflow["steps"][0]["job_id"].as_str().unwrap();
+    for (method, path) in [
+        (Method::GET, format!("/v1/workflows/{id}")),
+        (Method::GET, format!("/v1/workflows/{id}?wait=1")),
+        (Method::GET, format!("/v1/workflows/{id}/events")),
+        (Method::POST, format!("/v1/workflows/{id}/cancel")),
+        (Method::GET, format!("/v1/jobs/{job}")),
+    ] {
+        let response = call(&app, method.clone(), &path, Some(b), None).await;
+        assert_eq!(response.status(), 404, "{method} {path}");
+    }
+    let listed: Value = call(&app, Method::GET, "/v1/workflows", Some(b), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["workflows"], json!([]));
+    let mine: Value = call(&app, Method::GET, "/v1/workflows", Some(a), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["workflows"][0]["id"], id);
+    // Two steps in flight (no worker runs them) and a cap of 3: another two-step workflow
+    // would pass it, so it is refused whole; a one-step one fits.
+    let refused = call(&app, Method::POST, "/v1/workflows", Some(a), Some(&body)).await;
+    assert_eq!(refused.status(), 429);
+    let one = json!({"steps": [{"name": "only", "type": "echo"}]});
+    let fits = call(&app, Method::POST, "/v1/workflows", Some(a), Some(&one)).await;
+    assert_eq!(fits.status(), 201);
+    app.stop().await;
+}
