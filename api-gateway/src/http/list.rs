@@ -39,6 +39,31 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
+/// A page's `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] without one.
+pub fn page_limit(raw: Option<String>) -> Result<usize, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    raw.parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            ApiError::BadParameter(format!(
+                "limit={raw:?}: use a whole number from 1 to {MAX_LIMIT}"
+            ))
+        })
+}
+
+/// A page's `cursor` (the last id of the previous page), if given.
+pub fn cursor<T: std::str::FromStr>(raw: Option<String>) -> Result<Option<T>, ApiError> {
+    raw.map(|raw| {
+        raw.parse::<T>().map_err(|_| {
+            ApiError::BadParameter(format!("cursor={raw:?} is not a cursor this API returned"))
+        })
+    })
+    .transpose()
+}
+
 impl ListParams {
     fn into_query(self, caller: &Caller) -> Result<ListQuery, ApiError> {
         let bad = |message: String| ApiError::BadParameter(message);
@@ -59,25 +84,8 @@ impl ListParams {
                     .map_err(|_| bad(format!("workflow={raw:?} is not a workflow id (a UUID)")))
             })
             .transpose()?;
-        let limit = match self.limit {
-            None => DEFAULT_LIMIT,
-            Some(raw) => raw
-                .parse()
-                .ok()
-                .filter(|n| (1..=MAX_LIMIT).contains(n))
-                .ok_or_else(|| {
-                    bad(format!(
-                        "limit={raw:?}: use a whole number from 1 to {MAX_LIMIT}"
-                    ))
-                })?,
-        };
-        let before = self
-            .cursor
-            .map(|raw| {
-                raw.parse::<JobId>()
-                    .map_err(|_| bad(format!("cursor={raw:?} is not a cursor this API returned")))
-            })
-            .transpose()?;
+        let limit = page_limit(self.limit)?;
+        let before = cursor::<JobId>(self.cursor)?;
         Ok(ListQuery {
             tenant: caller.tenant().map(str::to_owned),
             status,

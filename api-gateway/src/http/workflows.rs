@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     auth::Caller,
-    http::list::{DEFAULT_LIMIT, MAX_LIMIT},
+    http::list::{cursor, page_limit},
     model::{StepView, WorkflowSpec, WorkflowStatus, WorkflowView},
     store::WorkflowQuery,
     watch::WorkflowSubscription,
@@ -180,25 +180,8 @@ pub async fn list(
         .map(|raw| raw.parse::<WorkflowStatus>())
         .transpose()
         .map_err(|e| bad(format!("status: {e}")))?;
-    let limit = match params.limit {
-        None => DEFAULT_LIMIT,
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                bad(format!(
-                    "limit={raw:?}: use a whole number from 1 to {MAX_LIMIT}"
-                ))
-            })?,
-    };
-    let before = params
-        .cursor
-        .map(|raw| {
-            raw.parse::<Uuid>()
-                .map_err(|_| bad(format!("cursor={raw:?} is not a cursor this API returned")))
-        })
-        .transpose()?;
+    let limit = page_limit(params.limit)?;
+    let before = cursor::<Uuid>(params.cursor)?;
     let query = WorkflowQuery {
         tenant: caller.tenant().map(str::to_owned),
         status,

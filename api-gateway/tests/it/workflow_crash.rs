@@ -90,6 +90,31 @@ async fn declare_queues(namespace: &str) {
     let _ = connection.close(200, "declared".into()).await;
 }
 
+/// Waits until `doomed` says it reached its fault point, then kills it with SIGKILL.
+async fn kill_at_fault_point(
+    doomed: &mut tokio::process::Child,
+    stderr: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let reached = async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("fault point after_step_outcome reached") {
+                return;
+            }
+        }
+        panic!("the gateway ended without reaching the fault point");
+    };
+    tokio::time::timeout(DEADLINE, reached).await.unwrap();
+    doomed.kill().await.unwrap();
+}
+
+/// Stops the surviving gateway (removing the namespace with the job types the test used) and
+/// drops the schema.
+async fn tear_down(mut survivor: TestApp, schema: TestSchema) {
+    survivor.job_types = vec!["echo".parse().unwrap(), "join".parse().unwrap()];
+    survivor.stop().await;
+    schema.drop_schema().await;
+}
+
 /// Checks the workflow succeeded with one job per step, and the join ran once and saw every
 /// part's result.
 async fn assert_completed_once(survivor: &TestApp, id: &str, joins: &AtomicUsize) {
@@ -150,24 +175,12 @@ async fn a_gateway_killed_after_storing_step_outcomes_but_before_settling_loses_
         .as_str()
         .unwrap()
         .to_owned();
-    let reached = async {
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            if line.contains("fault point after_step_outcome reached") {
-                return;
-            }
-        }
-        panic!("the gateway ended without reaching the fault point");
-    };
-    tokio::time::timeout(DEADLINE, reached).await.unwrap();
-    doomed.kill().await.unwrap(); // SIGKILL: outcomes stored and acked, not settled
+    kill_at_fault_point(&mut doomed, &mut stderr).await; // outcomes stored and acked, not settled
 
     assert_completed_once(&survivor, &id, &joins).await;
     let _ = stop_worker.send(());
     worker_task.await.unwrap();
-    let mut survivor = survivor;
-    survivor.job_types = vec!["echo".parse().unwrap(), "join".parse().unwrap()];
-    survivor.stop().await;
-    schema.drop_schema().await;
+    tear_down(survivor, schema).await;
 }
 
 #[tokio::test]
@@ -200,10 +213,7 @@ async fn a_gateway_killed_right_after_accepting_a_fan_out_leaves_it_to_the_other
     assert_completed_once(&survivor, &id, &joins).await;
     let _ = stop_worker.send(());
     worker_task.await.unwrap();
-    let mut survivor = survivor;
-    survivor.job_types = vec!["echo".parse().unwrap(), "join".parse().unwrap()];
-    survivor.stop().await;
-    schema.drop_schema().await;
+    tear_down(survivor, schema).await;
 }
 
 #[tokio::test]
@@ -238,16 +248,7 @@ async fn the_last_outcome_stored_by_a_gateway_that_died_before_settling_is_settl
         .as_str()
         .unwrap()
         .to_owned();
-    let reached = async {
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            if line.contains("fault point after_step_outcome reached") {
-                return;
-            }
-        }
-        panic!("the gateway ended without reaching the fault point");
-    };
-    tokio::time::timeout(DEADLINE, reached).await.unwrap();
-    doomed.kill().await.unwrap();
+    kill_at_fault_point(&mut doomed, &mut stderr).await;
 
     let survivor = spawn_app_with(|config| {
         config.database_url = Some(schema.url());
@@ -268,8 +269,5 @@ async fn the_last_outcome_stored_by_a_gateway_that_died_before_settling_is_settl
     );
     let _ = stop_worker.send(());
     worker_task.await.unwrap();
-    let mut survivor = survivor;
-    survivor.job_types = vec!["echo".parse().unwrap(), "join".parse().unwrap()];
-    survivor.stop().await;
-    schema.drop_schema().await;
+    tear_down(survivor, schema).await;
 }
