@@ -41,7 +41,8 @@ pub async fn spec(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The document as JSON, with what utoipa's annotations cannot say:
-/// - the webhook a job's `callback_url` receives, as the `callbacks` of `POST /v1/jobs`;
+/// - the webhook a job's (a workflow's) `callback_url` receives, as the `callbacks` of
+///   `POST /v1/jobs` (`POST /v1/workflows`);
 /// - that `run_at` and `delay_ms` exclude each other;
 /// - this gateway's own limits (`WARREN_MAX_TIMEOUT_MS`, `WARREN_MAX_DELAY`) as maxima;
 /// - the time zones a schedule takes, as an enum of the IANA names the server knows;
@@ -60,7 +61,12 @@ pub fn render(
     }
     describe_every_response(&mut document)?;
     let submit = document.pointer_mut("/paths/~1v1~1jobs/post")?;
-    submit["callbacks"] = job_finished_callback();
+    submit["callbacks"] = finished_callback("jobFinished", "job", "Job");
+    let workflow = document.pointer_mut("/paths/~1v1~1workflows/post")?;
+    workflow["callbacks"] = finished_callback("workflowFinished", "workflow", "WorkflowView");
+    // The timeout of a workflow step has the same maximum as a job's.
+    let step = document.pointer_mut("/components/schemas/StepSpec")?;
+    step["properties"]["timeout_ms"]["maximum"] = limits.max_timeout_ms.into();
     let max_delay_ms = u64::try_from(limits.max_delay.as_millis()).unwrap_or(u64::MAX);
     let request = document.pointer_mut("/components/schemas/SubmitRequest")?;
     request["not"] = serde_json::json!({"required": ["run_at", "delay_ms"]});
@@ -171,28 +177,30 @@ fn declare_security(document: &mut serde_json::Value) -> Option<()> {
     Some(())
 }
 
-/// The webhook Warren POSTs to `callback_url` when the job finishes.
-fn job_finished_callback() -> serde_json::Value {
+/// The webhook Warren POSTs to `callback_url` when the job (or workflow: `what`, whose resource
+/// is `schema`) finishes, as the callback named `name`.
+fn finished_callback(name: &str, what: &str, schema: &str) -> serde_json::Value {
     let header = |name: &str, description: &str| {
         serde_json::json!({"name": name, "in": "header", "required": true,
             "description": description, "schema": {"type": "string"}})
     };
-    serde_json::json!({"jobFinished": {"{$request.body#/callback_url}": {"post": {
-        "summary": "The finished job",
-        "description": "When the job reaches a terminal status, Warren POSTs the job resource here, signed as Standard Webhooks 1.0 says. A 2xx ends the delivery; `410 Gone` stops it; anything else, a timeout or a refused connection is retried with growing delays (`WARREN_WEBHOOK_RETRY_DELAYS`). Redirects are not followed. Delivery is at-least-once: drop duplicates by `webhook-id`.",
+    let operation = serde_json::json!({"{$request.body#/callback_url}": {"post": {
+        "summary": format!("The finished {what}"),
+        "description": format!("When the {what} reaches a terminal status, Warren POSTs the {what} resource here, signed as Standard Webhooks 1.0 says. A 2xx ends the delivery; `410 Gone` stops it; anything else, a timeout or a refused connection is retried with growing delays (`WARREN_WEBHOOK_RETRY_DELAYS`). Redirects are not followed. Delivery is at-least-once: drop duplicates by `webhook-id`."),
         "parameters": [
             header("webhook-id", "The delivery's id, the same on every attempt"),
             header("webhook-timestamp", "Unix seconds when this attempt was signed"),
             header("webhook-signature", "`v1,` + base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the bytes of WARREN_WEBHOOK_SECRET"),
         ],
         "requestBody": {"required": true,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}},
+            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}},
         "responses": {
             "2XX": {"description": "Delivered: no further attempts"},
             "410": {"description": "Gone: Warren stops delivering"},
             "default": {"description": "Retried later"},
         },
-    }}}})
+    }}});
+    serde_json::json!({ name: operation })
 }
 
 /// `GET /docs`: a page that renders `/openapi.json`.

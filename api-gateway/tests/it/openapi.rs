@@ -8,7 +8,7 @@ use crate::{
 };
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 26] = [
+const ROUTES: [(&str, &str); 31] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -35,6 +35,11 @@ const ROUTES: [(&str, &str); 26] = [
     ("delete", "/v1/keys/{id}"),
     ("get", "/v1/queues"),
     ("get", "/v1/jobs/{id}/payload"),
+    ("post", "/v1/workflows"),
+    ("get", "/v1/workflows"),
+    ("get", "/v1/workflows/{id}"),
+    ("get", "/v1/workflows/{id}/events"),
+    ("post", "/v1/workflows/{id}/cancel"),
 ];
 
 /// Every `$ref` anywhere in `value`.
@@ -76,6 +81,13 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
         delivery["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/Job",
         "the callback a job's callback_url receives is described"
+    );
+    let workflow_hook = &spec["paths"]["/v1/workflows"]["post"]["callbacks"]["workflowFinished"];
+    assert_eq!(
+        workflow_hook["{$request.body#/callback_url}"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/WorkflowView",
+        "the callback a workflow's callback_url receives is described"
     );
     // Client generators name functions after operationIds and need a description on every
     // response (OpenAPI requires one).
@@ -176,7 +188,11 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
     let statuses = spec["components"]["schemas"]["JobStatus"]["enum"]
         .as_array()
         .unwrap();
-    assert_eq!(statuses.len(), 7);
+    assert_eq!(
+        statuses.len(),
+        8,
+        "waiting, scheduled, queued, running, retrying and the three terminal ones"
+    );
     for (path, method, status) in [
         ("/generate-report", "post", "400"),
         ("/generate-report", "post", "415"),
