@@ -161,6 +161,45 @@ impl Publisher {
         Ok(found)
     }
 
+    /// The oldest `limit` messages of the dead-letter queue, and how many it holds, without
+    /// taking any away: they are fetched unacknowledged on a channel of their own, which is then
+    /// closed, so RabbitMQ puts every one back where it was (its `x-delivery-count` goes up by
+    /// one; the dead-letter queue has no delivery limit). Two peeks at the same moment each see
+    /// part of the queue.
+    pub async fn peek_dead_letters(
+        &self,
+        limit: u32,
+    ) -> Result<crate::model::DeadLetterPage, BrokerError> {
+        let connection = amqp::connection(&self.pool).await?;
+        let channel = connection.create_channel().await?;
+        let queue = self.topology.dead_queue();
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await?;
+        let total = declared.message_count();
+        let mut dead_letters = Vec::new();
+        for _ in 0..limit.min(total) {
+            let got = channel
+                .basic_get(
+                    queue.as_str().into(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await?;
+            let Some(message) = got else { break };
+            dead_letters.push(dead_letter_of(&message.delivery));
+        }
+        // Unacknowledged, so closing the channel returns them all.
+        let _closed = channel.close(200, "peeked".into()).await;
+        Ok(crate::model::DeadLetterPage {
+            total,
+            dead_letters,
+        })
+    }
+
     /// The names it publishes under.
     #[must_use]
     pub fn topology(&self) -> &Topology {
@@ -184,5 +223,39 @@ impl Publisher {
                 "no usable channel within {wait:?} (still connecting)"
             )),
         }
+    }
+}
+
+/// A text header of `delivery`.
+fn text_header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers
+        .inner()
+        .get(&lapin::types::ShortString::from(name))?
+    {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+/// What a dead-lettered delivery says of itself: Warren's reason and error history when a
+/// worker or gateway put it there, the broker's reason otherwise.
+fn dead_letter_of(delivery: &lapin::message::Delivery) -> crate::model::DeadLetter {
+    let properties = &delivery.properties;
+    let body = serde_json::from_slice(&delivery.data).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&delivery.data).into_owned())
+    });
+    // A job or event body names its job and type; other messages only in their properties.
+    let named = |field: &str| body.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    crate::model::DeadLetter {
+        message_id: named("id")
+            .or_else(|| properties.message_id().as_ref().map(ToString::to_string)),
+        job_type: named("type").or_else(|| properties.kind().as_ref().map(ToString::to_string)),
+        reason: text_header(delivery, topology::DEAD_REASON_HEADER)
+            .or_else(|| text_header(delivery, "x-first-death-reason")),
+        errors: text_header(delivery, "x-warren-errors")
+            .and_then(|text| serde_json::from_str(&text).ok()),
+        body,
     }
 }

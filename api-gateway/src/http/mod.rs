@@ -56,6 +56,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
         .routes(routes!(queues::overview))
+        .routes(routes!(queues::dead_letters))
         .routes(routes!(schedules::create, schedules::list))
         .routes(routes!(
             schedules::get,

@@ -2,17 +2,20 @@
 //! and finished in the last hour (from the store, the caller's tenant only), and workers
 //! consuming (from RabbitMQ: a passive declare of the type's queue, no management plugin).
 //! Messages ready and dead letters count every tenant's jobs, so only the operator sees them.
+//!
+//! `GET /v1/dead-letters`: the operator reads the oldest dead letters themselves, with why each
+//! is there, without taking them from the queue.
 
 use axum::{
     Json,
-    extract::{Extension, State},
+    extract::{Extension, Query, State, rejection::QueryRejection},
 };
 
 use super::{
     AppState,
     problem::{ApiError, Problem},
 };
-use crate::{auth::Caller, queues::QueueOverview};
+use crate::{auth::Caller, model::DeadLetterPage, queues::QueueOverview};
 
 /// `GET /v1/queues`.
 #[utoipa::path(get, path = "/v1/queues", operation_id = "getQueues", tag = "jobs",
@@ -23,4 +26,53 @@ pub async fn overview(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<QueueOverview>, ApiError> {
     Ok(Json(state.queues.overview(&caller).await?))
+}
+
+/// The query of `GET /v1/dead-letters`.
+#[derive(Debug, serde::Deserialize)]
+pub struct DeadLetterParams {
+    limit: Option<String>,
+}
+
+/// Most dead letters one request shows.
+const MAX_DEAD_LETTERS: u32 = 100;
+
+/// `GET /v1/dead-letters`: the oldest dead letters, without taking them from the queue.
+#[utoipa::path(get, path = "/v1/dead-letters", operation_id = "listDeadLetters", tag = "jobs",
+    description = "The oldest messages in the dead-letter queue (jobs out of attempts or failed for good, messages no worker could read, events no gateway could apply), with why each is there, and how many it holds. Reading leaves them in the queue. Every tenant's jobs are there, so only the operator may read them.",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "How many, 1 to 100 (default 20)")),
+    responses((status = 200, body = DeadLetterPage), (status = 400, description = "A bad limit", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ is unavailable", body = Problem, content_type = "application/problem+json")))]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    params: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadParameter(e.body_text()))?;
+    let limit = match params.limit {
+        None => 20,
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_DEAD_LETTERS).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadParameter(format!(
+                    "limit={raw:?}: use a whole number from 1 to {MAX_DEAD_LETTERS}"
+                ))
+            })?,
+    };
+    if caller.tenant().is_some() {
+        return Err(ApiError::Forbidden(
+            "dead letters hold every tenant's jobs: only the operator (WARREN_ADMIN_KEY) reads them"
+                .into(),
+        ));
+    }
+    let page = state
+        .publisher
+        .peek_dead_letters(limit)
+        .await
+        .map_err(|error| {
+            tracing::warn!(%error, "cannot read the dead-letter queue");
+            ApiError::Unavailable("RabbitMQ cannot be read now")
+        })?;
+    Ok(Json(page))
 }

@@ -5,6 +5,7 @@
 //! its types.
 
 pub mod callback;
+pub mod dead_letter;
 pub mod job;
 pub mod key;
 pub mod raw_json;
@@ -13,6 +14,7 @@ pub mod spec;
 pub mod workflow;
 
 pub use callback::{Callback, CallbackState, Delivery};
+pub use dead_letter::{DeadLetter, DeadLetterPage};
 pub use job::{AttemptError, Job, MAX_ERRORS};
 pub use key::{ApiKey, DEFAULT_TENANT, NewKey, Right};
 pub use raw_json::RawJson;

@@ -126,6 +126,14 @@ async fn the_dashboard_follows_cancels_and_redrives_jobs_in_a_real_browser() {
         .wait_for_text("dd[data-field='attempt']", |t| t.starts_with("3 of"))
         .await;
 
+    // The failed job is among the dead letters, with why.
+    browser.open(&format!("{}/ui#/dead", app.address)).await;
+    browser
+        .wait_for_text(&format!("tr[data-dead='{boom}'] td.reason"), |t| {
+            t.starts_with("failed on attempt")
+        })
+        .await;
+
     // A workflow: listed, its page shows each step with its dependencies and job, and its
     // cancel button (after confirming) cancels the running step and the one waiting on it.
     let body = json!({"steps": [

@@ -8,7 +8,7 @@ use crate::{
 };
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 31] = [
+const ROUTES: [(&str, &str); 32] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -35,6 +35,7 @@ const ROUTES: [(&str, &str); 31] = [
     ("delete", "/v1/keys/{id}"),
     ("get", "/v1/queues"),
     ("get", "/v1/jobs/{id}/payload"),
+    ("get", "/v1/dead-letters"),
     ("post", "/v1/workflows"),
     ("get", "/v1/workflows"),
     ("get", "/v1/workflows/{id}"),

@@ -107,3 +107,85 @@ async fn a_tenant_sees_only_its_own_counts_and_no_broker_totals() {
     assert_eq!(queue(&all, "idle")["messages_ready"], 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_operator_reads_dead_letters_with_their_reason_and_errors_and_they_stay() {
+    let mut app = spawn_app_with(with_admin).await;
+    let builder = Worker::builder().handler("boom", |_context| async {
+        Err::<Value, _>(warren_worker::HandlerError::permanent(
+            "boom",
+            "it always fails",
+        ))
+    });
+    app.spawn_worker(builder).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let body = json!({"type": "boom", "payload": {"n": n}, "max_attempts": 1});
+        let submitted = call(&app, Method::POST, "/v1/jobs", Some(ADMIN), Some(&body)).await;
+        let job: Value = submitted.json().await.unwrap();
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    let read = || async {
+        let response = call(
+            &app,
+            Method::GET,
+            "/v1/dead-letters?limit=2",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()
+    };
+    // The worker's dead-lettering is confirmed after the job's failure event, and a peek's
+    // messages go back as its channel closes: wait (with the deadline) until all three show.
+    let all_three = || async {
+        let started = std::time::Instant::now();
+        loop {
+            let page = read().await;
+            if page["total"] == 3 && page["dead_letters"].as_array().unwrap().len() == 2 {
+                return page;
+            }
+            assert!(started.elapsed() < crate::helpers::DEADLINE, "{page}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let page = all_three().await;
+    let letters = page["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 2, "the limit");
+    assert_eq!(letters[0]["message_id"], ids[0], "oldest first");
+    assert_eq!(letters[0]["type"], "boom");
+    assert_eq!(
+        letters[0]["reason"],
+        "failed on attempt 1 of 1: boom: it always fails"
+    );
+    assert_eq!(letters[0]["errors"][0]["kind"], "boom");
+    assert_eq!(letters[0]["body"]["payload"], json!({"n": 0}));
+    // Reading took nothing away, and did not reorder the queue.
+    let again = all_three().await;
+    assert_eq!(again["dead_letters"][0]["message_id"], ids[0]);
+    assert_eq!(again["dead_letters"][1]["message_id"], ids[1]);
+
+    let tenant = make_key(
+        &app,
+        &json!({"tenant": "acme", "rights": ["admin", "read"]}),
+    )
+    .await;
+    let tenant = tenant["key"].as_str().unwrap();
+    let refused = call(&app, Method::GET, "/v1/dead-letters", Some(tenant), None).await;
+    assert_eq!(
+        refused.status(),
+        403,
+        "dead letters hold every tenant's jobs"
+    );
+    let bad = call(
+        &app,
+        Method::GET,
+        "/v1/dead-letters?limit=0",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(bad.status(), 400);
+    app.stop().await;
+}

@@ -1,8 +1,9 @@
-// Warren's dashboard: five views over the public API, routed by the URL's hash.
+// Warren's dashboard: six views over the public API, routed by the URL's hash.
 //   #/            overview: /v1/queues every 2 s, and a chart of jobs finished per interval
 //   #/jobs?...    the job list with the API's filters (status, type) and paging
 //   #/jobs/<id>   one job: fields, payload, result or error, error history, deliveries, and
 //                 live progress over SSE; cancel and re-drive buttons, with confirmation
+//   #/dead        the oldest dead letters (operator only): why each is there, its errors, its body
 //   #/workflows?... the workflow list (status filter, paging)
 //   #/workflows/<id> one workflow: each step's status, dependencies and a link to its job,
 //                 refreshed while it runs; a cancel button, with confirmation
@@ -113,7 +114,8 @@ function overview() {
       card("scheduled", total("scheduled")),
       card("succeeded (1 h)", total("succeeded_last_hour")),
       card("failed (1 h)", total("failed_last_hour")),
-      card("dead letters", data.dead_letters === null ? "–" : data.dead_letters),
+      data.dead_letters === null ? card("dead letters", "–")
+        : el("a", { class: "card-link", href: "#/dead" }, card("dead letters", data.dead_letters)),
     );
     replaceKeepingFocus(table, queueTable(data));
   }
@@ -287,6 +289,30 @@ function job(id) {
   stopView = () => { if (stream) stream.close(); };
 }
 
+// ---- Dead letters --------------------------------------------------------------------------
+
+function dead() {
+  const list = el("div", { class: "scroll" }, el("p", {}, "Loading…"));
+  show("Dead letters", el("p", { class: "muted" }, "The oldest messages in the dead-letter queue; reading them leaves them there."), list);
+  (async () => {
+    let page;
+    try { page = await api("/v1/dead-letters?limit=50"); } catch (error) { say(`Dead letters: ${error.message}`); return; }
+    list.replaceChildren(
+      el("p", { id: "dead-total" }, `${page.total} in the queue; the oldest ${page.dead_letters.length} below.`),
+      page.dead_letters.length ? el("table", {},
+        el("thead", {}, el("tr", {}, ["message", "type", "reason", "last error", "body"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, page.dead_letters.map((d) => {
+          const last = Array.isArray(d.errors) && d.errors.length ? d.errors[d.errors.length - 1] : null;
+          return el("tr", { "data-dead": d.message_id || "" },
+            el("td", {}, d.message_id ? el("a", { href: `#/jobs/${encodeURIComponent(d.message_id)}` }, d.message_id) : "–"),
+            el("td", {}, d.type || "–"), el("td", { class: "reason" }, d.reason || "–"),
+            el("td", {}, last ? `${last.kind}: ${last.message}` : "–"),
+            el("td", {}, el("pre", {}, JSON.stringify(d.body, null, 2))));
+        })))
+        : el("p", { class: "muted" }, "No dead letters."));
+  })();
+}
+
 // ---- Workflows -----------------------------------------------------------------------------
 
 const WORKFLOW_STATUSES = ["running", "succeeded", "failed", "cancelled"];
@@ -395,6 +421,7 @@ function route() {
   else if (path === "/jobs") jobs(params);
   else if (workflowMatch) workflow(decodeURIComponent(workflowMatch[1]));
   else if (path === "/workflows") workflows(params);
+  else if (path === "/dead") dead();
   else overview();
   document.getElementById("app").focus({ preventScroll: true });
 }
