@@ -2,7 +2,8 @@
 //! and exchanges (see [`warren_shared::removal`]). The names come from RabbitMQ's management
 //! API when `WARREN_MANAGEMENT_URL` is given (every `<ns>.*` queue and exchange, whatever
 //! job types its workers had), otherwise from what Warren declares: the core topology, the
-//! retry tiers of `WARREN_RETRY_DELAYS` and the job queues of `--types`.
+//! retry tiers of `WARREN_RETRY_DELAYS`, and the job queues of every type in the namespace's
+//! registry (each worker leaves its types there) and of `--types`.
 
 use clap::{Parser, Subcommand};
 use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
@@ -39,7 +40,8 @@ pub struct RemoveNamespace {
     /// The broker, the namespace (`WARREN_NAMESPACE`) and its retry tiers.
     #[command(flatten)]
     pub broker: BrokerConfig,
-    /// Job types whose queues to remove too (comma list), when the management API is not used.
+    /// Job types whose queues to remove too (comma list), beside those the namespace's registry
+    /// names, when the management API is not used.
     #[arg(long, value_delimiter = ',')]
     pub types: Vec<JobType>,
     /// RabbitMQ's management API (e.g. `http://127.0.0.1:15672`), to find every queue and
@@ -125,10 +127,6 @@ pub async fn remove_namespace(args: &RemoveNamespace) -> Result<Removed, AdminEr
         .parse()
         .map_err(|error: String| AdminError::Management(format!("unreadable AMQP URL: {error}")))?;
     let topology = Topology::from_config(&args.broker);
-    let names = match &args.management_url {
-        Some(base) => listed_names(base, &uri, topology.namespace()).await?,
-        None => Names::declared(&topology, &args.types),
-    };
     let tls = args
         .broker
         .tls
@@ -139,6 +137,19 @@ pub async fn remove_namespace(args: &RemoveNamespace) -> Result<Removed, AdminEr
         Connection::connect_with_config(&url, ConnectionProperties::default(), tls, runtime)
             .await
             .map_err(AdminError::Connect)?;
+    let names = match &args.management_url {
+        Some(base) => listed_names(base, &uri, topology.namespace()).await?,
+        None => {
+            // The job types workers registered, and any the operator named.
+            let mut types = removal::registered_types(&connection, &topology)
+                .await
+                .map_err(AdminError::Connect)?;
+            types.extend(args.types.iter().cloned());
+            types.sort_unstable();
+            types.dedup();
+            Names::declared(&topology, &types)
+        }
+    };
     let removed = removal::remove(&connection, &names, args.force).await;
     let _closed = connection.close(200, "warren-admin done".into()).await;
     Ok(removed?)

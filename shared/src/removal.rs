@@ -32,7 +32,11 @@ impl Names {
                 .iter()
                 .map(|d| topology.retry_queue(*d)),
         );
-        queues.extend([topology.dead_queue(), topology.events_store_queue()]);
+        queues.extend([
+            topology.dead_queue(),
+            topology.events_store_queue(),
+            topology.types_queue(),
+        ]);
         let exchanges = vec![
             topology.jobs_exchange(),
             topology.retry_exchange(),
@@ -42,6 +46,43 @@ impl Names {
         ];
         Self { queues, exchanges }
     }
+}
+
+/// The job types named in the namespace's registry ([`Topology::types_queue`]), each once:
+/// read unacknowledged on a channel of its own, which is then closed, so the registry keeps
+/// them. Empty when there is no registry.
+pub async fn registered_types(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<Vec<JobType>, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = topology.types_queue();
+    // A missing registry closes the channel: nothing registered.
+    let Ok(declared) = channel
+        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+        .await
+    else {
+        return Ok(Vec::new());
+    };
+    let mut types = std::collections::BTreeSet::new();
+    for _ in 0..declared.message_count() {
+        let got = channel
+            .basic_get(queue.as_str().into(), lapin::options::BasicGetOptions::default())
+            .await?;
+        let Some(message) = got else { break };
+        if let Some(job_type) = std::str::from_utf8(&message.delivery.data)
+            .ok()
+            .and_then(|name| JobType::parse(name.to_owned()).ok())
+        {
+            types.insert(job_type);
+        }
+    }
+    let _closed = channel.close(200, "registry read".into()).await;
+    Ok(types.into_iter().collect())
 }
 
 /// Why a namespace was not removed.

@@ -10,7 +10,12 @@
 //! | `<ns>.events` | topic exchange, key `<status>.<type>` | everyone |
 //! | `<ns>.events.store` | quorum queue bound `#` | everyone |
 //! | `<ns>.control` | fanout exchange | everyone |
+//! | `<ns>.types` | classic queue of job type names (the registry) | the workers of each type |
 //!
+//! The registry lets `warren-admin remove-namespace` find every job queue without the
+//! management plugin (AMQP cannot list queues): a worker that declares its job queue also
+//! leaves the type's name there (the newest 10,000 names are kept; every (re)connect adds them
+//! again, so a live type is never forgotten).
 //! Declarations are idempotent, so every process declares what it needs at every (re)connect
 //! and nothing depends on start order. Arguments must not change between releases without a
 //! migration: RabbitMQ refuses a redeclaration with different arguments.
@@ -140,6 +145,12 @@ impl Topology {
     #[must_use]
     pub fn dead_queue(&self) -> String {
         self.dead_exchange()
+    }
+
+    /// The registry of job types whose queues were declared (see the module docs).
+    #[must_use]
+    pub fn types_queue(&self) -> String {
+        format!("{}.types", self.namespace)
     }
 
     /// Where workers publish job events (topic; routing key `<status>.<type>`).
@@ -333,7 +344,45 @@ pub async fn declare_job_queue(
         FieldTable::default(),
     )
     .await?;
+    register_job_type(channel, topology, job_type).await?;
     Ok(queue)
+}
+
+/// Names kept in the registry of job types (the oldest are dropped first).
+const REGISTRY_LENGTH: i64 = 10_000;
+
+/// Declares the registry of job types ([`Topology::types_queue`]).
+pub async fn declare_registry(channel: &Channel, topology: &Topology) -> lapin::Result<String> {
+    let queue = topology.types_queue();
+    let arguments = table(&[
+        ("x-max-length", AMQPValue::LongLongInt(REGISTRY_LENGTH)),
+        ("x-overflow", text("drop-head")),
+    ]);
+    channel
+        .queue_declare(queue.clone().into(), durable(), arguments)
+        .await?;
+    Ok(queue)
+}
+
+/// Leaves `job_type`'s name in the registry (persistent, straight to the queue through the
+/// default exchange; not confirmed: the registry only helps removal find queues).
+pub async fn register_job_type(
+    channel: &Channel,
+    topology: &Topology,
+    job_type: &JobType,
+) -> lapin::Result<()> {
+    let queue = declare_registry(channel, topology).await?;
+    let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+    let _confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            job_type.as_str().as_bytes(),
+            properties,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Follows `exchange` (messages matching `routing_key`) on an exclusive, server-named queue that

@@ -1,5 +1,7 @@
 //! `warren-admin remove-namespace`, the real binary: refused while a gateway and a worker
-//! consume, then removes every queue and exchange of the namespace once they stopped.
+//! consume, then removes every queue and exchange of the namespace once they stopped, the job
+//! queues included without naming their types or reaching the management plugin (the
+//! namespace's registry of job types names them).
 
 use lapin::{
     Connection, ConnectionProperties,
@@ -14,7 +16,6 @@ use crate::helpers::{DEADLINE, amqp_url, spawn_app};
 async fn remove_namespace(namespace: &str, extra: &[&str]) -> (bool, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren-admin"))
         .arg("remove-namespace")
-        .args(["--types", "echo"])
         .args(extra)
         .env("WARREN_AMQP_URL", amqp_url())
         .env("WARREN_NAMESPACE", namespace)
@@ -58,8 +59,10 @@ async fn exists(connection: &Connection, name: &str, exchange: bool) -> bool {
 #[tokio::test]
 async fn remove_namespace_refuses_while_consumed_then_removes_everything() {
     let mut app = spawn_app().await;
-    app.spawn_worker(Worker::builder().handler("echo", handlers::echo))
-        .await;
+    let builder = Worker::builder()
+        .handler("echo", handlers::echo)
+        .handler("sleep", handlers::sleep);
+    app.spawn_worker(builder).await;
     let (namespace, topology) = (app.broker.namespace.clone(), app.topology());
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
@@ -92,6 +95,8 @@ async fn remove_namespace_refuses_while_consumed_then_removes_everything() {
     assert!(said.contains(&job_queue), "{said}");
     for queue in [
         job_queue,
+        topology.job_queue(&"sleep".parse().unwrap()),
+        topology.types_queue(),
         topology.events_store_queue(),
         topology.dead_queue(),
         topology.retry_queue(std::time::Duration::from_millis(100)),
