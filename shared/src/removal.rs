@@ -71,7 +71,10 @@ pub async fn registered_types(
     let mut types = std::collections::BTreeSet::new();
     for _ in 0..declared.message_count() {
         let got = channel
-            .basic_get(queue.as_str().into(), lapin::options::BasicGetOptions::default())
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions::default(),
+            )
             .await?;
         let Some(message) = got else { break };
         if let Some(job_type) = std::str::from_utf8(&message.delivery.data)

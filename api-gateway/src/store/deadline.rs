@@ -9,6 +9,13 @@
 //! commits after its deadline obeys the outbox and idempotency rules as any commit does.
 //! The two calls that take a borrowed closure (`update_schedule`, `fire_due`) cannot be moved
 //! into a task; they are cut in place, and their transactions roll back on drop.
+//!
+//! **Claims are never abandoned.** A call that claims rows for its caller (due webhooks, with a
+//! lease; unconfirmed jobs for the relay; due scheduled jobs; a workflow's released steps) has
+//! no client waiting on it, and its result is work only this caller will do: a claim abandoned
+//! at its deadline would still commit, leaving its rows leased to nobody (a webhook retry then
+//! waited out its whole lease, 90 s by default, instead of going as soon as the database
+//! answered). Those calls count and log the missed deadline, then wait for the result.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -119,6 +126,33 @@ impl<S: ?Sized> Bounded<S> {
             ))),
             Err(_elapsed) => Err(self.timed_out(operation)),
         }
+    }
+
+    /// Runs `call` in a task of its own and waits for it to the end: past the deadline it is
+    /// counted and logged as a timeout, but its result is still taken (for claims: see the
+    /// module docs).
+    async fn run_claim<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let mut task = tokio::spawn(call);
+        let joined = match tokio::time::timeout(self.deadline, &mut task).await {
+            Ok(joined) => joined,
+            Err(_elapsed) => {
+                let _counted = self.timed_out(operation);
+                tracing::warn!(
+                    operation,
+                    "waiting for the claim to finish: its rows are this gateway's to work on"
+                );
+                task.await
+            }
+        };
+        joined.unwrap_or_else(|join| {
+            Err(StoreError::unavailable(format!(
+                "the store call {operation} failed: {join}"
+            )))
+        })
     }
 
     /// Waits for `call` in place until the deadline (for calls that borrow).
@@ -276,7 +310,7 @@ impl OutboxStore for Bounded<dyn OutboxStore> {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let inner = self.inner.clone();
-        self.run("claim_unpublished", async move {
+        self.run_claim("claim_unpublished", async move {
             inner.claim_unpublished(marked_before, now, limit).await
         })
         .await
@@ -284,7 +318,7 @@ impl OutboxStore for Bounded<dyn OutboxStore> {
 
     async fn release_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Job>, StoreError> {
         let inner = self.inner.clone();
-        self.run(
+        self.run_claim(
             "release_due",
             async move { inner.release_due(now, limit).await },
         )
@@ -399,7 +433,7 @@ impl CallbackStore for Bounded<dyn CallbackStore> {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let inner = self.inner.clone();
-        self.run("claim_callbacks", async move {
+        self.run_claim("claim_callbacks", async move {
             inner.claim_callbacks(now, lease_until, limit).await
         })
         .await
@@ -470,7 +504,7 @@ impl WorkflowStore for Bounded<dyn WorkflowStore> {
 
     async fn settle_workflow(&self, id: Uuid) -> Result<Option<Settled>, StoreError> {
         let inner = self.inner.clone();
-        self.run(
+        self.run_claim(
             "settle_workflow",
             async move { inner.settle_workflow(id).await },
         )
@@ -498,7 +532,7 @@ impl WorkflowStore for Bounded<dyn WorkflowStore> {
         limit: usize,
     ) -> Result<Vec<(Workflow, StepStatuses)>, StoreError> {
         let inner = self.inner.clone();
-        self.run("claim_workflow_callbacks", async move {
+        self.run_claim("claim_workflow_callbacks", async move {
             inner
                 .claim_workflow_callbacks(now, lease_until, limit)
                 .await
@@ -516,5 +550,98 @@ impl WorkflowStore for Bounded<dyn WorkflowStore> {
             inner.record_workflow_callback(id, &callback).await
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decorator's contract for claims, against a backend that answers after the deadline.
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Callbacks whose claim answers only after `delay`, with one job.
+    struct SlowClaims {
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl CallbackStore for SlowClaims {
+        async fn claim_callbacks(
+            &self,
+            _now: DateTime<Utc>,
+            _lease_until: DateTime<Utc>,
+            _limit: usize,
+        ) -> Result<Vec<Job>, StoreError> {
+            tokio::time::sleep(self.delay).await;
+            let spec = crate::model::JobSpec::new("echo", &serde_json::json!({}));
+            let limits = crate::model::SpecLimits {
+                default_timeout_ms: 1_000,
+                max_timeout_ms: 1_000,
+                max_delay: Duration::from_secs(1),
+            };
+            let job = spec
+                .validate(&limits)
+                .map_err(|e| StoreError::unavailable(e.to_string()))?;
+            Ok(vec![job.into_job()])
+        }
+
+        async fn record_delivery(
+            &self,
+            _id: JobId,
+            _delivery: &Delivery,
+            _callback: &Callback,
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn deliveries(&self, _id: JobId) -> Result<Vec<Delivery>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn count_pending_callbacks(&self) -> Result<u64, StoreError> {
+            tokio::time::sleep(self.delay).await;
+            Ok(0)
+        }
+    }
+
+    fn bounded(delay: Duration) -> (Bounded<dyn CallbackStore>, Family<OperationLabels, Counter>) {
+        let timeouts = Family::<OperationLabels, Counter>::default();
+        let inner: Arc<dyn CallbackStore> = Arc::new(SlowClaims { delay });
+        let store = Bounded {
+            inner,
+            deadline: Duration::from_millis(20),
+            timeouts: timeouts.clone(),
+        };
+        (store, timeouts)
+    }
+
+    #[tokio::test]
+    async fn a_claim_past_its_deadline_is_counted_but_its_rows_are_still_handed_over() {
+        // A claim commits its lease whether or not anyone waits: abandoned, the leased
+        // callbacks would wait out their whole lease (a webhook retry 90 s late).
+        let (store, timeouts) = bounded(Duration::from_millis(100));
+        let now = Utc::now();
+        let claimed = store.claim_callbacks(now, now, 8).await;
+        assert_eq!(claimed.map(|jobs| jobs.len()).ok(), Some(1));
+        let labels = OperationLabels {
+            operation: "claim_callbacks".to_owned(),
+        };
+        assert_eq!(
+            timeouts.get_or_create(&labels).get(),
+            1,
+            "the miss is counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_past_its_deadline_is_cut() {
+        let (store, _) = bounded(Duration::from_millis(100));
+        let counted = store.count_pending_callbacks().await;
+        assert!(
+            matches!(counted, Err(StoreError::TimedOut { .. })),
+            "{counted:?}"
+        );
     }
 }
