@@ -19,7 +19,7 @@ pub struct DeadLetter {
     #[schema(value_type = Option<Vec<Object>>)]
     pub errors: Option<serde_json::Value>,
     /// The message body: its JSON, or its text when it is not JSON.
-    #[schema(value_type = Object)]
+    #[schema(value_type = serde_json::Value)]
     pub body: serde_json::Value,
 }
 

@@ -31,8 +31,8 @@ pub struct Job {
     pub max_attempts: u32,
     /// The handler's latest progress report (boxed: most records have none).
     pub progress: Option<Box<Progress>>,
-    /// The handler's result once `succeeded`.
-    #[schema(value_type = Option<Object>)]
+    /// The handler's result once `succeeded`: any JSON value.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub result: Option<RawJson>,
     /// Why the job failed, once `failed` (or the last attempt's error while `retrying`).
     pub error: Option<Box<JobError>>,
