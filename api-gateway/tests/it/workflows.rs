@@ -132,6 +132,17 @@ async fn a_chain_of_three_passes_each_result_to_the_next_on_both_stores() {
         );
         assert_eq!(load["workflow_id"], id);
         assert_eq!(load["step"], "load");
+        // Each step was settled by the gateway that applied its outcome, never by the sweeper
+        // (whose count tells an operator a gateway died or failed mid-settle).
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.contains("warren_workflow_settles_total{reason=\"after_step\"}"),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("warren_workflow_settles_total{reason=\"swept\"}"),
+            "{metrics}"
+        );
 
         let listed: Value = app
             .get(&format!("/v1/jobs?workflow={id}"))

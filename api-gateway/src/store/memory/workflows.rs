@@ -19,19 +19,25 @@ use crate::{
 };
 
 /// A workflow and its settle bookkeeping: `marks` counts its steps that finished, `settled`
-/// the count the last settle saw.
+/// the count the last settle saw, `marked_at` when `marks` last moved.
 #[derive(Debug)]
 pub(super) struct Entry {
     pub(super) workflow: Workflow,
     marks: u64,
     settled: u64,
+    marked_at: DateTime<Utc>,
 }
+
+/// How long a workflow is owed a settle before the sweeper takes it (as the PostgreSQL store:
+/// the settle right after a step's outcome comes first).
+const SWEEP_AFTER: chrono::Duration = chrono::Duration::seconds(2);
 
 impl Inner {
     /// Marks workflow `id` owed a settle (one of its steps finished).
     pub(super) fn mark_workflow(&mut self, id: Uuid) {
         if let Some(entry) = self.workflows.get_mut(&id) {
             entry.marks += 1;
+            entry.marked_at = Utc::now();
         }
     }
 
@@ -87,6 +93,7 @@ impl WorkflowStore for MemoryStore {
             workflow: workflow.clone(),
             marks: 0,
             settled: 0,
+            marked_at: workflow.created_at,
         };
         inner.workflows.insert(workflow.id, entry);
         Ok(WorkflowInserted::New)
@@ -186,6 +193,7 @@ impl WorkflowStore for MemoryStore {
                 entry.workflow.version += 1;
                 entry.workflow.updated_at = Utc::now();
                 entry.marks += 1;
+                entry.marked_at = entry.workflow.updated_at;
             }
             entry.workflow.clone()
         }))
@@ -239,11 +247,12 @@ impl WorkflowStore for MemoryStore {
     }
 
     async fn unsettled(&self, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let before = Utc::now() - SWEEP_AFTER;
         Ok(self
             .inner()
             .workflows
             .iter()
-            .filter(|(_, entry)| entry.marks > entry.settled)
+            .filter(|(_, entry)| entry.marks > entry.settled && entry.marked_at < before)
             .map(|(id, _)| *id)
             .take(limit)
             .collect())
