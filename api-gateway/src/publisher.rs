@@ -161,11 +161,12 @@ impl Publisher {
         Ok(found)
     }
 
-    /// The oldest `limit` messages of the dead-letter queue, and how many it holds, without
+    /// The first `limit` messages of the dead-letter queue, and how many it holds, without
     /// taking any away: they are fetched unacknowledged on a channel of their own, which is then
-    /// closed, so RabbitMQ puts every one back where it was (its `x-delivery-count` goes up by
-    /// one; the dead-letter queue has no delivery limit). Two peeks at the same moment each see
-    /// part of the queue.
+    /// closed, so RabbitMQ returns every one to the queue (its `x-delivery-count` goes up by one;
+    /// the dead-letter queue has no delivery limit). A quorum queue puts returned messages after
+    /// the others, so a read changes the queue's order (not its content). Two reads at the same
+    /// moment each see part of the queue.
     pub async fn peek_dead_letters(
         &self,
         limit: u32,

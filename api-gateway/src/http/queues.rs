@@ -3,8 +3,8 @@
 //! consuming (from RabbitMQ: a passive declare of the type's queue, no management plugin).
 //! Messages ready and dead letters count every tenant's jobs, so only the operator sees them.
 //!
-//! `GET /v1/dead-letters`: the operator reads the oldest dead letters themselves, with why each
-//! is there, without taking them from the queue.
+//! `GET /v1/dead-letters`: the operator reads the first dead letters in the queue, with why
+//! each is there, without taking them from it.
 
 use axum::{
     Json,
@@ -37,9 +37,9 @@ pub struct DeadLetterParams {
 /// Most dead letters one request shows.
 const MAX_DEAD_LETTERS: u32 = 100;
 
-/// `GET /v1/dead-letters`: the oldest dead letters, without taking them from the queue.
+/// `GET /v1/dead-letters`: the first dead letters in the queue, without taking them from it.
 #[utoipa::path(get, path = "/v1/dead-letters", operation_id = "listDeadLetters", tag = "jobs",
-    description = "The oldest messages in the dead-letter queue (jobs out of attempts or failed for good, messages no worker could read, events no gateway could apply), with why each is there, and how many it holds. Reading leaves them in the queue. Every tenant's jobs are there, so only the operator may read them.",
+    description = "The first messages in the dead-letter queue (jobs out of attempts or failed for good, messages no worker could read, events no gateway could apply), with why each is there, and how many it holds. Reading leaves them in the queue (RabbitMQ returns the ones read after the others, so the order changes, not the content). Every tenant's jobs are there, so only the operator may read them.",
     params(("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "How many, 1 to 100 (default 20)")),
     responses((status = 200, body = DeadLetterPage), (status = 400, description = "A bad limit", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"), (status = 503, description = "RabbitMQ is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn dead_letters(

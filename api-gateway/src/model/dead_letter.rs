@@ -28,6 +28,6 @@ pub struct DeadLetter {
 pub struct DeadLetterPage {
     /// Messages in the dead-letter queue in all.
     pub total: u32,
-    /// The oldest ones, up to the `limit` asked for, oldest first.
+    /// The first ones in the queue, up to the `limit` asked for.
     pub dead_letters: Vec<DeadLetter>,
 }

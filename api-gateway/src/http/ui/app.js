@@ -3,7 +3,7 @@
 //   #/jobs?...    the job list with the API's filters (status, type) and paging
 //   #/jobs/<id>   one job: fields, payload, result or error, error history, deliveries, and
 //                 live progress over SSE; cancel and re-drive buttons, with confirmation
-//   #/dead        the oldest dead letters (operator only): why each is there, its errors, its body
+//   #/dead        the first dead letters in the queue (operator only): why each, its errors, its body
 //   #/workflows?... the workflow list (status filter, paging)
 //   #/workflows/<id> one workflow: each step's status, dependencies and a link to its job,
 //                 refreshed while it runs; a cancel button, with confirmation
@@ -293,12 +293,12 @@ function job(id) {
 
 function dead() {
   const list = el("div", { class: "scroll" }, el("p", {}, "Loading…"));
-  show("Dead letters", el("p", { class: "muted" }, "The oldest messages in the dead-letter queue; reading them leaves them there."), list);
+  show("Dead letters", el("p", { class: "muted" }, "The first messages in the dead-letter queue; reading them leaves them there (at its end)."), list);
   (async () => {
     let page;
     try { page = await api("/v1/dead-letters?limit=50"); } catch (error) { say(`Dead letters: ${error.message}`); return; }
     list.replaceChildren(
-      el("p", { id: "dead-total" }, `${page.total} in the queue; the oldest ${page.dead_letters.length} below.`),
+      el("p", { id: "dead-total" }, `${page.total} in the queue; the first ${page.dead_letters.length} below.`),
       page.dead_letters.length ? el("table", {},
         el("thead", {}, el("tr", {}, ["message", "type", "reason", "last error", "body"].map((h) => el("th", { scope: "col" }, h)))),
         el("tbody", {}, page.dead_letters.map((d) => {
