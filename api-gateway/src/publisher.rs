@@ -162,43 +162,23 @@ impl Publisher {
     }
 
     /// The first `limit` messages of the dead-letter queue, and how many it holds, without
-    /// taking any away: they are fetched unacknowledged on a channel of their own, which is then
-    /// closed, so RabbitMQ returns every one to the queue (its `x-delivery-count` goes up by one;
-    /// the dead-letter queue has no delivery limit). A quorum queue puts returned messages after
-    /// the others, so a read changes the queue's order (not its content). Two reads at the same
-    /// moment each see part of the queue.
+    /// taking any away ([`amqp::peek`]).
     pub async fn peek_dead_letters(
         &self,
         limit: u32,
     ) -> Result<crate::model::DeadLetterPage, BrokerError> {
         let connection = amqp::connection(&self.pool).await?;
-        let channel = connection.create_channel().await?;
-        let queue = self.topology.dead_queue();
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declared = channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-            .await?;
-        let total = declared.message_count();
-        let mut dead_letters = Vec::new();
-        for _ in 0..limit.min(total) {
-            let got = channel
-                .basic_get(
-                    queue.as_str().into(),
-                    lapin::options::BasicGetOptions::default(),
-                )
-                .await?;
-            let Some(message) = got else { break };
-            dead_letters.push(dead_letter_of(&message.delivery));
-        }
-        // Unacknowledged, so closing the channel returns them all.
-        let _closed = channel.close(200, "peeked".into()).await;
-        Ok(crate::model::DeadLetterPage {
-            total,
-            dead_letters,
-        })
+        let read = amqp::peek(&connection, &self.topology.dead_queue(), limit).await?;
+        Ok(read.map_or_else(
+            || crate::model::DeadLetterPage {
+                total: 0,
+                dead_letters: Vec::new(),
+            },
+            |read| crate::model::DeadLetterPage {
+                total: read.total,
+                dead_letters: read.deliveries.iter().map(dead_letter_of).collect(),
+            },
+        ))
     }
 
     /// The names it publishes under.
@@ -227,19 +207,6 @@ impl Publisher {
     }
 }
 
-/// A text header of `delivery`.
-fn text_header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers
-        .inner()
-        .get(&lapin::types::ShortString::from(name))?
-    {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
-}
-
 /// What a dead-lettered delivery says of itself: Warren's reason and error history when a
 /// worker or gateway put it there, the broker's reason otherwise.
 fn dead_letter_of(delivery: &lapin::message::Delivery) -> crate::model::DeadLetter {
@@ -253,9 +220,9 @@ fn dead_letter_of(delivery: &lapin::message::Delivery) -> crate::model::DeadLett
         message_id: named("id")
             .or_else(|| properties.message_id().as_ref().map(ToString::to_string)),
         job_type: named("type").or_else(|| properties.kind().as_ref().map(ToString::to_string)),
-        reason: text_header(delivery, topology::DEAD_REASON_HEADER)
-            .or_else(|| text_header(delivery, "x-first-death-reason")),
-        errors: text_header(delivery, "x-warren-errors")
+        reason: amqp::text_header(delivery, topology::DEAD_REASON_HEADER)
+            .or_else(|| amqp::text_header(delivery, "x-first-death-reason")),
+        errors: amqp::text_header(delivery, "x-warren-errors")
             .and_then(|text| serde_json::from_str(&text).ok()),
         body,
     }

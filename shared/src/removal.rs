@@ -48,45 +48,27 @@ impl Names {
     }
 }
 
-/// The job types named in the namespace's registry ([`Topology::types_queue`]), each once:
-/// read unacknowledged on a channel of its own, which is then closed, so the registry keeps
-/// them. Empty when there is no registry.
+/// The job types named in the namespace's registry ([`Topology::types_queue`]), each once,
+/// read without taking them ([`crate::amqp::peek`]). Empty when there is no registry.
 pub async fn registered_types(
     connection: &Connection,
     topology: &Topology,
 ) -> Result<Vec<JobType>, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let queue = topology.types_queue();
-    // A missing registry closes the channel: nothing registered.
-    let Ok(declared) = channel
-        .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-        .await
+    let Some(read) = crate::amqp::peek(connection, &topology.types_queue(), REGISTRY_READ).await?
     else {
         return Ok(Vec::new());
     };
-    let mut types = std::collections::BTreeSet::new();
-    for _ in 0..declared.message_count() {
-        let got = channel
-            .basic_get(
-                queue.as_str().into(),
-                lapin::options::BasicGetOptions::default(),
-            )
-            .await?;
-        let Some(message) = got else { break };
-        if let Some(job_type) = std::str::from_utf8(&message.delivery.data)
-            .ok()
-            .and_then(|name| JobType::parse(name.to_owned()).ok())
-        {
-            types.insert(job_type);
-        }
-    }
-    let _closed = channel.close(200, "registry read".into()).await;
+    let types: std::collections::BTreeSet<JobType> = read
+        .deliveries
+        .iter()
+        .filter_map(|delivery| std::str::from_utf8(&delivery.data).ok())
+        .filter_map(|name| JobType::parse(name.to_owned()).ok())
+        .collect();
     Ok(types.into_iter().collect())
 }
+
+/// The most names read from the registry (its length cap).
+const REGISTRY_READ: u32 = 10_000;
 
 /// Why a namespace was not removed.
 #[derive(Debug, thiserror::Error)]

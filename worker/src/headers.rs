@@ -12,15 +12,7 @@ use warren_shared::JobError;
 /// The header carrying the errors of the attempts so far (JSON array).
 pub(crate) const ERRORS_HEADER: &str = "x-warren-errors";
 
-/// A text header of the delivery, if present.
-pub(crate) fn header_text(delivery: &Delivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(&ShortString::from(name))? {
-        AMQPValue::LongString(text) => Some(text.to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
-}
+pub(crate) use warren_shared::amqp::text_header as header_text;
 
 /// How many times the broker handed this message out before (quorum queues count it in
 /// `x-delivery-count`).

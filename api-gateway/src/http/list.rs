@@ -41,16 +41,19 @@ pub struct ListParams {
 
 /// A page's `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] without one.
 pub fn page_limit(raw: Option<String>) -> Result<usize, ApiError> {
+    limit(raw, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// A `limit` parameter: a whole number from 1 to `max`, `default` without one.
+pub fn limit(raw: Option<String>, default: usize, max: usize) -> Result<usize, ApiError> {
     let Some(raw) = raw else {
-        return Ok(DEFAULT_LIMIT);
+        return Ok(default);
     };
     raw.parse()
         .ok()
-        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .filter(|n| (1..=max).contains(n))
         .ok_or_else(|| {
-            ApiError::BadParameter(format!(
-                "limit={raw:?}: use a whole number from 1 to {MAX_LIMIT}"
-            ))
+            ApiError::BadParameter(format!("limit={raw:?}: use a whole number from 1 to {max}"))
         })
 }
 

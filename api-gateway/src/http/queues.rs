@@ -35,7 +35,7 @@ pub struct DeadLetterParams {
 }
 
 /// Most dead letters one request shows.
-const MAX_DEAD_LETTERS: u32 = 100;
+const MAX_DEAD_LETTERS: usize = 100;
 
 /// `GET /v1/dead-letters`: the first dead letters in the queue, without taking them from it.
 #[utoipa::path(get, path = "/v1/dead-letters", operation_id = "listDeadLetters", tag = "jobs",
@@ -48,18 +48,8 @@ pub async fn dead_letters(
     params: Result<Query<DeadLetterParams>, QueryRejection>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadParameter(e.body_text()))?;
-    let limit = match params.limit {
-        None => 20,
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_DEAD_LETTERS).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadParameter(format!(
-                    "limit={raw:?}: use a whole number from 1 to {MAX_DEAD_LETTERS}"
-                ))
-            })?,
-    };
+    let limit = super::list::limit(params.limit, 20, MAX_DEAD_LETTERS)?;
+    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
     if caller.tenant().is_some() {
         return Err(ApiError::Forbidden(
             "dead letters hold every tenant's jobs: only the operator (WARREN_ADMIN_KEY) reads them"

@@ -480,8 +480,22 @@ impl Workflow {
         )
     }
 
-    /// The resource, with each step's status from `statuses` (by job id; a step whose job is
-    /// missing shows as `cancelled`).
+    /// Each step's status, in step order, from `statuses` (by job id; a step whose job is
+    /// missing counts as `cancelled`).
+    #[must_use]
+    pub fn step_statuses(&self, statuses: &HashMap<JobId, JobStatus>) -> Vec<JobStatus> {
+        self.steps
+            .iter()
+            .map(|step| {
+                statuses
+                    .get(&step.job_id)
+                    .copied()
+                    .unwrap_or(JobStatus::Cancelled)
+            })
+            .collect()
+    }
+
+    /// The resource, with each step's status from `statuses` (as [`Workflow::step_statuses`]).
     #[must_use]
     pub fn view(&self, statuses: &HashMap<JobId, JobStatus>) -> WorkflowView {
         WorkflowView {
@@ -492,13 +506,11 @@ impl Workflow {
             steps: self
                 .steps
                 .iter()
-                .map(|step| StepView {
+                .zip(self.step_statuses(statuses))
+                .map(|(step, status)| StepView {
                     name: step.name.clone(),
                     depends_on: step.depends_on.clone(),
-                    status: statuses
-                        .get(&step.job_id)
-                        .copied()
-                        .unwrap_or(JobStatus::Cancelled),
+                    status,
                     job_id: step.job_id,
                 })
                 .collect(),

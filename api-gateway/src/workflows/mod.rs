@@ -28,7 +28,7 @@ use crate::{
     auth::Caller,
     jobs::{JobService, JobsError, idempotency},
     metrics::GatewayMetrics,
-    model::{Workflow, WorkflowError, WorkflowSpec, WorkflowView},
+    model::{Job, Workflow, WorkflowError, WorkflowSpec, WorkflowView},
     publisher::Publisher,
     store::{
         KeyClaim, StepStatuses, StoreError, Stores, WorkflowInserted, WorkflowQuery, WorkflowStore,
@@ -186,23 +186,7 @@ impl WorkflowService {
         }
         tracing::info!(workflow_id = %workflow.id, steps, first = first.len(), "workflow accepted");
         self.metrics.workflow_submitted(steps);
-        let mut all_published = true;
-        let mut any_failed = false;
-        // Many first steps (a batch) are published with confirms in flight together, not one
-        // round trip after another.
-        let mut published = futures_util::stream::iter(first)
-            .map(|job| self.jobs.publish(job, None, trace))
-            .buffer_unordered(PUBLISHES_IN_FLIGHT);
-        while let Some(outcome) = published.next().await {
-            match outcome {
-                Ok(_) => {}
-                // Still marked: the relay publishes it.
-                Err(JobsError::NotConfirmed(_)) => all_published = false,
-                // Failed for good (e.g. its queue went away): the settle cancels its dependents.
-                Err(_) => any_failed = true,
-            }
-        }
-        drop(published);
+        let (all_published, any_failed) = self.publish_all(workflow.id, first, trace).await;
         if any_failed {
             self.settle(workflow.id, trace, "submit").await;
         }
@@ -268,17 +252,7 @@ impl WorkflowService {
             tracing::info!(workflow_id = %id, job_id = %job.id, step = ?job.step, "step released");
             self.watchers.publish(job.clone());
         }
-        let mut published = futures_util::stream::iter(settled.released)
-            .map(|job| self.jobs.publish(job, None, trace))
-            .buffer_unordered(PUBLISHES_IN_FLIGHT);
-        while let Some(outcome) = published.next().await {
-            // Unconfirmed or refused: the relay publishes it later, or it failed (and the
-            // next settle cancels its dependents).
-            if let Err(error) = outcome {
-                tracing::warn!(%error, workflow_id = %id, "a released step was not published now");
-            }
-        }
-        drop(published);
+        self.publish_all(id, settled.released, trace).await;
         if settled.finished {
             let workflow = &settled.workflow;
             tracing::info!(workflow_id = %id, status = %workflow.status, "workflow finished");
@@ -288,6 +262,32 @@ impl WorkflowService {
             }
         }
         self.watchers.publish_workflow(id);
+    }
+
+    /// Publishes steps of workflow `id` with confirms in flight together (a batch's first steps
+    /// must not wait one round trip after another). Returns whether every one was confirmed,
+    /// and whether any failed for good. An unconfirmed step keeps its outbox mark (the relay
+    /// publishes it); one refused for good is failed, and the next settle cancels its
+    /// dependents.
+    async fn publish_all(&self, id: Uuid, steps: Vec<Job>, trace: &TraceContext) -> (bool, bool) {
+        let (mut all_confirmed, mut any_failed) = (true, false);
+        let mut published = futures_util::stream::iter(steps)
+            .map(|job| self.jobs.publish(job, None, trace))
+            .buffer_unordered(PUBLISHES_IN_FLIGHT);
+        while let Some(outcome) = published.next().await {
+            match outcome {
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, workflow_id = %id, "a step was not published now");
+                    if matches!(error, JobsError::NotConfirmed(_)) {
+                        all_confirmed = false;
+                    } else {
+                        any_failed = true;
+                    }
+                }
+            }
+        }
+        (all_confirmed, any_failed)
     }
 
     /// Settles `workflows` (each once), after some of their steps finished.

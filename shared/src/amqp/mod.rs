@@ -5,12 +5,16 @@
 //! reconnecting after a broker restart or a node loss.
 //! [`publish_confirmed`] is the only way Warren publishes: persistent, JSON, publisher confirm
 //! awaited with a deadline, and every way it can go wrong is a distinct [`PublishError`].
+//! [`peek`] reads a queue without taking from it.
 
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+mod peek;
 mod pool;
+
+pub use peek::{Peeked, peek, text_header};
 
 use deadpool::managed::{PoolConfig, Timeouts};
 use lapin::{

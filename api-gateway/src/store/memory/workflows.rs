@@ -133,17 +133,10 @@ impl WorkflowStore for MemoryStore {
             return Ok(None);
         };
         let (mut workflow, marks) = (entry.workflow.clone(), entry.marks);
-        let statuses: Vec<JobStatus> = workflow
-            .steps
-            .iter()
-            .map(|step| {
-                inner
-                    .jobs
-                    .get(&step.job_id)
-                    .map_or(JobStatus::Cancelled, |job| job.status)
-            })
-            .collect();
-        let plan = plan(&workflow, &statuses);
+        let plan = plan(
+            &workflow,
+            &workflow.step_statuses(&inner.statuses(&workflow)),
+        );
         let mut steps: HashMap<JobId, Job> = plan
             .release
             .iter()

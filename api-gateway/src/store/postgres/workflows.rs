@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Row, types::Json, types::ToSql};
 use uuid::Uuid;
-use warren_shared::{JobId, JobStatus};
+use warren_shared::JobId;
 
 use super::{
     super::{
@@ -269,17 +269,7 @@ impl WorkflowStore for PostgresStore {
         };
         let (mut workflow, marks) = workflow_from_row(&row)?;
         let statuses = statuses_of(&tx, &[id]).await?;
-        let in_order: Vec<JobStatus> = workflow
-            .steps
-            .iter()
-            .map(|step| {
-                statuses
-                    .get(&step.job_id)
-                    .copied()
-                    .unwrap_or(JobStatus::Cancelled)
-            })
-            .collect();
-        let plan = plan(&workflow, &in_order);
+        let plan = plan(&workflow, &workflow.step_statuses(&statuses));
         let targets: Vec<Uuid> = plan
             .release
             .iter()
