@@ -8,6 +8,8 @@
 #   scripts/rabbitmq-cluster.sh kill N      kill -9 node N (1, 2 or 3)
 #   scripts/rabbitmq-cluster.sh start N     start node N again (it rejoins the cluster)
 #   scripts/rabbitmq-cluster.sh status      cluster status, as node 1 sees it
+#   scripts/rabbitmq-cluster.sh queues N    the queues as node N sees them: name, type, durable,
+#                                           ready, unacked, consumers (tab-separated)
 #   scripts/rabbitmq-cluster.sh urls        the WARREN_AMQP_URL for all three nodes
 #   scripts/rabbitmq-cluster.sh down        stop the nodes and delete their data
 #
@@ -100,6 +102,11 @@ start)
 status)
     ctl 1 cluster_status
     ;;
+queues)
+    [[ ${2:-} =~ ^[123]$ ]] || die "usage: $0 queues 1|2|3"
+    ctl "$2" list_queues --no-table-headers name type durable messages_ready \
+        messages_unacknowledged consumers
+    ;;
 urls)
     urls=()
     for n in "${nodes[@]}"; do
@@ -117,7 +124,7 @@ down)
     echo "cluster removed"
     ;;
 *)
-    sed -n '2,18p' "$0"
+    sed -n '2,20p' "$0"
     exit 2
     ;;
 esac

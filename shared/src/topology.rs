@@ -10,12 +10,14 @@
 //! | `<ns>.events` | topic exchange, key `<status>.<type>` | everyone |
 //! | `<ns>.events.store` | quorum queue bound `#` | everyone |
 //! | `<ns>.control` | fanout exchange | everyone |
-//! | `<ns>.types` | classic queue of job type names (the registry) | the workers of each type |
+//! | `<ns>.types` | quorum queue of job type names (the registry) | the workers of each type |
 //!
 //! The registry lets `warren-admin remove-namespace` find every job queue without the
 //! management plugin (AMQP cannot list queues): a worker that declares its job queue also
 //! leaves the type's name there (the newest 10,000 names are kept; every (re)connect adds them
 //! again, so a live type is never forgotten).
+//! Every durable queue is a quorum queue: a classic one lives on one node, and while that node
+//! is down every declaration of it fails, which would stop each worker's reconnect.
 //! Declarations are idempotent, so every process declares what it needs at every (re)connect
 //! and nothing depends on start order. Arguments must not change between releases without a
 //! migration: RabbitMQ refuses a redeclaration with different arguments.
@@ -355,6 +357,7 @@ const REGISTRY_LENGTH: i64 = 10_000;
 pub async fn declare_registry(channel: &Channel, topology: &Topology) -> lapin::Result<String> {
     let queue = topology.types_queue();
     let arguments = table(&[
+        ("x-queue-type", text("quorum")),
         ("x-max-length", AMQPValue::LongLongInt(REGISTRY_LENGTH)),
         ("x-overflow", text("drop-head")),
     ]);

@@ -70,6 +70,42 @@ impl Cluster {
     fn urls(&self) -> String {
         self.run(&["urls"]).trim().to_owned()
     }
+
+    /// The queues of `namespace`, as `node` sees them.
+    fn queues(&self, node: &str, namespace: &str) -> Vec<QueueRow> {
+        self.run(&["queues", node])
+            .lines()
+            .filter(|line| line.starts_with(&format!("{namespace}.")))
+            .map(QueueRow::parse)
+            .collect()
+    }
+}
+
+/// One line of `rabbitmq-cluster.sh queues`.
+#[derive(Debug)]
+#[allow(dead_code)] // the counts are read through Debug, in a failure's message
+struct QueueRow {
+    name: String,
+    kind: String,
+    durable: bool,
+    ready: String,
+    unacked: String,
+    consumers: String,
+}
+
+impl QueueRow {
+    fn parse(line: &str) -> Self {
+        let mut fields = line.split('\t').map(str::to_owned);
+        let mut next = || fields.next().unwrap_or_default();
+        Self {
+            name: next(),
+            kind: next(),
+            durable: next() == "true",
+            ready: next(),
+            unacked: next(),
+            consumers: next(),
+        }
+    }
 }
 
 impl Drop for Cluster {
@@ -156,7 +192,8 @@ async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
         return;
     }
     let cluster = Cluster::up();
-    let broker = BrokerConfig::new(&cluster.urls(), &unique_namespace()).unwrap();
+    let namespace = unique_namespace();
+    let broker = BrokerConfig::new(&cluster.urls(), &namespace).unwrap();
     let mut config = GatewayConfig::with_broker(broker.clone());
     config.shutdown.shutdown_grace_secs = 5;
     let publish_timeout = config.publish_timeout();
@@ -207,6 +244,19 @@ async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
         1 => "2",
         _ => "3",
     };
+    let surviving_node = if killed_node == "1" { "2" } else { "1" };
+    // A durable classic queue lives on one node, and while that node is down every declaration
+    // of it fails: a worker reconnecting to another node could not set up and would consume
+    // nothing until the node came back. So every durable queue must be a quorum queue.
+    let queues = cluster.queues(surviving_node, &namespace);
+    let not_replicated: Vec<&QueueRow> = queues
+        .iter()
+        .filter(|q| q.durable && q.kind != "quorum")
+        .collect();
+    assert!(
+        not_replicated.is_empty(),
+        "durable queues that are not quorum queues: {not_replicated:?}"
+    );
     let results = Arc::new(Mutex::new(Vec::new()));
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -283,9 +333,11 @@ async fn losing_the_node_the_gateway_is_on_loses_no_accepted_job() {
     }
     assert!(
         lost.is_empty(),
-        "{} of {} accepted jobs did not succeed within 30 s; by status: {by_status:?}",
+        "{} of {} accepted jobs did not succeed within 30 s; by status: {by_status:?}; the \
+         namespace's queues as node {surviving_node} sees them: {:#?}",
         lost.len(),
-        accepted.len()
+        accepted.len(),
+        cluster.queues(surviving_node, &namespace)
     );
 
     // The node comes back and the cluster is used as before.
