@@ -43,6 +43,7 @@ async fn prepare(store: &PostgresStore, events: usize) -> Vec<JobEvent> {
         store.insert(job.clone(), None).await.unwrap();
         for (seq, status) in [(1, JobStatus::Running), (2, JobStatus::Succeeded)] {
             out.push(JobEvent {
+                traceparent: None,
                 v: V1,
                 id: job.id,
                 job_type: job.job_type.clone(),

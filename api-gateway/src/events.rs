@@ -25,10 +25,12 @@ use lapin::{
     types::FieldTable,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 use warren_shared::{
     JobEvent, Topology,
     amqp::{self, BrokerError, Pool},
-    message, topology,
+    message, otel, topology,
+    trace::{TRACEPARENT, TraceContext},
 };
 
 use crate::{
@@ -77,7 +79,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let watchers = workflows.watchers().clone();
+    let queue = topology.events_store_queue();
     let consumer = Consumer {
+        queue: &queue,
         store: store.as_ref(),
         watchers: &watchers,
         workflows: &workflows,
@@ -91,6 +95,8 @@ pub async fn run(
 
 /// What the consumer applies events to and whom it tells.
 struct Consumer<'a> {
+    /// The queue it consumes (`<ns>.events.store`), for span names.
+    queue: &'a str,
     store: &'a dyn JobStore,
     watchers: &'a Watchers,
     workflows: &'a WorkflowService,
@@ -148,10 +154,18 @@ async fn session(
 /// and the session ends, so the events are delivered again.
 async fn handle_batch(consumer: &Consumer<'_>, batch: Vec<Delivery>) -> Result<(), SessionError> {
     let mut events = Vec::with_capacity(batch.len());
+    let mut spans = Vec::with_capacity(batch.len());
     let mut last_valid = None;
     for delivery in &batch {
         match message::decode::<JobEvent>(&delivery.data) {
-            Ok(event) => {
+            Ok(mut event) => {
+                event.traceparent = amqp::text_header(delivery, TRACEPARENT);
+                let span = apply_span(consumer, &event);
+                // What the outcome causes (a webhook) is a child of applying it.
+                if let Some(applying) = otel::context_of(&span) {
+                    event.traceparent = Some(applying.header());
+                }
+                spans.push(span);
                 events.push(event);
                 last_valid = Some(delivery);
             }
@@ -165,14 +179,15 @@ async fn handle_batch(consumer: &Consumer<'_>, batch: Vec<Delivery>) -> Result<(
     let mut finished_steps = Vec::new();
     if !events.is_empty() {
         let outcomes = consumer.store.apply_events(&events).await?;
-        for (event, outcome) in events.iter().zip(outcomes) {
+        for ((event, outcome), span) in events.iter().zip(outcomes).zip(&spans) {
+            let _entered = span.enter();
             log_outcome(event, &outcome);
             consumer.metrics.event_applied(&outcome);
             if let Applied::Updated(job) = outcome {
                 if job.status.is_terminal()
                     && let Some(workflow) = job.workflow_id
                 {
-                    finished_steps.push(workflow);
+                    finished_steps.push((workflow, outcome_trace(event)));
                 }
                 consumer.watchers.publish(*job);
             }
@@ -183,6 +198,7 @@ async fn handle_batch(consumer: &Consumer<'_>, batch: Vec<Delivery>) -> Result<(
         // `multiple` acks every earlier one not settled yet (rejected ones already are).
         last.acker.ack(BasicAckOptions { multiple: true }).await?;
     }
+    drop(spans);
     if !finished_steps.is_empty() {
         // The worst place to die: the outcomes are stored and acked, the dependents not yet
         // released. The store marked the workflows owed a settle; a sweeper finishes it.
@@ -190,6 +206,34 @@ async fn handle_batch(consumer: &Consumer<'_>, batch: Vec<Delivery>) -> Result<(
         consumer.workflows.settle_after(finished_steps).await;
     }
     Ok(())
+}
+
+/// With OTLP export, one consumer span per event (child of the worker's span that sent it),
+/// lasting while its batch is applied; without, none (no cost per event).
+fn apply_span(consumer: &Consumer<'_>, event: &JobEvent) -> Span {
+    if !otel::enabled() {
+        return Span::none();
+    }
+    let queue = consumer.queue;
+    let span = tracing::info_span!("apply_event", job_id = %event.id,
+        job_type = %event.job_type, status = %event.status, attempt = event.attempt,
+        seq = event.seq, otel.name = %format_args!("process {queue}"), otel.kind = "consumer",
+        messaging.system = "rabbitmq", messaging.operation.type = "process",
+        messaging.destination.name = %queue, messaging.message.id = %event.id);
+    if let Some(trace) = event.traceparent.as_deref().and_then(TraceContext::parse) {
+        otel::set_parent(&span, &trace);
+    }
+    span
+}
+
+/// The trace a step's outcome hands on to the steps it releases: the applying span's with
+/// export, else the event's.
+fn outcome_trace(event: &JobEvent) -> TraceContext {
+    event
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse)
+        .unwrap_or_else(TraceContext::new_root)
 }
 
 fn log_outcome(event: &JobEvent, outcome: &Applied) {

@@ -1,4 +1,5 @@
-//! The `api-gateway` binary: read configuration, start logging, run until SIGTERM/SIGINT.
+//! The `api-gateway` binary: read configuration, start logging (and span export), run until
+//! SIGTERM/SIGINT, then send the spans still queued.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,11 @@ use warren_shared::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = GatewayConfig::parse();
-    telemetry::init(config.telemetry.log_format);
+    let format = config.telemetry.log_format;
+    telemetry::run_with_export(format, "warren-gateway", || run(config)).await
+}
+
+async fn run(config: GatewayConfig) -> ExitCode {
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(error) => {

@@ -153,6 +153,11 @@ impl Default for GatewayMetrics {
             registry: Registry::default(),
         };
         registry.register(
+            "trace_spans_dropped",
+            "Spans that never reached the OTLP collector, by reason: queue_full (the export queue, OTEL_BSP_MAX_QUEUE_SIZE, was full), export_failed (the collector refused or did not answer), shut_down",
+            warren_shared::otel::spans_dropped(),
+        );
+        registry.register(
             "store_timeouts",
             "Store calls that missed WARREN_STORE_TIMEOUT (the database did not answer in time), by operation",
             metrics.store_timeouts.clone(),

@@ -9,14 +9,15 @@ use lapin::{
 };
 use serde_json::value::RawValue;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 use warren_shared::amqp::Pool;
 use warren_shared::{
     ControlMessage, JobMessage, Topology,
     amqp::{self, BrokerError, Outgoing, PublishError},
     message,
     metrics::Histogram,
-    topology,
-    trace::TRACEPARENT,
+    otel, topology,
+    trace::{TRACEPARENT, TraceContext},
 };
 
 /// What a passive declare says of a queue.
@@ -71,30 +72,45 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// Publishes one job message (with its `traceparent`): persistent, mandatory, confirmed
-    /// within the timeout.
+    /// Publishes one job message: persistent, mandatory, confirmed within the timeout, in a
+    /// `publish` span (a producer span with OpenTelemetry's messaging attributes) continuing
+    /// `trace`; the message's `traceparent` names that span, so the worker's span is its child.
     /// The whole call, including reconnecting, is bounded by the timeout.
     pub async fn publish_job(
         &self,
         job: &JobMessage<&RawValue>,
-        traceparent: &str,
+        trace: &TraceContext,
     ) -> Result<(), PublishError> {
+        let exchange = self.topology.jobs_exchange();
+        let span = if otel::enabled() {
+            publish_span(job, &exchange)
+        } else {
+            tracing::Span::none()
+        };
+        otel::continue_in(&span, trace);
+        let traceparent = otel::next_hop(&span, trace).header();
         let body = message::encode(job);
         let mut headers = FieldTable::default();
         headers.insert(
             TRACEPARENT.into(),
             AMQPValue::LongString(traceparent.into()),
         );
+        let message_id = job.id.to_string();
         let outgoing = Outgoing {
-            exchange: &self.topology.jobs_exchange(),
+            exchange: &exchange,
             routing_key: job.job_type.as_str(),
             body: &body,
-            message_id: &job.id.to_string(),
+            message_id: &message_id,
             kind: job.job_type.as_str(),
             headers,
             mandatory: true,
         };
-        self.publish(outgoing).await
+        let published = self.publish(outgoing).instrument(span.clone()).await;
+        if let Err(error) = &published {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", error.kind());
+        }
+        published
     }
 
     /// Broadcasts a control message to every worker (none listening is not an error).
@@ -226,4 +242,15 @@ fn dead_letter_of(delivery: &lapin::message::Delivery) -> crate::model::DeadLett
             .and_then(|text| serde_json::from_str(&text).ok()),
         body,
     }
+}
+
+/// The producer span of one job's publish, with OpenTelemetry's messaging attributes.
+fn publish_span(job: &JobMessage<&RawValue>, exchange: &str) -> tracing::Span {
+    tracing::info_span!("publish", job_id = %job.id, attempt = job.attempt,
+            otel.name = %format_args!("publish {exchange}"), otel.kind = "producer",
+            messaging.system = "rabbitmq", messaging.operation.type = "send",
+            messaging.operation.name = "publish", messaging.destination.name = %exchange,
+            messaging.rabbitmq.destination.routing_key = %job.job_type,
+            messaging.message.id = %job.id, otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty)
 }

@@ -11,6 +11,7 @@
 //! - [`metrics`]: Prometheus label sets, buckets and rendering.
 //! - [`readiness`]: the flag behind `/readyz`.
 //! - [`telemetry`]: log subscriber setup.
+//! - [`otel`]: span export over OTLP, and the trace links across processes.
 //! - [`trace`]: W3C `traceparent` propagation.
 //! - [`tls`]: the CA bundle and client certificate (`WARREN_TLS_*`), and TLS failures in words.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
@@ -21,6 +22,7 @@ pub mod error_kind;
 pub mod job;
 pub mod message;
 pub mod metrics;
+pub mod otel;
 pub mod readiness;
 pub mod removal;
 pub mod shutdown;

@@ -92,6 +92,10 @@ pub struct JobEvent {
     pub worker: String,
     /// When it happened, by the worker's clock.
     pub at: DateTime<Utc>,
+    /// The trace the event came with (its AMQP `traceparent` header), set by the consumer so
+    /// what the event causes (a webhook) joins the job's trace; not part of the body.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl JobEvent {
@@ -190,6 +194,7 @@ mod tests {
     #[test]
     fn event_omits_absent_optionals_and_routes_by_status_and_type() {
         let event = JobEvent {
+            traceparent: None,
             v: V1,
             id: JobId::new(),
             job_type: JobType::parse("report.generate").unwrap(),

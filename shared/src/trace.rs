@@ -3,8 +3,8 @@
 //!
 //! `traceparent: 00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`. The gateway
 //! continues a client's trace or starts one; each hop passes a child (same trace id, new span
-//! id). OpenTelemetry export is not built in; the ids are the standard ones, so a collector
-//! can join them.
+//! id). With OTLP export on ([`crate::otel`]), each hop passes its own span's context instead,
+//! so the collector links the spans across processes.
 
 use uuid::Uuid;
 
@@ -67,6 +67,28 @@ impl TraceContext {
     #[must_use]
     pub fn trace_id(&self) -> &str {
         &self.trace_id
+    }
+
+    /// A context from its parts (ids in lowercase hex, as OpenTelemetry writes them).
+    #[must_use]
+    pub fn from_parts(trace_id: &str, span_id: &str, sampled: bool) -> Self {
+        Self {
+            trace_id: trace_id.to_owned(),
+            span_id: span_id.to_owned(),
+            flags: if sampled { "01" } else { "00" }.to_owned(),
+        }
+    }
+
+    /// The span id of this point (the parent of what the next hop records).
+    #[must_use]
+    pub fn span_id(&self) -> &str {
+        &self.span_id
+    }
+
+    /// Whether the trace is recorded (the `sampled` flag).
+    #[must_use]
+    pub fn sampled(&self) -> bool {
+        u8::from_str_radix(&self.flags, 16).is_ok_and(|flags| flags & 1 == 1)
     }
 
     /// The context to hand to the next hop: same trace, new span.

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::Instrument;
 use warren_shared::{
-    ErrorKind, JobError, JobMessage, JobStatus, message,
+    ErrorKind, JobError, JobMessage, JobStatus, message, otel,
     trace::{TRACEPARENT, TraceContext},
 };
 
@@ -48,10 +48,25 @@ pub(crate) async fn process(shared: &Shared, channel: Channel, delivery: Deliver
         .as_deref()
         .and_then(TraceContext::parse)
         .unwrap_or_else(TraceContext::new_root);
-    let span = tracing::info_span!(
-        "job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempt,
-        redelivered = delivery.redelivered, trace_id = %trace.trace_id()
-    );
+    // Exported, a consumer span whose parent is the gateway's publish span.
+    let span = if otel::enabled() {
+        let queue = shared.topology.job_queue(&job.job_type);
+        let span = tracing::info_span!(
+            "job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempt,
+            redelivered = delivery.redelivered, trace_id = %trace.trace_id(),
+            otel.name = %format_args!("process {queue}"), otel.kind = "consumer",
+            messaging.system = "rabbitmq", messaging.operation.type = "process",
+            messaging.destination.name = %queue, messaging.message.id = %job.id,
+            messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag
+        );
+        otel::set_parent(&span, &trace);
+        span
+    } else {
+        tracing::info_span!(
+            "job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempt,
+            redelivered = delivery.redelivered, trace_id = %trace.trace_id()
+        )
+    };
     run_job(shared, channel, delivery, job, &handler, &trace)
         .instrument(span)
         .await;
@@ -71,7 +86,7 @@ async fn run_job(
         &shared.topology,
         job.clone(),
         shared.identity.clone(),
-        trace.child(),
+        otel::next_hop(&tracing::Span::current(), trace),
     );
     let cancel = CancellationToken::new();
     let _running = shared.cancels.track(job.id, cancel.clone());
@@ -110,8 +125,14 @@ async fn run_job(
         reporter: reporter.clone(),
         cancel,
     };
-    let outcome =
-        announce_running_unless_quick(shared, &reporter, execute(handler, context, timeout)).await;
+    // Exported, the handler's run is a span of its own under the consumer span.
+    let attempt_span = if otel::enabled() {
+        tracing::info_span!("attempt", attempt = job.attempt, otel.name = %format_args!("attempt {}", job.job_type))
+    } else {
+        tracing::Span::none()
+    };
+    let attempt = execute(handler, context, timeout).instrument(attempt_span);
+    let outcome = announce_running_unless_quick(shared, &reporter, attempt).await;
     let elapsed = started.elapsed().as_secs_f64();
     shared.metrics.attempt_ran(job.job_type.as_str(), elapsed);
     settle(shared, &reporter, &delivery, outcome, elapsed * 1000.0).await;

@@ -95,10 +95,11 @@ impl Reporter {
         &self.inner.job
     }
 
-    /// The `traceparent` headers for what this attempt publishes (events, the retried job).
+    /// The `traceparent` headers for what this attempt publishes (events, the retried job):
+    /// the attempt's hop (its consumer span when exported), parent of what they cause.
     pub(crate) fn trace_headers(&self) -> FieldTable {
         let mut headers = FieldTable::default();
-        let value = self.inner.trace.child().header();
+        let value = self.inner.trace.header();
         headers.insert(
             TRACEPARENT.into(),
             AMQPValue::LongString(value.as_str().into()),
@@ -120,6 +121,7 @@ impl Reporter {
     pub(crate) async fn publish(&self, change: Change) -> Result<(), PublishError> {
         let inner = &self.inner;
         let event = JobEvent {
+            traceparent: None,
             v: V1,
             id: inner.job.id,
             job_type: inner.job.job_type.clone(),

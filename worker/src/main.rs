@@ -1,4 +1,5 @@
-//! The `worker` binary: the worker library with the built-in handlers.
+//! The `worker` binary: the worker library with the built-in handlers, and span export when
+//! the OpenTelemetry variables ask for it (the spans still queued are sent after SIGTERM).
 
 use std::process::ExitCode;
 
@@ -9,7 +10,11 @@ use warren_worker::{Worker, WorkerConfig, handlers};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = WorkerConfig::parse();
-    telemetry::init(config.telemetry.log_format);
+    let format = config.telemetry.log_format;
+    telemetry::run_with_export(format, "warren-worker", || run(config)).await
+}
+
+async fn run(config: WorkerConfig) -> ExitCode {
     match handlers::register(Worker::builder()).build(config) {
         Ok(worker) => match worker.run(shutdown::signal()).await {
             Ok(()) => ExitCode::SUCCESS,

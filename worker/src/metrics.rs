@@ -40,6 +40,11 @@ impl Default for WorkerMetrics {
             in_flight: Gauge::default(),
         };
         registry.register(
+            "trace_spans_dropped",
+            "Spans that never reached the OTLP collector, by reason: queue_full (the export queue, OTEL_BSP_MAX_QUEUE_SIZE, was full), export_failed (the collector refused or did not answer), shut_down",
+            warren_shared::otel::spans_dropped(),
+        );
+        registry.register(
             "jobs_finished",
             "Outcomes published by this worker",
             metrics.finished.clone(),

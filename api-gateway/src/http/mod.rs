@@ -32,7 +32,10 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use warren_shared::trace::{TRACEPARENT, TraceContext};
+use warren_shared::{
+    otel,
+    trace::{TRACEPARENT, TraceContext},
+};
 
 use crate::metrics::{HttpLabels, RouteLabels};
 pub use crate::state::AppState;
@@ -90,13 +93,13 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             auth::authenticate,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
+        .layer(middleware::from_fn(continue_trace))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_request(())
                 .on_response(log_response),
         )
-        .layer(middleware::from_fn(continue_trace))
         .with_state(state)
 }
 
@@ -163,17 +166,26 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::RouteNotFound(format!("{} {}", request.method(), request.uri().path()))
 }
 
-/// The request's trace: the client's `traceparent`, or a new trace. Handed to handlers (and
-/// to the request's span) as an extension.
+/// The request's trace, handed to handlers as an extension: the request span's own context
+/// with OTLP export; else the client's `traceparent`, or a new trace. Runs inside the request
+/// span ([`request_span`]), whose `trace_id` field it fills.
 async fn continue_trace(mut request: Request, next: Next) -> Response {
-    let trace = request
+    let span = Span::current();
+    let trace = otel::context_of(&span)
+        .or_else(|| client_trace(&request))
+        .unwrap_or_else(TraceContext::new_root);
+    span.record("trace_id", trace.trace_id());
+    request.extensions_mut().insert(trace);
+    next.run(request).await
+}
+
+/// The client's `traceparent`, if valid.
+fn client_trace<B>(request: &axum::http::Request<B>) -> Option<TraceContext> {
+    request
         .headers()
         .get(TRACEPARENT)
         .and_then(|value| value.to_str().ok())
         .and_then(TraceContext::parse)
-        .unwrap_or_else(TraceContext::new_root);
-    request.extensions_mut().insert(trace);
-    next.run(request).await
 }
 
 /// The matched route template, e.g. `/v1/jobs/{id}` (`unmatched` for the fallback).
@@ -186,19 +198,29 @@ fn route_of<B>(request: &axum::http::Request<B>) -> String {
 }
 
 /// One span per request (tower-http's `TraceLayer`) with method, route and `trace_id`, and
-/// the caller's tenant once authenticated.
+/// the caller's tenant once authenticated. Exported, it is a server span whose parent is the
+/// client's `traceparent` (or a trace's root).
 fn request_span<B>(request: &axum::http::Request<B>) -> Span {
-    let trace_id = request
-        .extensions()
-        .get::<TraceContext>()
-        .map(|trace| trace.trace_id().to_string())
-        .unwrap_or_default();
     let route = route_of(request);
-    tracing::info_span!("http", method = %request.method(), route = %route, trace_id = %trace_id, tenant = tracing::field::Empty)
+    let method = request.method();
+    if !otel::enabled() {
+        return tracing::info_span!("http", method = %method, route = %route,
+            trace_id = tracing::field::Empty, tenant = tracing::field::Empty);
+    }
+    let span = tracing::info_span!("http", method = %method, route = %route,
+        trace_id = tracing::field::Empty, tenant = tracing::field::Empty,
+        otel.name = %format_args!("{method} {route}"), otel.kind = "server",
+        http.request.method = %method, http.route = %route,
+        http.response.status_code = tracing::field::Empty);
+    if let Some(client) = client_trace(request) {
+        otel::set_parent(&span, &client);
+    }
+    span
 }
 
 /// One log line per finished request, in its span.
-fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &Span) {
+fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, span: &Span) {
+    span.record("http.response.status_code", response.status().as_u16());
     let elapsed_ms = latency.as_secs_f64() * 1000.0;
     tracing::info!(
         status = response.status().as_u16(),

@@ -355,11 +355,7 @@ impl JobService {
         trace: &TraceContext,
         if_refused: IfRefused,
     ) -> Result<Job, JobsError> {
-        let traceparent = trace.child().header();
-        let published = self
-            .publisher
-            .publish_job(&job.message(), &traceparent)
-            .await;
+        let published = self.publisher.publish_job(&job.message(), trace).await;
         let error = match published {
             Ok(()) => {
                 tracing::info!(job_id = %job.id, attempt = job.attempt, "job published");

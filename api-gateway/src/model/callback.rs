@@ -55,6 +55,11 @@ pub struct Callback {
     pub attempts: u32,
     /// When the next attempt is due, while `pending`.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` of the job's outcome: deliveries join the job's trace, and
+    /// receivers get a child of it in their `traceparent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+    pub traceparent: Option<String>,
 }
 
 impl Callback {
@@ -66,6 +71,7 @@ impl Callback {
             webhook_id: format!("msg_{}", Uuid::now_v7().simple()),
             attempts: 0,
             next_attempt_at: Some(at),
+            traceparent: None,
         }
     }
 

@@ -17,6 +17,11 @@ use chrono::Utc;
 use reqwest::header::CONTENT_TYPE;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+use warren_shared::{
+    otel,
+    trace::{TRACEPARENT, TraceContext},
+};
 
 use super::{Answer, WebhookConfig, after_attempt, guard};
 use crate::{
@@ -178,10 +183,21 @@ impl Deliverer {
         )
     }
 
-    /// One attempt for a job: send, then record it with the state it leads to.
-    #[tracing::instrument(name = "webhook", skip_all,
-        fields(job_id = %job.id, job_type = %job.job_type, webhook_id, attempt))]
+    /// One attempt for a job: send, then record it with the state it leads to; in a client
+    /// span that joins the job's trace (that of its outcome).
     async fn deliver(&self, job: Job) {
+        let span = tracing::info_span!("webhook", job_id = %job.id, job_type = %job.job_type,
+            webhook_id = tracing::field::Empty, attempt = tracing::field::Empty,
+            otel.kind = "client", http.request.method = "POST",
+            http.response.status_code = tracing::field::Empty);
+        let outcome = job.callback.as_ref().and_then(|c| c.traceparent.as_deref());
+        if let Some(trace) = outcome.and_then(TraceContext::parse) {
+            otel::set_parent(&span, &trace);
+        }
+        self.deliver_job(job).instrument(span).await;
+    }
+
+    async fn deliver_job(&self, job: Job) {
         let (Some(url), Some(callback)) = (job.callback_url.as_deref(), job.callback.as_deref())
         else {
             return;
@@ -302,9 +318,19 @@ impl Deliverer {
         }
         let timestamp = Utc::now().timestamp();
         let signature = secret.sign(&callback.webhook_id, timestamp, &body);
-        let sent = self
-            .client
-            .post(url)
+        // The receiver may continue the trace: a child of this attempt's span (or of the
+        // job's outcome without export).
+        let span = tracing::Span::current();
+        let outcome = callback
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse);
+        let trace = otel::context_of(&span).or_else(|| outcome.map(|t| t.child()));
+        let mut request = self.client.post(url);
+        if let Some(trace) = trace {
+            request = request.header(TRACEPARENT, trace.header());
+        }
+        let sent = request
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", &callback.webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -313,7 +339,10 @@ impl Deliverer {
             .send()
             .await;
         match sent {
-            Ok(response) => Answer::Status(response.status().as_u16()),
+            Ok(response) => {
+                span.record("http.response.status_code", response.status().as_u16());
+                Answer::Status(response.status().as_u16())
+            }
             Err(error) => Answer::Failed(self.describe(&error)),
         }
     }

@@ -73,6 +73,7 @@ pub fn after_attempt(
         webhook_id: callback.webhook_id.clone(),
         attempts,
         next_attempt_at,
+        traceparent: callback.traceparent.clone(),
     }
 }
 

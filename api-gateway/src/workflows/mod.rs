@@ -290,14 +290,14 @@ impl WorkflowService {
         (all_confirmed, any_failed)
     }
 
-    /// Settles `workflows` (each once), after some of their steps finished.
-    pub async fn settle_after(&self, workflows: impl IntoIterator<Item = Uuid>) {
-        let mut ids: Vec<Uuid> = workflows.into_iter().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            self.settle(id, &TraceContext::new_root(), "after_step")
-                .await;
+    /// Settles `workflows` (each once), after some of their steps finished; the steps it
+    /// releases continue the trace given with the workflow (that of the step's outcome).
+    pub async fn settle_after(&self, workflows: impl IntoIterator<Item = (Uuid, TraceContext)>) {
+        let mut settles: Vec<(Uuid, TraceContext)> = workflows.into_iter().collect();
+        settles.sort_unstable_by_key(|(id, _)| *id);
+        settles.dedup_by_key(|(id, _)| *id);
+        for (id, trace) in settles {
+            self.settle(id, &trace, "after_step").await;
         }
     }
 

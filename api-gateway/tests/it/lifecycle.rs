@@ -9,6 +9,7 @@ use crate::helpers::spawn_app;
 
 fn event(id: &str, job_type: &str, status: JobStatus, attempt: u32, seq: u64) -> JobEvent {
     JobEvent {
+        traceparent: None,
         v: V1,
         id: id.parse().unwrap(),
         job_type: JobType::parse(job_type).unwrap(),

@@ -19,6 +19,7 @@ mod later;
 mod lifecycle;
 mod misconfig;
 mod openapi;
+mod otlp;
 mod outage;
 mod outbox;
 mod postgres;

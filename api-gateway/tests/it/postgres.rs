@@ -48,6 +48,7 @@ fn new_job() -> Job {
 
 fn event(id: JobId, status: JobStatus, seq: u64, at: chrono::DateTime<Utc>) -> JobEvent {
     JobEvent {
+        traceparent: None,
         v: V1,
         id,
         job_type: "echo".parse().unwrap(),

@@ -74,6 +74,7 @@ impl SseReader {
 
 fn event(id: &str, status: JobStatus, seq: u64, percent: Option<u8>) -> JobEvent {
     JobEvent {
+        traceparent: None,
         v: V1,
         id: id.parse().unwrap(),
         job_type: JobType::parse("held").unwrap(),

@@ -104,6 +104,7 @@ async fn a_long_poll_and_a_stream_begun_before_the_store_has_the_outcome_answer_
     app.declare_idle_queue("held").await;
     let id = app.submit_ok(&json!({"type": "held"})).await;
     app.publish_event(&JobEvent {
+        traceparent: None,
         v: V1,
         id: id.parse().unwrap(),
         job_type: "held".parse().unwrap(),

@@ -163,6 +163,19 @@ pub enum PublishError {
     Broker(#[from] BrokerError),
 }
 
+impl PublishError {
+    /// A short stable word for the failure (span attributes, metrics).
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unroutable { .. } => "unroutable",
+            Self::Nacked => "nacked",
+            Self::Timeout(_) => "timeout",
+            Self::Broker(_) => "broker",
+        }
+    }
+}
+
 impl From<lapin::Error> for PublishError {
     fn from(error: lapin::Error) -> Self {
         Self::Broker(BrokerError::Amqp(error))

@@ -209,13 +209,14 @@ pub async fn payload(
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(trace): Extension<TraceContext>,
     Path(raw_id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let id = parse_id(&raw_id)?;
     let job = state.jobs.cancel(&caller, id).await?;
     if let Some(workflow) = job.workflow_id {
         // The steps that depended on it can never run now.
-        state.workflows.settle_after([workflow]).await;
+        state.workflows.settle_after([(workflow, trace)]).await;
     }
     Ok((StatusCode::ACCEPTED, Json(job)))
 }

@@ -91,7 +91,7 @@ pub fn apply(job: &mut Job, event: &JobEvent) -> Result<(), Ignored> {
     }
     if event.status.is_terminal() {
         job.finished_at = Some(event.at);
-        arm_callback(job, event.at);
+        arm_callback(job, event.at, event.traceparent.as_deref());
     }
     job.updated_at = event.at;
     // A worker reported on the job, so its message was delivered: nothing left to relay.
@@ -320,9 +320,12 @@ pub fn redrive(job: &mut Job) -> bool {
 
 /// A job that just finished at `at` owes its `callback_url` a delivery, due at once: armed in
 /// the same write as the terminal status, so no crash can lose it.
-fn arm_callback(job: &mut Job, at: chrono::DateTime<Utc>) {
+/// `traceparent` is the outcome's trace, which the delivery joins.
+fn arm_callback(job: &mut Job, at: chrono::DateTime<Utc>, traceparent: Option<&str>) {
     if job.callback_url.is_some() {
-        job.callback = Some(Box::new(Callback::due_now(at)));
+        let mut callback = Callback::due_now(at);
+        callback.traceparent = traceparent.map(str::to_owned);
+        job.callback = Some(Box::new(callback));
     }
 }
 
@@ -335,7 +338,7 @@ fn finish(job: &mut Job, status: JobStatus, error: Option<JobError>) -> bool {
     job.error = error.map(Box::new);
     job.next_attempt_at = None;
     job.finished_at = Some(now);
-    arm_callback(job, now);
+    arm_callback(job, now, None);
     job.updated_at = now;
     // A finished job is never published again.
     job.unconfirmed_since = None;

@@ -43,6 +43,7 @@ fn queued_job() -> Job {
 
 fn event(job: &Job, status: JobStatus, attempt: u32, seq: u64) -> JobEvent {
     JobEvent {
+        traceparent: None,
         v: V1,
         id: job.id,
         job_type: job.job_type.clone(),
