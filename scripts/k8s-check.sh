@@ -4,7 +4,7 @@
 # kubernetes-validate, in target/k8s-venv), the KEDA objects against KEDA's CRD schemas
 # (../shared/kubernetes/keda-crds/, skipped and said so where that folder is absent), checks
 # that every WARREN_* variable the manifests set is one the binaries read, and that each
-# ScaledObject trigger names a queue Warren declares (`<WARREN_NAMESPACE>.jobs.<type>`, a type the
+# ScaledObject trigger names a queue Warren declares (`<WARREN_NAMESPACE>.jobs[-high|-low].<type>`, a type the
 # worker handles), that containers run as non-root with requests, and that the worker's grace
 # period outlasts its drain.
 set -euo pipefail
@@ -98,9 +98,12 @@ for o in objects:
         continue
     for trigger in o["spec"]["triggers"]:
         queue = trigger["metadata"].get("queueName", "")
-        job_type = queue[len(f"{namespace}.jobs."):] if queue.startswith(f"{namespace}.jobs.") else None
+        job_type = None
+        for level in ("jobs", "jobs-high", "jobs-low"):
+            if queue.startswith(f"{namespace}.{level}."):
+                job_type = queue[len(f"{namespace}.{level}."):]
         if job_type not in handled or trigger["metadata"].get("mode") != "QueueLength":
-            failures.append(f"trigger on {queue!r} is not a QueueLength trigger on {namespace}.jobs.<a type the worker handles: {handled}>")
+            failures.append(f"trigger on {queue!r} is not a QueueLength trigger on {namespace}.jobs[-high|-low].<a type the worker handles: {handled}>")
         else:
             print(f"   {queue}: ok")
 

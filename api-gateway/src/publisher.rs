@@ -96,9 +96,10 @@ impl Publisher {
             AMQPValue::LongString(traceparent.into()),
         );
         let message_id = job.id.to_string();
+        let routing_key = topology::routing_key(&job.job_type, job.priority);
         let outgoing = Outgoing {
             exchange: &exchange,
-            routing_key: job.job_type.as_str(),
+            routing_key: &routing_key,
             body: &body,
             message_id: &message_id,
             kind: job.job_type.as_str(),
@@ -250,7 +251,7 @@ fn publish_span(job: &JobMessage<&RawValue>, exchange: &str) -> tracing::Span {
             otel.name = %format_args!("publish {exchange}"), otel.kind = "producer",
             messaging.system = "rabbitmq", messaging.operation.type = "send",
             messaging.operation.name = "publish", messaging.destination.name = %exchange,
-            messaging.rabbitmq.destination.routing_key = %job.job_type,
+            messaging.rabbitmq.destination.routing_key = %topology::routing_key(&job.job_type, job.priority),
             messaging.message.id = %job.id, otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty)
 }

@@ -107,7 +107,10 @@ impl QueueService {
             *slot += count.count;
         }
         let topology = self.publisher.topology();
-        let mut names: Vec<String> = by_type.keys().map(|t| topology.job_queue(t)).collect();
+        let mut names: Vec<String> = by_type
+            .keys()
+            .flat_map(|t| topology.job_queues(t).map(|(_, queue)| queue))
+            .collect();
         names.push(topology.dead_queue());
         let probed = tokio::time::timeout(PROBE_TIMEOUT, self.publisher.probe_queues(&names)).await;
         let probed = match probed {
@@ -124,11 +127,17 @@ impl QueueService {
         let operator = caller.tenant().is_none();
         let mut queues = Vec::with_capacity(by_type.len());
         for (job_type, mut stats) in by_type {
-            let queue = probed
-                .as_ref()
-                .and_then(|p| p.get(&topology.job_queue(&job_type)));
-            stats.workers = queue.map(|q| q.consumers);
-            stats.messages_ready = queue.filter(|_| operator).map(|q| q.messages);
+            // Each worker consumes every level, so any level's consumers are the workers;
+            // the messages waiting are the three levels' together.
+            let levels: Vec<_> = topology
+                .job_queues(&job_type)
+                .iter()
+                .filter_map(|(_, queue)| probed.as_ref()?.get(queue).copied())
+                .collect();
+            let found = !levels.is_empty();
+            stats.workers = found.then(|| levels.iter().map(|q| q.consumers).max().unwrap_or(0));
+            stats.messages_ready =
+                (found && operator).then(|| levels.iter().map(|q| q.messages).sum());
             queues.push(stats);
         }
         let dead_letters = probed

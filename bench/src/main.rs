@@ -239,6 +239,7 @@ async fn main() -> Result<(), Error> {
         timeout_ms: 60_000,
         created_at: chrono::Utc::now(),
         parents: None,
+        priority: warren_shared::Priority::Normal,
     });
     let (floor_throughput, mut floor_latencies, floor_per_job) = floor::run(
         &args.amqp_url,

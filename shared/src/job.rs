@@ -128,6 +128,76 @@ impl fmt::Display for JobType {
 
 /// Where a job is in its lifecycle.
 ///
+/// How soon a job starts under a backlog: each level has its own queue per job type, and a
+/// worker with a free slot takes from `high` before `normal` before `low` (see
+/// `docs/topology.md`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Before every `normal` and `low` job waiting.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// After every `high` and `normal` job waiting.
+    Low,
+}
+
+impl Priority {
+    /// Every level, highest first: the order a worker takes from.
+    pub const ALL: [Self; 3] = [Self::High, Self::Normal, Self::Low];
+
+    /// The level's name.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+
+    /// `normal` (for `skip_serializing_if`: messages and records leave the default out).
+    #[must_use]
+    pub fn is_normal(&self) -> bool {
+        *self == Self::Normal
+    }
+
+    /// Reads a level's name.
+    ///
+    /// # Errors
+    /// Anything but `high`, `normal` or `low`, with what to write instead.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "high" => Ok(Self::High),
+            "normal" => Ok(Self::Normal),
+            "low" => Ok(Self::Low),
+            other => Err(format!(
+                "{other:?} is not a priority: use high, normal or low"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `scheduled` (only for jobs due later) → `queued` → `running` → `succeeded` | `failed`, with
 /// `retrying` between attempts and `cancelled` from any non-terminal state. Terminal statuses
 /// are final.

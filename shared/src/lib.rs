@@ -33,6 +33,6 @@ pub mod topology;
 pub mod trace;
 
 pub use error_kind::ErrorKind;
-pub use job::{JobError, JobId, JobStatus, JobType, Progress};
+pub use job::{JobError, JobId, JobStatus, JobType, Priority, Progress};
 pub use message::{ControlAction, ControlMessage, JobEvent, JobMessage, V1};
 pub use topology::Topology;

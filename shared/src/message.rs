@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::job::{JobError, JobId, JobStatus, JobType, Progress};
+use crate::job::{JobError, JobId, JobStatus, JobType, Priority, Progress};
 
 /// The schema version marker: serialises as `1`, and refuses any other number when read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,6 +58,9 @@ pub struct JobMessage<P = Value> {
     /// For a workflow step with dependencies: each dependency's result, by step name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parents: Option<P>,
+    /// Its priority (left out when `normal`): which of the type's queues it goes to.
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
 }
 
 /// Something that happened to a job, as published by a worker to the events exchange.

@@ -25,7 +25,10 @@ impl Names {
     /// tiers of its delays, and the job queues of `job_types`.
     #[must_use]
     pub fn declared(topology: &Topology, job_types: &[JobType]) -> Self {
-        let mut queues: Vec<String> = job_types.iter().map(|t| topology.job_queue(t)).collect();
+        let mut queues: Vec<String> = job_types
+            .iter()
+            .flat_map(|t| topology.job_queues(t).map(|(_, queue)| queue))
+            .collect();
         queues.extend(
             topology
                 .retry_delays()

@@ -4,7 +4,8 @@
 //! | name | kind | declared by |
 //! |---|---|---|
 //! | `<ns>.jobs` | direct exchange, routing key = job type | everyone ([`declare_core`]) |
-//! | `<ns>.jobs.<type>` | quorum queue with a delivery limit | the workers of that type |
+//! | `<ns>.jobs.<type>` | quorum queue with a delivery limit (`normal` priority) | the workers of that type |
+//! | `<ns>.jobs-high.<type>`, `<ns>.jobs-low.<type>` | the same, for `high` and `low` | the workers of that type |
 //! | `<ns>.retry` + `<ns>.retry.<delay>` | headers exchange + wait queues | everyone |
 //! | `<ns>.dead` | fanout exchange + quorum queue | everyone |
 //! | `<ns>.events` | topic exchange, key `<status>.<type>` | everyone |
@@ -30,7 +31,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-use crate::{config::BrokerConfig, job::JobType};
+use crate::{
+    config::BrokerConfig,
+    job::{JobType, Priority},
+};
 
 /// How often a job message may be handed out before the broker dead-letters it instead: a job
 /// that kills its worker every time must not loop forever.
@@ -113,10 +117,27 @@ impl Topology {
         format!("{}.jobs", self.namespace)
     }
 
-    /// The queue of one job type.
+    /// The queue of one job type (its `normal` priority level).
     #[must_use]
     pub fn job_queue(&self, job_type: &JobType) -> String {
         format!("{}.jobs.{job_type}", self.namespace)
+    }
+
+    /// The queue of one job type's `priority` level: `<ns>.jobs.<type>` for `normal`,
+    /// `<ns>.jobs-high.<type>` and `<ns>.jobs-low.<type>` for the others (distinct prefixes,
+    /// so no type's queue can be named like another's level).
+    #[must_use]
+    pub fn priority_queue(&self, job_type: &JobType, priority: Priority) -> String {
+        match priority {
+            Priority::Normal => self.job_queue(job_type),
+            other => format!("{}.jobs-{other}.{job_type}", self.namespace),
+        }
+    }
+
+    /// The queues of one job type, highest priority first.
+    #[must_use]
+    pub fn job_queues(&self, job_type: &JobType) -> [(Priority, String); 3] {
+        Priority::ALL.map(|priority| (priority, self.priority_queue(job_type, priority)))
     }
 
     /// The exchange failed attempts are republished to for a backoff wait.
@@ -305,7 +326,19 @@ pub async fn declare_core(channel: &Channel, topology: &Topology) -> lapin::Resu
     Ok(())
 }
 
-/// Declares the quorum queue of one job type and binds it to the jobs exchange.
+/// The routing key of a job of `job_type` at `priority` on the jobs exchange: the type for
+/// `normal`, `<type>/high` and `<type>/low` otherwise (`/` is not in a type name).
+#[must_use]
+pub fn routing_key(job_type: &JobType, priority: Priority) -> String {
+    match priority {
+        Priority::Normal => job_type.as_str().to_owned(),
+        other => format!("{job_type}/{other}"),
+    }
+}
+
+/// Declares the quorum queues of one job type (one per priority level, see
+/// [`Topology::job_queues`]), binds each to the jobs exchange with its [`routing_key`], and
+/// returns the `normal` one's name.
 ///
 /// With `WARREN_QUEUE_MAX_LENGTH` the queue refuses jobs once it is full (a quorum queue
 /// checks after enqueuing, so it may hold one more than the limit).
@@ -335,17 +368,19 @@ pub async fn declare_job_queue(
         arguments.insert("x-max-length".into(), max_length);
         arguments.insert("x-overflow".into(), text("reject-publish"));
     }
-    channel
-        .queue_declare(queue.clone().into(), durable(), arguments)
+    for (priority, level_queue) in topology.job_queues(job_type) {
+        channel
+            .queue_declare(level_queue.clone().into(), durable(), arguments.clone())
+            .await?;
+        bind(
+            channel,
+            level_queue,
+            topology.jobs_exchange(),
+            &routing_key(job_type, priority),
+            FieldTable::default(),
+        )
         .await?;
-    bind(
-        channel,
-        queue.clone(),
-        topology.jobs_exchange(),
-        job_type.as_str(),
-        FieldTable::default(),
-    )
-    .await?;
+    }
     register_job_type(channel, topology, job_type).await?;
     Ok(queue)
 }

@@ -50,7 +50,7 @@ pub(crate) async fn process(shared: &Shared, channel: Channel, delivery: Deliver
         .unwrap_or_else(TraceContext::new_root);
     // Exported, a consumer span whose parent is the gateway's publish span.
     let span = if otel::enabled() {
-        let queue = shared.topology.job_queue(&job.job_type);
+        let queue = shared.topology.priority_queue(&job.job_type, job.priority);
         let span = tracing::info_span!(
             "job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempt,
             redelivered = delivery.redelivered, trace_id = %trace.trace_id(),

@@ -18,7 +18,7 @@ use tokio_util::{
     task::{AbortOnDropHandle, TaskTracker},
 };
 use warren_shared::{
-    JobType,
+    JobType, Priority,
     amqp::{self, BrokerError, Pool},
     topology,
 };
@@ -95,6 +95,16 @@ pub(crate) async fn consume(
     .await;
 }
 
+/// The prefetch of a consumer of `priority`'s queue, for a worker running `concurrency` jobs:
+/// twice that for `high` and `normal`, that for `low` (so a worker holds at most five times its
+/// concurrency per job type, and runs its concurrency).
+fn prefetch(concurrency: u16, priority: Priority) -> u16 {
+    match priority {
+        Priority::High | Priority::Normal => concurrency.saturating_mul(2),
+        Priority::Low => concurrency,
+    }
+}
+
 /// One connection's worth of consuming; `Ok` only when asked to stop, after cancelling the
 /// consumers so no new deliveries arrive. Jobs in flight keep their channels.
 async fn session(
@@ -110,9 +120,6 @@ async fn session(
     shared.set_consume_channel(&consume_channel);
     let publish_channel = amqp::confirm_channel(pool).await?;
     topology::declare_core(&publish_channel, &shared.topology).await?;
-    consume_channel
-        .basic_qos(shared.concurrency, BasicQosOptions::default())
-        .await?;
 
     let control = cancel::consume_control(&consume_channel, &shared.topology).await?;
     let _control = AbortOnDropHandle::new(tokio::spawn({
@@ -120,30 +127,46 @@ async fn session(
         async move { cancel::listen(&shared.cancels, control).await }
     }));
 
-    let mut consumers = Vec::new();
+    // One consumer per queue: each type has a queue per priority level. Taking from the
+    // levels in order whenever a slot is free makes a waiting `high` job start before any
+    // `normal` or `low` one this worker holds (see `docs/topology.md`).
+    let mut levels: [Vec<_>; 3] = Default::default();
     let mut tags = Vec::new();
     for job_type in shared.handlers.keys() {
-        let queue =
-            topology::declare_job_queue(&consume_channel, &shared.topology, job_type).await?;
-        let consumer = consume_channel
-            .basic_consume(
-                queue.clone().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        tags.push(consumer.tag());
-        // A consumer stream that ends (the broker cancelled it) yields one final `None`.
-        let tagged = consumer
-            .map(Some)
-            .chain(stream::once(async { None }))
-            .map(move |item| (queue.clone(), item));
-        consumers.push(Box::pin(tagged));
+        topology::declare_job_queue(&consume_channel, &shared.topology, job_type).await?;
+        for (level, (priority, queue)) in
+            shared.topology.job_queues(job_type).into_iter().enumerate()
+        {
+            // Quorum queues take the prefetch in force when a consumer starts. `high` and
+            // `normal` hold as many again as can run, so when a slot frees the next job of
+            // that level is already here and a lower one does not slip in meanwhile.
+            consume_channel
+                .basic_qos(
+                    prefetch(shared.concurrency, priority),
+                    BasicQosOptions::default(),
+                )
+                .await?;
+            let consumer = consume_channel
+                .basic_consume(
+                    queue.clone().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            tags.push(consumer.tag());
+            // A consumer stream that ends (the broker cancelled it) yields one final `None`.
+            let tagged = consumer
+                .map(Some)
+                .chain(stream::once(async { None }))
+                .map(move |item| (queue.clone(), item));
+            levels[level].push(Box::pin(tagged));
+        }
     }
     let types: Vec<&str> = shared.handlers.keys().map(JobType::as_str).collect();
     tracing::info!(types = %types.join(","), concurrency = shared.concurrency, "consuming");
-    let mut deliveries = stream::select_all(consumers);
+    let [high, normal, low] = levels.map(stream::select_all);
+    let (mut high, mut normal, mut low) = (high, normal, low);
     let _ready = shared.readiness.up();
     loop {
         let permit = tokio::select! {
@@ -152,8 +175,11 @@ async fn session(
         };
         let Ok(permit) = permit else { break };
         let next = tokio::select! {
+            biased;
             () = stop.cancelled() => break,
-            next = deliveries.next() => next,
+            next = high.next() => next,
+            next = normal.next() => next,
+            next = low.next() => next,
         };
         match next {
             Some((_, Some(Ok(delivery)))) => {

@@ -21,7 +21,7 @@ use warren_shared::{
     JobError, JobMessage, JobStatus, Topology,
     amqp::{self, Outgoing, PublishError},
     message,
-    topology::{DEAD_REASON_HEADER, RETRY_DELAY_HEADER},
+    topology::{self, DEAD_REASON_HEADER, RETRY_DELAY_HEADER},
 };
 
 use crate::{
@@ -115,9 +115,11 @@ async fn retry(
         AMQPValue::LongString(Topology::retry_label(delay).as_str().into()),
     );
     let body = message::encode(&next);
+    // The wait queue dead-letters it back with this key: to its own priority's queue.
+    let routing_key = topology::routing_key(&job.job_type, job.priority);
     let outgoing = Outgoing {
         exchange: &shared.topology.retry_exchange(),
-        routing_key: job.job_type.as_str(),
+        routing_key: &routing_key,
         body: &body,
         message_id: &job.id.to_string(),
         kind: job.job_type.as_str(),

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
-use warren_shared::{JobError, JobId, JobMessage, JobStatus, JobType, Progress, V1};
+use warren_shared::{JobError, JobId, JobMessage, JobStatus, JobType, Priority, Progress, V1};
 
 use super::{Callback, RawJson};
 
@@ -29,6 +29,8 @@ pub struct Job {
     pub attempt: u32,
     /// Attempts allowed in all.
     pub max_attempts: u32,
+    /// How soon it starts under a backlog: `high`, `normal` or `low`.
+    pub priority: Priority,
     /// The handler's latest progress report (boxed: most records have none).
     pub progress: Option<Box<Progress>>,
     /// The handler's result once `succeeded`: any JSON value.
@@ -133,6 +135,7 @@ impl Job {
             timeout_ms: self.timeout_ms,
             created_at: self.created_at,
             parents: self.parents.as_ref().map(RawJson::as_raw),
+            priority: self.priority,
         }
     }
 }

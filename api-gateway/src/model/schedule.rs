@@ -22,7 +22,7 @@ use croner::{Cron, parser::CronParser, parser::Seconds};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use warren_shared::{JobId, JobType};
+use warren_shared::{JobId, JobType, Priority};
 
 use super::{Job, RawJson};
 
@@ -54,6 +54,8 @@ pub struct Schedule {
     pub timeout_ms: Option<u64>,
     /// `callback_url` of the jobs it makes.
     pub callback_url: Option<String>,
+    /// The `priority` of its jobs.
+    pub priority: Priority,
     /// A paused schedule makes no jobs.
     pub paused: bool,
     /// When it is next due (not while paused).
@@ -257,6 +259,7 @@ mod tests {
             max_attempts: None,
             timeout_ms: None,
             callback_url: None,
+            priority: Priority::Normal,
             paused: false,
             next_run_at: Some(next_run_at),
             last_run_at: None,

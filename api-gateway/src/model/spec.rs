@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, value::RawValue};
-use warren_shared::{JobId, JobStatus, JobType};
+use warren_shared::{JobId, JobStatus, JobType, Priority};
 
 use uuid::Uuid;
 
@@ -79,6 +79,10 @@ pub struct JobSpec {
     /// Run the job this many milliseconds from now instead. Not with `run_at`.
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// How soon it starts under a backlog: `high` before `normal` (the default) before `low`.
+    #[serde(default)]
+    #[schema(value_type = Option<Priority>)]
+    pub priority: Option<String>,
 }
 
 impl JobSpec {
@@ -93,6 +97,7 @@ impl JobSpec {
             callback_url: None,
             run_at: None,
             delay_ms: None,
+            priority: None,
         }
     }
 
@@ -168,6 +173,13 @@ impl JobSpec {
                 ),
             });
         }
+        let priority = match self.priority.as_deref() {
+            None => Priority::Normal,
+            Some(text) => Priority::parse(text).map_err(|message| SpecError {
+                field: "priority",
+                message,
+            })?,
+        };
         if let Some(payload) = &self.payload {
             warren_shared::storable::check(payload.get()).map_err(|message| SpecError {
                 field: "payload",
@@ -184,6 +196,7 @@ impl JobSpec {
             timeout_ms,
             callback_url: self.callback_url,
             run_at,
+            priority,
         })
     }
 
@@ -200,6 +213,11 @@ impl JobSpec {
             "timeout_ms": self.timeout_ms, "callback_url": self.callback_url,
             "run_at": self.run_at, "delay_ms": self.delay_ms,
         });
+        // Added only when given, so keys stored before priorities existed still match.
+        let mut canonical = canonical;
+        if let (Some(priority), Some(fields)) = (&self.priority, canonical.as_object_mut()) {
+            fields.insert("priority".into(), Value::String(priority.clone()));
+        }
         canonical.to_string()
     }
 }
@@ -229,6 +247,8 @@ pub struct ValidJob {
     pub callback_url: Option<String>,
     /// When it is due, if later than now.
     pub run_at: Option<DateTime<Utc>>,
+    /// Its priority.
+    pub priority: Priority,
 }
 
 impl ValidJob {
@@ -261,6 +281,7 @@ impl ValidJob {
             },
             attempt: 1,
             max_attempts: self.max_attempts,
+            priority: self.priority,
             progress: None,
             result: None,
             error: None,

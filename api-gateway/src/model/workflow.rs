@@ -66,10 +66,9 @@ pub struct StepSpec {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
-    /// `normal` only: this gateway has no priority levels yet, so `high` and `low` are
-    /// refused rather than ignored.
+    /// `high`, `normal` (the default) or `low`, as for a job submit.
     #[serde(default)]
-    #[schema(example = "normal")]
+    #[schema(value_type = Option<warren_shared::Priority>)]
     pub priority: Option<String>,
 }
 
@@ -171,21 +170,6 @@ impl WorkflowSpec {
         }
         let mut steps = Vec::with_capacity(self.steps.len());
         for (i, step) in self.steps.into_iter().enumerate() {
-            match step.priority.as_deref() {
-                None | Some("normal") => {}
-                Some("high" | "low") => {
-                    return Err(WorkflowError::new(
-                        format!("steps[{i}].priority"),
-                        "this gateway has no priority levels yet; leave priority out or use \"normal\"",
-                    ));
-                }
-                Some(other) => {
-                    return Err(WorkflowError::new(
-                        format!("steps[{i}].priority"),
-                        format!("{other:?} is not a priority: use high, normal or low"),
-                    ));
-                }
-            }
             let spec = JobSpec {
                 job_type: step.job_type,
                 payload: step.payload,
@@ -194,6 +178,7 @@ impl WorkflowSpec {
                 callback_url: None,
                 run_at: None,
                 delay_ms: None,
+                priority: step.priority,
             };
             let job = spec
                 .validate(limits)

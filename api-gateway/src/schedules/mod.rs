@@ -17,7 +17,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
-use warren_shared::JobType;
+use warren_shared::{JobType, Priority};
 
 use crate::{
     auth::Caller,
@@ -61,6 +61,10 @@ pub struct NewSchedule {
     #[serde(default)]
     #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     pub callback_url: Option<String>,
+    /// `priority` of its jobs: `high`, `normal` (the default) or `low`.
+    #[serde(default)]
+    #[schema(value_type = Option<Priority>)]
+    pub priority: Option<String>,
     /// Start paused.
     #[serde(default)]
     pub paused: bool,
@@ -93,6 +97,10 @@ pub struct ScheduleChange {
     #[serde(default)]
     #[schema(format = "uri", pattern = "^https?://", max_length = 2048)]
     pub callback_url: Option<String>,
+    /// New `priority`.
+    #[serde(default)]
+    #[schema(value_type = Option<Priority>)]
+    pub priority: Option<String>,
     /// Pause (`true`) or resume (`false`); a resumed schedule is next due after now.
     #[serde(default)]
     pub paused: Option<bool>,
@@ -119,8 +127,19 @@ pub fn spec_of(schedule: &Schedule) -> JobSpec {
         max_attempts: schedule.max_attempts,
         timeout_ms: schedule.timeout_ms,
         callback_url: schedule.callback_url.clone(),
+        priority: (!schedule.priority.is_normal()).then(|| schedule.priority.to_string()),
         ..JobSpec::new(schedule.job_type.as_str(), &schedule.payload.to_value())
     }
+}
+
+/// A request's `priority`, read as a job submit's is.
+fn priority_of(text: Option<&str>) -> Result<Option<Priority>, SpecError> {
+    text.map(Priority::parse)
+        .transpose()
+        .map_err(|message| SpecError {
+            field: "priority",
+            message,
+        })
 }
 
 /// Makes, lists, shows, changes and removes schedules, and fires the due ones.
@@ -185,6 +204,7 @@ impl ScheduleService {
             max_attempts: new.max_attempts,
             timeout_ms: new.timeout_ms,
             callback_url: new.callback_url,
+            priority: priority_of(new.priority.as_deref())?.unwrap_or_default(),
             paused: new.paused,
             next_run_at: None,
             last_run_at: None,
@@ -236,6 +256,7 @@ impl ScheduleService {
         changed.max_attempts = change.max_attempts.or(changed.max_attempts);
         changed.timeout_ms = change.timeout_ms.or(changed.timeout_ms);
         changed.callback_url = change.callback_url.or(changed.callback_url);
+        changed.priority = priority_of(change.priority.as_deref())?.unwrap_or(changed.priority);
         changed.paused = change.paused.unwrap_or(changed.paused);
         changed.updated_at = Utc::now();
         self.check(&mut changed).await?;

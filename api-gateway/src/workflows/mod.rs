@@ -206,7 +206,7 @@ impl WorkflowService {
         let topology = self.publisher.topology();
         let mut names: Vec<String> = steps
             .iter()
-            .map(|step| topology.job_queue(&step.job.job_type))
+            .map(|step| topology.priority_queue(&step.job.job_type, step.job.priority))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -216,7 +216,7 @@ impl WorkflowService {
             .await
             .map_err(|error| WorkflowsError::BrokerUnavailable(error.to_string()))?;
         for (i, step) in steps.iter().enumerate() {
-            let queue = topology.job_queue(&step.job.job_type);
+            let queue = topology.priority_queue(&step.job.job_type, step.job.priority);
             if !found.iter().any(|(name, _)| *name == queue) {
                 return Err(WorkflowError {
                     field: format!("steps[{i}].type"),

@@ -23,6 +23,7 @@ mod otlp;
 mod outage;
 mod outbox;
 mod postgres;
+mod priority;
 mod queues;
 mod refusals;
 mod retry;

@@ -220,6 +220,7 @@ fn schedule(next_run_at: chrono::DateTime<Utc>) -> Schedule {
         max_attempts: None,
         timeout_ms: None,
         callback_url: None,
+        priority: warren_shared::Priority::Normal,
         paused: false,
         next_run_at: Some(next_run_at),
         last_run_at: None,

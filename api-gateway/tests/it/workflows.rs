@@ -303,9 +303,9 @@ async fn every_invalid_workflow_is_refused_with_what_is_wrong_and_leaves_nothing
         ),
         (json!({ "steps": too_many }), "steps", "at most 1000"),
         (
-            json!({"steps": [{"name": "a", "type": "echo", "priority": "high"}]}),
+            json!({"steps": [{"name": "a", "type": "echo", "priority": "urgent"}]}),
             "steps[0].priority",
-            "",
+            "high, normal or low",
         ),
     ];
     for (body, field, says) in cases {

@@ -95,6 +95,7 @@ impl Broker {
             timeout_ms,
             created_at: Utc::now(),
             parents: None,
+            priority: warren_shared::Priority::Normal,
         }
     }
 

@@ -107,11 +107,12 @@ fn an_invalid_step_is_refused_with_its_path() {
 }
 
 #[test]
-fn priorities_other_than_normal_are_refused_not_ignored() {
-    let error = refused(json!({"steps": [{"name": "a", "type": "echo", "priority": "high"}]}));
+fn a_steps_priority_reaches_its_job_and_an_unknown_one_is_refused() {
+    let error = refused(json!({"steps": [{"name": "a", "type": "echo", "priority": "urgent"}]}));
     assert_eq!(error.field, "steps[0].priority");
-    let fine = spec(json!({"steps": [{"name": "a", "type": "echo", "priority": "normal"}]}));
-    assert!(fine.validate(&limits()).is_ok());
+    let high = spec(json!({"steps": [{"name": "a", "type": "echo", "priority": "high"}]}));
+    let valid = high.validate(&limits()).unwrap();
+    assert_eq!(valid.steps[0].job.priority, warren_shared::Priority::High);
 }
 
 #[test]

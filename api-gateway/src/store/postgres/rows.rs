@@ -5,7 +5,7 @@
 use serde_json::value::RawValue;
 use tokio_postgres::{Row, types::Json, types::ToSql};
 use uuid::Uuid;
-use warren_shared::{JobError, JobId, JobType, Progress};
+use warren_shared::{JobError, JobId, JobType, Priority, Progress};
 
 use super::super::StoreError;
 use crate::model::{AttemptError, Callback, Job, RawJson};
@@ -16,7 +16,7 @@ macro_rules! columns {
         "id, job_type, status, attempt, max_attempts, attempt_budget, progress, result, error, \
          payload, timeout_ms, callback_url, seq, version, created_at, updated_at, \
          next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback, callback_due, \
-         tenant, key_id, errors, schedule_id, workflow_id, step, parents"
+         tenant, key_id, errors, schedule_id, workflow_id, step, parents, priority"
     };
 }
 
@@ -87,11 +87,11 @@ pub(super) const INSERT: &str = concat!(
         $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
         $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
         $21::timestamptz[], $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[],
-        $26::jsonb[], $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[])
+        $26::jsonb[], $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[], $31::text[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
 /// Writes back every column a change can touch, for many records. Binds the same arrays as
-/// [`INSERT`] (all thirty), so there is one parameter list; the columns a change never
+/// [`INSERT`] (all thirty-one), so there is one parameter list; the columns a change never
 /// touches (type, payload, tenant, key, …) are not written.
 pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
@@ -105,11 +105,12 @@ pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
         $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
         $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[],
         $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[], $26::jsonb[],
-        $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[])
+        $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[], $31::text[])
         AS u(id, job_type, status, attempt, max_attempts, attempt_budget, progress, result,
              error, payload, timeout_ms, callback_url, seq, version, created_at, updated_at,
              next_attempt_at, started_at, finished_at, unconfirmed_since, run_at, callback,
-             callback_due, tenant, key_id, errors, schedule_id, workflow_id, step, parents)
+             callback_due, tenant, key_id, errors, schedule_id, workflow_id, step, parents,
+             priority)
     WHERE j.id = u.id";
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
@@ -154,6 +155,7 @@ pub(super) struct Columns<'a> {
     workflow_id: Vec<Option<Uuid>>,
     step: Vec<Option<&'a str>>,
     parents: Vec<Option<Json<&'a RawValue>>>,
+    priority: Vec<&'static str>,
 }
 
 impl<'a> Columns<'a> {
@@ -191,6 +193,7 @@ impl<'a> Columns<'a> {
             workflow_id: Vec::with_capacity(n),
             step: Vec::with_capacity(n),
             parents: Vec::with_capacity(n),
+            priority: Vec::with_capacity(n),
         };
         for job in jobs {
             columns.id.push(job.id.as_uuid());
@@ -231,12 +234,13 @@ impl<'a> Columns<'a> {
             columns
                 .parents
                 .push(job.parents.as_ref().map(|p| Json(p.as_raw())));
+            columns.priority.push(job.priority.as_str());
         }
         columns
     }
 
     /// The parameters of [`INSERT`] and [`UPDATE`].
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 30] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 31] {
         [
             &self.id,
             &self.job_type,
@@ -268,6 +272,7 @@ impl<'a> Columns<'a> {
             &self.workflow_id,
             &self.step,
             &self.parents,
+            &self.priority,
         ]
     }
 }
@@ -299,12 +304,14 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
     let errors: Option<Json<Vec<AttemptError>>> = get!("errors");
     let job_type: String = get!("job_type");
     let status: String = get!("status");
+    let priority: String = get!("priority");
     Ok(Job {
         id: JobId::from(row.try_get::<_, Uuid>("id").map_err(|_| corrupt("id"))?),
         job_type: JobType::parse(job_type).map_err(|_| corrupt("job_type"))?,
         status: status.parse().map_err(|_| corrupt("status"))?,
         attempt: unsigned("attempt")?,
         max_attempts: unsigned("max_attempts")?,
+        priority: Priority::parse(&priority).map_err(|_| corrupt("priority"))?,
         attempt_budget: unsigned("attempt_budget")?,
         progress: progress.map(|Json(p)| Box::new(p)),
         result: raw("result")?,

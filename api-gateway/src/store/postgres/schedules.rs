@@ -15,19 +15,20 @@ use super::{
     rows::{self, Columns},
 };
 use crate::model::{Fired, Job, RawJson, Schedule};
+use warren_shared::Priority;
 
 macro_rules! columns {
     () => {
         "id, cron, timezone, job_type, payload, max_attempts, timeout_ms, callback_url, paused, \
          next_run_at, last_run_at, last_job_id, misfires, last_misfire_at, created_at, updated_at, \
-         tenant"
+         tenant, priority"
     };
 }
 
 const INSERT: &str = concat!(
     "INSERT INTO warren_schedules (",
     columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
 );
 const SELECT_ONE: &str = concat!(
     "SELECT ",
@@ -49,7 +50,8 @@ const LOCK_DUE: &str = concat!(
 const UPDATE: &str = "UPDATE warren_schedules SET cron = $2, timezone = $3, job_type = $4,
     payload = $5, max_attempts = $6, timeout_ms = $7, callback_url = $8, paused = $9,
     next_run_at = $10, last_run_at = $11, last_job_id = $12, misfires = $13,
-    last_misfire_at = $14, created_at = $15, updated_at = $16, tenant = $17 WHERE id = $1";
+    last_misfire_at = $14, created_at = $15, updated_at = $16, tenant = $17, priority = $18
+    WHERE id = $1";
 
 fn from_row(row: &Row) -> Result<Schedule, StoreError> {
     let corrupt =
@@ -74,6 +76,10 @@ fn from_row(row: &Row) -> Result<Schedule, StoreError> {
         max_attempts: max_attempts.and_then(|n| u32::try_from(n).ok()),
         timeout_ms: timeout_ms.and_then(|n| u64::try_from(n).ok()),
         callback_url: get!("callback_url"),
+        priority: {
+            let priority: String = get!("priority");
+            Priority::parse(&priority).map_err(|_| corrupt("priority"))?
+        },
         paused: get!("paused"),
         next_run_at: get!("next_run_at"),
         last_run_at: get!("last_run_at"),
@@ -118,6 +124,7 @@ async fn write(
                 &schedule.created_at,
                 &schedule.updated_at,
                 &schedule.tenant,
+                &schedule.priority.as_str(),
             ],
         )
         .await?)

@@ -19,6 +19,7 @@ fn queued_job() -> Job {
         id: JobId::new(),
         job_type: JobType::parse("echo").unwrap(),
         status: JobStatus::Queued,
+        priority: warren_shared::Priority::Normal,
         attempt: 1,
         max_attempts: 3,
         progress: None,
