@@ -10,6 +10,7 @@ use crate::{
     auth::{AdminKey, Authenticator},
     config::GatewayConfig,
     events,
+    flow::FlowService,
     http::{self, AppState},
     jobs::{self, JobService},
     keys::KeyService,
@@ -154,6 +155,12 @@ impl Application {
             schedules: ScheduleService::new(stores.schedules.clone(), jobs.clone()),
             keys: KeyService::new(stores.keys.clone(), auth.clone()),
             queues: QueueService::new(stores.jobs.clone(), publisher.clone()),
+            flow: FlowService::new(
+                stores.flow.clone(),
+                publisher.clone(),
+                QueueService::new(stores.jobs.clone(), publisher.clone()),
+                metrics.clone(),
+            ),
             jobs,
             publisher,
             limits,
@@ -245,6 +252,7 @@ impl Application {
                 stop_consumer.clone(),
             )),
             tokio::spawn(deliverer.run(watchers.clone(), stop_consumer.clone())),
+            tokio::spawn(state.flow.clone().run(stop_consumer.clone())),
             tokio::spawn(retention::run(
                 store,
                 config.retention,

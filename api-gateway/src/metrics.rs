@@ -21,8 +21,8 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use warren_shared::metrics::{
-    Counter, Family, Gauge, Histogram, OperationLabels, OutcomeLabels, ReasonLabels, Registry,
-    duration_family, duration_histogram, render,
+    Counter, Family, Gauge, Histogram, JobLabels, OperationLabels, OutcomeLabels, ReasonLabels,
+    Registry, duration_family, duration_histogram, render,
 };
 
 use crate::{
@@ -124,6 +124,14 @@ pub struct GatewayMetrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// Request duration by route.
     pub http_duration: Family<RouteLabels, Histogram>,
+    /// Flow settings by job type: paused (1) or not (0).
+    pub flow_paused: Family<JobLabels, Gauge>,
+    /// Flow settings by job type: `max_running` (absent when unset).
+    pub flow_max_running: Family<JobLabels, Gauge>,
+    /// Flow settings by job type: `rate_limit.jobs` (absent when unset).
+    pub flow_rate_jobs: Family<JobLabels, Gauge>,
+    /// Flow settings by job type: `rate_limit.per_seconds` in milliseconds.
+    pub flow_rate_window_ms: Family<JobLabels, Gauge>,
 }
 
 impl Default for GatewayMetrics {
@@ -150,8 +158,32 @@ impl Default for GatewayMetrics {
             store_timeouts: Family::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
+            flow_paused: Family::default(),
+            flow_max_running: Family::default(),
+            flow_rate_jobs: Family::default(),
+            flow_rate_window_ms: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "queue_paused",
+            "1 while the job type is paused (PATCH /v1/queues/{type}); workers hold its jobs back (warren_worker_jobs_held_back)",
+            metrics.flow_paused.clone(),
+        );
+        registry.register(
+            "queue_max_running",
+            "The job type's max_running: at most this many run at once across all workers",
+            metrics.flow_max_running.clone(),
+        );
+        registry.register(
+            "queue_rate_limit_jobs",
+            "The job type's rate_limit: starts allowed per window across all workers",
+            metrics.flow_rate_jobs.clone(),
+        );
+        registry.register(
+            "queue_rate_limit_window_ms",
+            "The job type's rate_limit window in milliseconds",
+            metrics.flow_rate_window_ms.clone(),
+        );
         registry.register(
             "trace_spans_dropped",
             "Spans that never reached the OTLP collector, by reason: queue_full (the export queue, OTEL_BSP_MAX_QUEUE_SIZE, was full), export_failed (the collector refused or did not answer), shut_down",
@@ -331,6 +363,41 @@ impl GatewayMetrics {
             reason: cause.to_owned(),
         };
         self.workflow_settles.get_or_create(&labels).inc();
+    }
+
+    /// Sets the flow settings' gauges (a limit removed removes its series).
+    pub fn flow_settings(&self, settings: &[crate::model::QueueSettings]) {
+        for type_settings in settings {
+            let labels = JobLabels {
+                job_type: type_settings.job_type.to_string(),
+            };
+            self.flow_paused
+                .get_or_create(&labels)
+                .set(i64::from(type_settings.paused));
+            match type_settings.max_running {
+                Some(n) => {
+                    self.flow_max_running
+                        .get_or_create(&labels)
+                        .set(i64::from(n));
+                }
+                None => {
+                    self.flow_max_running.remove(&labels);
+                }
+            }
+            match type_settings.rate_limit {
+                Some(rate) => {
+                    self.flow_rate_jobs
+                        .get_or_create(&labels)
+                        .set(i64::from(rate.jobs));
+                    let window = i64::try_from(rate.window_ms()).unwrap_or(i64::MAX);
+                    self.flow_rate_window_ms.get_or_create(&labels).set(window);
+                }
+                None => {
+                    self.flow_rate_jobs.remove(&labels);
+                    self.flow_rate_window_ms.remove(&labels);
+                }
+            }
+        }
     }
 
     /// Counts a job the outbox relay published.

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use lapin::{
     Channel,
+    options::QueuePurgeOptions,
     types::{AMQPValue, FieldTable},
 };
 use serde_json::value::RawValue;
@@ -12,9 +14,9 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 use warren_shared::amqp::Pool;
 use warren_shared::{
-    ControlMessage, JobMessage, Topology,
+    ControlMessage, JobMessage, JobType, Topology,
     amqp::{self, BrokerError, Outgoing, PublishError},
-    message,
+    flow, message,
     metrics::Histogram,
     otel, topology,
     trace::{TRACEPARENT, TraceContext},
@@ -202,6 +204,55 @@ impl Publisher {
     #[must_use]
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// Declares `<ns>.flow` and, for `job_type`, its token queues.
+    pub async fn declare_flow(&self, job_type: Option<&JobType>) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        flow::declare_flow_queue(&channel, &self.topology).await?;
+        if let Some(job_type) = job_type {
+            flow::declare_token_queues(&channel, &self.topology, job_type).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the messages ready in `queue` (those a worker holds stay).
+    pub async fn purge(&self, queue: &str) -> Result<u32, BrokerError> {
+        let channel = self.channel().await?;
+        Ok(channel
+            .queue_purge(queue.into(), QueuePurgeOptions::default())
+            .await?)
+    }
+
+    /// Publishes `bodies` straight to `queue` (persistent, mandatory), up to 64 unconfirmed
+    /// at once; fails if any is not confirmed.
+    pub async fn publish_to_queue(
+        &self,
+        queue: &str,
+        bodies: &[Vec<u8>],
+    ) -> Result<(), PublishError> {
+        let kind = "flow";
+        let mut pending = futures_util::stream::FuturesUnordered::new();
+        for body in bodies {
+            if pending.len() >= 64
+                && let Some(confirmed) = pending.next().await
+            {
+                confirmed?;
+            }
+            pending.push(self.publish(Outgoing {
+                exchange: "",
+                routing_key: queue,
+                body,
+                message_id: kind,
+                kind,
+                headers: FieldTable::default(),
+                mandatory: true,
+            }));
+        }
+        while let Some(confirmed) = pending.next().await {
+            confirmed?;
+        }
+        Ok(())
     }
 
     /// The RabbitMQ node (`host:port`) of the latest connection, if any.

@@ -9,9 +9,9 @@ use std::{
 use warren_shared::readiness::ReadyFlag;
 
 use crate::{
-    auth::Authenticator, jobs::JobService, keys::KeyService, metrics::GatewayMetrics,
-    model::SpecLimits, publisher::Publisher, queues::QueueService, schedules::ScheduleService,
-    workflows::WorkflowService,
+    auth::Authenticator, flow::FlowService, jobs::JobService, keys::KeyService,
+    metrics::GatewayMetrics, model::SpecLimits, publisher::Publisher, queues::QueueService,
+    schedules::ScheduleService, workflows::WorkflowService,
 };
 
 /// What every handler can reach.
@@ -27,6 +27,8 @@ pub struct AppState {
     pub keys: KeyService,
     /// The queue overview.
     pub queues: QueueService,
+    /// Per-type flow settings.
+    pub flow: FlowService,
     /// Publishes job messages with confirms (its readiness backs `/readyz`).
     pub publisher: Arc<Publisher>,
     /// Limits applied to job specs (shown in the OpenAPI document).

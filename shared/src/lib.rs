@@ -7,6 +7,7 @@
 //! - [`message`]: the job message and the job event, `"v": 1` JSON.
 //! - [`topology`]: exchange and queue names from `WARREN_NAMESPACE`, and their declaration.
 //! - [`config`]: environment/flag configuration both binaries use.
+//! - [`flow`]: per-type flow settings, their snapshot for workers, and the start tokens.
 //! - [`amqp`]: connection pool, confirm channels, the confirmed publish.
 //! - [`metrics`]: Prometheus label sets, buckets and rendering.
 //! - [`readiness`]: the flag behind `/readyz`.
@@ -19,6 +20,7 @@
 pub mod amqp;
 pub mod config;
 pub mod error_kind;
+pub mod flow;
 pub mod job;
 pub mod message;
 pub mod metrics;

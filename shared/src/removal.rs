@@ -22,12 +22,17 @@ pub struct Names {
 
 impl Names {
     /// Everything Warren declares in `topology`: the core queues and exchanges, the retry
-    /// tiers of its delays, and the job queues of `job_types`.
+    /// tiers of its delays, and the job and token queues of `job_types`.
     #[must_use]
     pub fn declared(topology: &Topology, job_types: &[JobType]) -> Self {
         let mut queues: Vec<String> = job_types
             .iter()
-            .flat_map(|t| topology.job_queues(t).map(|(_, queue)| queue))
+            .flat_map(|t| {
+                let levels = topology.job_queues(t).map(|(_, queue)| queue);
+                levels
+                    .into_iter()
+                    .chain([topology.slots_queue(t), topology.rate_queue(t)])
+            })
             .collect();
         queues.extend(
             topology
@@ -39,6 +44,7 @@ impl Names {
             topology.dead_queue(),
             topology.events_store_queue(),
             topology.types_queue(),
+            topology.flow_queue(),
         ]);
         let exchanges = vec![
             topology.jobs_exchange(),

@@ -8,11 +8,12 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
+use lapin::message::Delivery;
 use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{
     sync::CancellationToken,
     task::{AbortOnDropHandle, TaskTracker},
@@ -23,7 +24,7 @@ use warren_shared::{
     topology,
 };
 
-use crate::{attempt, cancel, state::Shared};
+use crate::{attempt, cancel, flow, metrics::WorkerMetrics, state::Shared};
 
 /// Why a consuming session ended.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub(crate) enum SessionError {
     Broker(#[from] BrokerError),
     #[error("the broker cancelled the consumer of {0} (queue deleted?)")]
     ConsumerEnded(String),
+    #[error("the flow settings can no longer be read (their channel closed)")]
+    FlowLost,
 }
 
 impl From<lapin::Error> for SessionError {
@@ -105,6 +108,109 @@ fn prefetch(concurrency: u16, priority: Priority) -> u16 {
     }
 }
 
+/// Declares `<ns>.flow` and the token queues of every type this worker handles.
+async fn flow_decl(channel: &lapin::Channel, shared: &Shared) -> Result<(), SessionError> {
+    warren_shared::flow::declare_flow_queue(channel, &shared.topology).await?;
+    for job_type in shared.handlers.keys() {
+        warren_shared::flow::declare_token_queues(channel, &shared.topology, job_type).await?;
+    }
+    Ok(())
+}
+
+/// How often held deliveries are tried again when nothing else happens (a slot freed on
+/// another worker, a new rate window).
+const HELD_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether `delivery` may start now (its type from the AMQP `type` property); a message
+/// without one goes on, to be dead-lettered by the attempt.
+async fn admit(
+    shared: &Shared,
+    channel: &lapin::Channel,
+    delivery: &Delivery,
+) -> Result<Option<flow::Slot>, flow::Held> {
+    let Some(job_type) = delivery
+        .properties
+        .kind()
+        .as_ref()
+        .and_then(|kind| JobType::parse(kind.as_str()).ok())
+    else {
+        return Ok(None);
+    };
+    shared
+        .flow
+        .admit(channel, &shared.topology, &job_type)
+        .await
+}
+
+/// Deliveries held back by flow control, in the order they came.
+#[derive(Default)]
+struct Holding {
+    deliveries: Vec<(usize, Delivery, flow::Held)>,
+}
+
+impl Holding {
+    fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    fn hold(
+        &mut self,
+        level: usize,
+        delivery: Delivery,
+        reason: flow::Held,
+        metrics: &WorkerMetrics,
+    ) {
+        self.deliveries.push((level, delivery, reason));
+        self.count(metrics);
+    }
+
+    /// The first held delivery that may start now, highest priority first; each type is
+    /// tried once per call.
+    async fn next_admitted(
+        &mut self,
+        shared: &Shared,
+        channel: &lapin::Channel,
+    ) -> Option<(Delivery, Option<flow::Slot>)> {
+        if self.deliveries.is_empty() {
+            return None;
+        }
+        self.deliveries.sort_by_key(|(level, _, _)| *level);
+        let mut tried = std::collections::HashMap::new();
+        for index in 0..self.deliveries.len() {
+            let kind = self.deliveries[index].1.properties.kind().clone();
+            let kind = kind.as_ref().map(|k| k.to_string()).unwrap_or_default();
+            if let Some(reason) = tried.get(&kind) {
+                self.deliveries[index].2 = *reason;
+                continue;
+            }
+            match admit(shared, channel, &self.deliveries[index].1).await {
+                Ok(slot) => {
+                    let (_, delivery, _) = self.deliveries.remove(index);
+                    self.count(&shared.metrics);
+                    return Some((delivery, slot));
+                }
+                Err(reason) => {
+                    self.deliveries[index].2 = reason;
+                    tried.insert(kind, reason);
+                }
+            }
+        }
+        self.count(&shared.metrics);
+        None
+    }
+
+    /// Sets the held-back gauges.
+    fn count(&self, metrics: &WorkerMetrics) {
+        metrics.held_back(self.deliveries.iter().map(|(_, delivery, reason)| {
+            let kind = delivery.properties.kind().as_ref();
+            (
+                kind.map(|k| k.to_string()).unwrap_or_default(),
+                reason.as_str(),
+            )
+        }));
+    }
+}
+
 /// One connection's worth of consuming; `Ok` only when asked to stop, after cancelling the
 /// consumers so no new deliveries arrive. Jobs in flight keep their channels.
 async fn session(
@@ -120,6 +226,14 @@ async fn session(
     shared.set_consume_channel(&consume_channel);
     let publish_channel = amqp::confirm_channel(pool).await?;
     topology::declare_core(&publish_channel, &shared.topology).await?;
+
+    // Flow settings: the snapshot's queue and each type's token queues exist before use.
+    flow_decl(&publish_channel, shared).await?;
+    let flow_channel = amqp::connection(pool).await?.create_channel().await?;
+    let mut flow_follower = AbortOnDropHandle::new(tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.flow.follow(flow_channel, &shared.topology).await }
+    }));
 
     let control = cancel::consume_control(&consume_channel, &shared.topology).await?;
     let _control = AbortOnDropHandle::new(tokio::spawn({
@@ -168,35 +282,73 @@ async fn session(
     let [high, normal, low] = levels.map(stream::select_all);
     let (mut high, mut normal, mut low) = (high, normal, low);
     let _ready = shared.readiness.up();
+    let start = |delivery: Delivery, slot: Option<flow::Slot>, permit: OwnedSemaphorePermit| {
+        let shared = shared.clone();
+        let channels = (consume_channel.clone(), publish_channel.clone());
+        in_flight.spawn(async move {
+            // The delivery's acker does not keep its channel open: lapin closes a channel
+            // (requeueing its unacked deliveries) when the last handle drops, so the job holds
+            // the consume channel until it is settled.
+            let (consume_channel, publish_channel) = channels;
+            attempt::process(&shared, publish_channel, delivery).await;
+            if let Some(slot) = slot {
+                slot.release(&shared.flow).await;
+            }
+            drop((consume_channel, permit));
+        });
+    };
+    // Deliveries flow control holds back (see `crate::flow`), and a permit kept for them.
+    let mut held = Holding::default();
+    let mut spare = None;
+    let mut retry = tokio::time::interval(HELD_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit,
+        let permit = match spare.take() {
+            Some(permit) => permit,
+            None => {
+                let permit = tokio::select! {
+                    () = stop.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => permit,
+                };
+                let Ok(permit) = permit else { break };
+                permit
+            }
         };
-        let Ok(permit) = permit else { break };
+        if let Some((delivery, slot)) = held.next_admitted(shared, &consume_channel).await {
+            start(delivery, slot, permit);
+            continue;
+        }
+        let changed = shared.flow.changed.notified();
+        let waiting = !held.is_empty();
         let next = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            next = high.next() => next,
-            next = normal.next() => next,
-            next = low.next() => next,
+            _ = &mut flow_follower => return Err(SessionError::FlowLost),
+            next = high.next() => (0, next),
+            next = normal.next() => (1, next),
+            next = low.next() => (2, next),
+            () = changed, if waiting => {
+                spare = Some(permit);
+                continue;
+            }
+            _ = retry.tick(), if waiting => {
+                spare = Some(permit);
+                continue;
+            }
         };
         match next {
-            Some((_, Some(Ok(delivery)))) => {
-                let shared = shared.clone();
-                let channels = (consume_channel.clone(), publish_channel.clone());
-                in_flight.spawn(async move {
-                    // The delivery's acker does not keep its channel open: lapin closes a
-                    // channel (requeueing its unacked deliveries) when the last handle drops,
-                    // so the job holds the consume channel until it is settled.
-                    let (consume_channel, publish_channel) = channels;
-                    attempt::process(&shared, publish_channel, delivery).await;
-                    drop((consume_channel, permit));
-                });
+            (level, Some((_, Some(Ok(delivery))))) => {
+                match admit(shared, &consume_channel, &delivery).await {
+                    Ok(slot) => start(delivery, slot, permit),
+                    Err(reason) => {
+                        held.hold(level, delivery, reason, &shared.metrics);
+                        spare = Some(permit);
+                    }
+                }
             }
-            Some((_, Some(Err(error)))) => return Err(error.into()),
-            Some((queue, None)) => return Err(SessionError::ConsumerEnded(queue)),
-            None => return Ok(()),
+            (_, Some((_, Some(Err(error))))) => return Err(error.into()),
+            (_, Some((queue, None))) => return Err(SessionError::ConsumerEnded(queue)),
+            (_, None) => return Ok(()),
         }
     }
     for tag in tags {

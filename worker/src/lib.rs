@@ -26,7 +26,9 @@
 //!
 //! A delivery's path, each step a module that only uses the ones after it:
 //!
-//! - `consume`: the consume loop, one session per connection, a task per delivery;
+//! - `consume`: the consume loop, one session per connection, a task per delivery, taking
+//!   by priority and holding back what flow control does not let start yet;
+//! - `flow`: flow settings (pause, `max_running`, `rate_limit`): the snapshot and the tokens;
 //! - `attempt`: one attempt: decode, poison check, run the handler, an `Outcome`;
 //! - `settle`: carries out the settlement (event, retry, dead letter), then acks;
 //! - `decide`: the pure rule from outcome to settlement, tested rule by rule;
@@ -44,6 +46,7 @@ pub mod config;
 mod consume;
 mod decide;
 mod events;
+mod flow;
 pub mod handler;
 pub mod handlers;
 mod headers;

@@ -25,6 +25,14 @@ pub(crate) struct WorkerMetrics {
     queue_wait: Family<JobLabels, Histogram>,
     run_time: Family<JobLabels, Histogram>,
     in_flight: Gauge,
+    held_back: Family<HeldLabels, Gauge>,
+}
+
+/// Series split by job type and why its jobs are held back.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct HeldLabels {
+    job_type: String,
+    reason: &'static str,
 }
 
 impl Default for WorkerMetrics {
@@ -38,6 +46,7 @@ impl Default for WorkerMetrics {
             queue_wait: duration_family(),
             run_time: duration_family(),
             in_flight: Gauge::default(),
+            held_back: Family::default(),
         };
         registry.register(
             "trace_spans_dropped",
@@ -68,6 +77,11 @@ impl Default for WorkerMetrics {
             "job_run_seconds",
             "How long attempts ran",
             metrics.run_time.clone(),
+        );
+        registry.register(
+            "jobs_held_back",
+            "Deliveries this worker holds without starting them, by job type and reason: paused, max_running (no slot free), rate_limit (this window's starts used up)",
+            metrics.held_back.clone(),
         );
         registry.register(
             "jobs_in_flight",
@@ -123,6 +137,27 @@ impl WorkerMetrics {
             status: status.to_owned(),
         };
         self.finished.get_or_create(&labels).inc();
+    }
+
+    /// Sets the held-back gauges from the deliveries held now (type, reason).
+    pub(crate) fn held_back(&self, held: impl Iterator<Item = (String, &'static str)>) {
+        let mut counts = std::collections::HashMap::new();
+        for (job_type, reason) in held {
+            *counts
+                .entry(HeldLabels { job_type, reason })
+                .or_insert(0_i64) += 1;
+        }
+        // Series of types no longer held go back to 0.
+        let known: Vec<HeldLabels> = counts.keys().cloned().collect();
+        for reason in ["paused", "max_running", "rate_limit"] {
+            for job_type in known.iter().map(|l| l.job_type.clone()).collect::<Vec<_>>() {
+                let labels = HeldLabels { job_type, reason };
+                counts.entry(labels).or_insert(0);
+            }
+        }
+        for (labels, count) in counts {
+            self.held_back.get_or_create(&labels).set(count);
+        }
     }
 
     /// A failed attempt was sent for another try.

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) readiness: ReadyFlag,
     /// The Prometheus series.
     pub(crate) metrics: WorkerMetrics,
+    /// The flow settings this worker knows.
+    pub(crate) flow: crate::flow::FlowView,
     /// The current session's consume channel, closed gracefully at shutdown.
     pub(crate) consume_channel: Mutex<Option<Channel>>,
 }

@@ -115,6 +115,7 @@ impl WorkerBuilder {
             pool: pool.clone(),
             metrics: WorkerMetrics::default(),
             consume_channel: std::sync::Mutex::default(),
+            flow: crate::flow::FlowView::default(),
         };
         Ok(Worker {
             shared: Arc::new(shared),

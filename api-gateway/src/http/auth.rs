@@ -50,6 +50,7 @@ pub fn required_right(method: &Method, route: &str) -> Option<Right> {
     Some(match route {
         _ if route.starts_with("/v1/keys") => Right::Admin,
         "/v1/dead-letters" => Right::Admin,
+        "/v1/queues/{type}" if method == Method::PATCH => Right::Admin,
         "/v1/jobs/{id}/cancel" | "/v1/workflows/{id}/cancel" => Right::Cancel,
         // Re-driving is submitting again; a user lookup runs a job.
         "/v1/jobs/{id}/retry" | "/users/{id}" => Right::Submit,

@@ -59,6 +59,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
         .routes(routes!(queues::overview))
+        .routes(routes!(queues::get_queue, queues::update_queue))
         .routes(routes!(queues::dead_letters))
         .routes(routes!(schedules::create, schedules::list))
         .routes(routes!(

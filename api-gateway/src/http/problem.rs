@@ -16,7 +16,7 @@ use warren_shared::{
 };
 
 use crate::{
-    jobs::JobsError, keys::KeysError, model::SpecError, schedules::SchedulesError,
+    flow::FlowError, jobs::JobsError, keys::KeysError, model::SpecError, schedules::SchedulesError,
     store::StoreError, workflows::WorkflowsError,
 };
 
@@ -405,6 +405,20 @@ impl From<SchedulesError> for ApiError {
             SchedulesError::Invalid(error) => error.into(),
             SchedulesError::NotFound(id) => Self::NotFound(format!("no schedule has id {id}")),
             SchedulesError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<FlowError> for ApiError {
+    fn from(error: FlowError) -> Self {
+        match error {
+            error @ FlowError::Forbidden => Self::Forbidden(error.to_string()),
+            FlowError::Invalid(error) => error.into(),
+            FlowError::Store(error) => error.into(),
+            FlowError::Broker(_) => Self::Unavailable(
+                "the settings are stored, but RabbitMQ did not take them yet (every gateway \
+                 retries within seconds)",
+            ),
         }
     }
 }

@@ -23,16 +23,18 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use warren_shared::{
-    JobError, JobEvent, JobId,
+    JobError, JobEvent, JobId, JobType,
     metrics::{Counter, Family, OperationLabels},
 };
 
 use super::{
-    Applied, CallbackStore, Cancelled, ChangeFeed, FireRound, Inserted, JobStore, KeyClaim,
-    KeyStore, ListQuery, OutboxStore, Redriven, ScheduleStore, Settled, StepStatuses, StoreError,
-    Stores, TypeCount, WorkflowInserted, WorkflowQuery, WorkflowStore,
+    Applied, CallbackStore, Cancelled, ChangeFeed, FireRound, FlowStore, Inserted, JobStore,
+    KeyClaim, KeyStore, ListQuery, OutboxStore, Redriven, ScheduleStore, Settled, StepStatuses,
+    StoreError, Stores, TypeCount, WorkflowInserted, WorkflowQuery, WorkflowStore,
 };
-use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule, Workflow};
+use crate::model::{
+    ApiKey, Callback, Delivery, Fired, FlowUpdate, Job, QueueSettings, Schedule, Workflow,
+};
 
 /// One concern's store behind a deadline.
 pub(super) struct Bounded<S: ?Sized> {
@@ -92,6 +94,11 @@ impl Stores {
             }),
             workflows: Arc::new(Bounded {
                 inner: self.workflows,
+                deadline: d,
+                timeouts: t.clone(),
+            }),
+            flow: Arc::new(Bounded {
+                inner: self.flow,
                 deadline: d,
                 timeouts: t,
             }),
@@ -462,6 +469,48 @@ impl CallbackStore for Bounded<dyn CallbackStore> {
         let inner = self.inner.clone();
         self.run("count_pending_callbacks", async move {
             inner.count_pending_callbacks().await
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl FlowStore for Bounded<dyn FlowStore> {
+    async fn flow_settings(&self) -> Result<Vec<QueueSettings>, StoreError> {
+        let inner = self.inner.clone();
+        self.run("flow_settings", async move { inner.flow_settings().await })
+            .await
+    }
+
+    async fn update_flow(
+        &self,
+        job_type: &JobType,
+        update: &FlowUpdate,
+    ) -> Result<QueueSettings, StoreError> {
+        let (inner, job_type, update) = (self.inner.clone(), job_type.clone(), *update);
+        self.run("update_flow", async move {
+            inner.update_flow(&job_type, &update).await
+        })
+        .await
+    }
+
+    async fn mark_slots(&self, job_type: &JobType, generation: u64) -> Result<(), StoreError> {
+        let (inner, job_type) = (self.inner.clone(), job_type.clone());
+        self.run("mark_slots", async move {
+            inner.mark_slots(&job_type, generation).await
+        })
+        .await
+    }
+
+    async fn claim_rate_window(
+        &self,
+        job_type: &JobType,
+        generation: u64,
+        window: u64,
+    ) -> Result<bool, StoreError> {
+        let (inner, job_type) = (self.inner.clone(), job_type.clone());
+        self.run_claim("claim_rate_window", async move {
+            inner.claim_rate_window(&job_type, generation, window).await
         })
         .await
     }

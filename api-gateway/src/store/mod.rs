@@ -28,7 +28,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use warren_shared::{JobError, JobEvent, JobId, JobStatus, JobType};
 
-use crate::model::{ApiKey, Callback, Delivery, Fired, Job, Schedule, Workflow, WorkflowStatus};
+use crate::model::{
+    ApiKey, Callback, Delivery, Fired, FlowUpdate, Job, QueueSettings, Schedule, Workflow,
+    WorkflowStatus,
+};
 
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
@@ -509,14 +512,44 @@ pub trait WorkflowStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// Flow settings per job type (`PATCH /v1/queues/{type}`), shared by every gateway.
+#[async_trait]
+pub trait FlowStore: Send + Sync + 'static {
+    /// Every type that has settings.
+    async fn flow_settings(&self) -> Result<Vec<QueueSettings>, StoreError>;
+
+    /// Applies `update` to `job_type`'s settings (made if missing) under a new generation,
+    /// greater than every earlier one of any type; the settings after it.
+    async fn update_flow(
+        &self,
+        job_type: &JobType,
+        update: &FlowUpdate,
+    ) -> Result<QueueSettings, StoreError>;
+
+    /// Records that the slot tokens of `generation` are published, unless the settings have
+    /// moved on since.
+    async fn mark_slots(&self, job_type: &JobType, generation: u64) -> Result<(), StoreError>;
+
+    /// Claims the refill of rate `window` for `generation`: `true` for exactly one caller per
+    /// window (whatever the number of gateways), `false` if the window is refilled or the
+    /// settings moved on.
+    async fn claim_rate_window(
+        &self,
+        job_type: &JobType,
+        generation: u64,
+        window: u64,
+    ) -> Result<bool, StoreError>;
+}
+
 /// A backend that keeps every concern (both backends do).
 pub trait Backend:
-    JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore + WorkflowStore
+    JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore + WorkflowStore + FlowStore
 {
 }
 
-impl<T: JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore + WorkflowStore> Backend
-    for T
+impl<
+    T: JobStore + OutboxStore + KeyStore + ScheduleStore + CallbackStore + WorkflowStore + FlowStore,
+> Backend for T
 {
 }
 
@@ -535,6 +568,8 @@ pub struct Stores {
     pub callbacks: Arc<dyn CallbackStore>,
     /// Workflows.
     pub workflows: Arc<dyn WorkflowStore>,
+    /// Flow settings per job type.
+    pub flow: Arc<dyn FlowStore>,
 }
 
 impl Stores {
@@ -553,7 +588,8 @@ impl<B: Backend> From<Arc<B>> for Stores {
             keys: backend.clone(),
             schedules: backend.clone(),
             callbacks: backend.clone(),
-            workflows: backend,
+            workflows: backend.clone(),
+            flow: backend,
         }
     }
 }

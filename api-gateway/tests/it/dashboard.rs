@@ -134,6 +134,27 @@ async fn the_dashboard_follows_cancels_and_redrives_jobs_in_a_real_browser() {
         })
         .await;
 
+    // A job type's flow settings, changed with the form (after confirming), hold at once.
+    browser
+        .open(&format!("{}/ui#/queues/echo", app.address))
+        .await;
+    browser
+        .wait_for_text("dd[data-field='max-running']", |t| t == "none")
+        .await;
+    browser.type_into("#max-running", "3").await;
+    browser.click("#settings button").await;
+    browser.accept_dialog().await;
+    browser
+        .wait_for_text("dd[data-field='max-running']", |t| t == "3")
+        .await;
+    save(&browser, "ui-queue.png").await;
+    let settings: Value = call(&app, Method::GET, "/v1/queues/echo", Some(ADMIN), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["max_running"], 3);
+
     // A workflow: listed, its page shows each step with its dependencies and job, and its
     // cancel button (after confirming) cancels the running step and the one waiting on it.
     let body = json!({"steps": [

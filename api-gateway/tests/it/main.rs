@@ -13,6 +13,7 @@ mod auth;
 mod cancel;
 mod cluster;
 mod dashboard;
+mod flow;
 mod helpers;
 mod jobs;
 mod later;

@@ -8,7 +8,7 @@ use crate::{
 };
 
 /// Every route of the contract, as (method, OpenAPI path).
-const ROUTES: [(&str, &str); 32] = [
+const ROUTES: [(&str, &str); 34] = [
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -34,6 +34,8 @@ const ROUTES: [(&str, &str); 32] = [
     ("get", "/v1/keys"),
     ("delete", "/v1/keys/{id}"),
     ("get", "/v1/queues"),
+    ("get", "/v1/queues/{type}"),
+    ("patch", "/v1/queues/{type}"),
     ("get", "/v1/jobs/{id}/payload"),
     ("get", "/v1/dead-letters"),
     ("post", "/v1/workflows"),

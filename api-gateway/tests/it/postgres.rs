@@ -178,7 +178,7 @@ async fn gateways_starting_together_migrate_once() {
     let versions: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
         "each migration applied exactly once"
     );
     schema.drop_schema().await;

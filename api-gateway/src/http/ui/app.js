@@ -1,9 +1,11 @@
-// Warren's dashboard: six views over the public API, routed by the URL's hash.
+// Warren's dashboard: seven views over the public API, routed by the URL's hash.
 //   #/            overview: /v1/queues every 2 s, and a chart of jobs finished per interval
 //   #/jobs?...    the job list with the API's filters (status, type) and paging
 //   #/jobs/<id>   one job: fields, payload, result or error, error history, deliveries, and
 //                 live progress over SSE; cancel and re-drive buttons, with confirmation
 //   #/dead        the first dead letters in the queue (operator only): why each, its errors, its body
+//   #/queues/<type> one job type: its counts and flow settings (pause, max running, rate limit),
+//                 changed with a form after confirmation (operator only)
 //   #/workflows?... the workflow list (status filter, paging)
 //   #/workflows/<id> one workflow: each step's status, dependencies and a link to its job,
 //                 refreshed while it runs; a cancel button, with confirmation
@@ -142,10 +144,70 @@ function queueTable(data) {
   if (!data.queues.length) return el("p", { class: "muted" }, "No jobs in the last hour.");
   return el("table", {},
     el("caption", { class: "muted" }, data.broker_answered ? "" : "RabbitMQ did not answer: workers unknown."),
-    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "type"), columns.map(([, label]) => el("th", { scope: "col", class: "num" }, label)))),
+    el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "type"), columns.map(([, label]) => el("th", { scope: "col", class: "num" }, label)), el("th", { scope: "col" }, "flow"))),
     el("tbody", {}, data.queues.map((q) => el("tr", {},
       el("th", { scope: "row" }, el("a", { href: `#/jobs?type=${encodeURIComponent(q.type)}` }, q.type)),
-      columns.map(([key]) => el("td", { class: "num" }, q[key] === null ? "–" : q[key]))))));
+      columns.map(([key]) => el("td", { class: "num" }, q[key] === null ? "–" : q[key])),
+      el("td", {}, el("a", { href: `#/queues/${encodeURIComponent(q.type)}`, "data-settings": q.type }, "settings"))))));
+}
+
+// ---- One job type: counts and flow settings ------------------------------------------------
+
+function queueView(type) {
+  const path = `/v1/queues/${encodeURIComponent(type)}`;
+  const facts = el("dl", { class: "fields" });
+  const paused = el("input", { type: "checkbox", id: "paused" });
+  const maxRunning = el("input", { type: "number", id: "max-running", min: "1", max: "100000", placeholder: "no limit" });
+  const rateJobs = el("input", { type: "number", id: "rate-jobs", min: "1", max: "10000", placeholder: "no limit" });
+  const ratePer = el("input", { type: "number", id: "rate-per", min: "0.1", max: "86400", step: "0.1", placeholder: "seconds" });
+  const form = el("form", { id: "settings", onsubmit: (event) => { event.preventDefault(); save(); } },
+    el("p", {}, el("label", {}, paused, " paused: no new starts (running jobs finish, queued ones wait)")),
+    el("p", {}, el("label", { for: "max-running" }, "at most running at once, across all workers: "), maxRunning),
+    el("p", {}, el("label", { for: "rate-jobs" }, "at most "), rateJobs, el("label", { for: "rate-per" }, " starts per "), ratePer, " seconds"),
+    el("button", { type: "submit" }, "Save settings"));
+  show(`Job type ${type}`, facts, el("h2", {}, "Flow settings"), form,
+    el("p", { class: "muted" }, "Empty fields remove a limit. The settings hold for every tenant's jobs of this type, so only the operator changes them."));
+
+  function render(q) {
+    const rate = q.rate_limit ? `${q.rate_limit.jobs} per ${q.rate_limit.per_seconds} s` : "none";
+    facts.replaceChildren(...[["paused", q.paused ? "yes" : "no"], ["max running", q.max_running ?? "none"],
+      ["rate limit", rate], ["queued", q.queued], ["running", q.running], ["retrying", q.retrying],
+      ["workers", q.workers ?? "–"], ["succeeded (1 h)", q.succeeded_last_hour], ["failed (1 h)", q.failed_last_hour]]
+      .flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k.replaceAll(" ", "-") }, v)]));
+  }
+
+  function fill(q) {
+    paused.checked = q.paused;
+    maxRunning.value = q.max_running ?? "";
+    rateJobs.value = q.rate_limit ? q.rate_limit.jobs : "";
+    ratePer.value = q.rate_limit ? q.rate_limit.per_seconds : "";
+  }
+
+  async function save() {
+    const change = {
+      paused: paused.checked,
+      max_running: maxRunning.value === "" ? null : Number(maxRunning.value),
+      rate_limit: rateJobs.value === "" ? null : { jobs: Number(rateJobs.value), per_seconds: Number(ratePer.value || 1) },
+    };
+    const summary = `${change.paused ? "Pause" : "Run"} ${type}, at most ${change.max_running ?? "any number"} at once, `
+      + (change.rate_limit ? `${change.rate_limit.jobs} starts per ${change.rate_limit.per_seconds} s` : "no rate limit");
+    if (!window.confirm(`${summary}: for every worker, within a second?`)) return;
+    try {
+      const q = await api(path, { method: "PATCH", headers: { "content-type": "application/json" }, body: JSON.stringify(change) });
+      render(q); fill(q);
+      say("Saved.");
+    } catch (error) { say(`Could not save: ${error.message}`); }
+  }
+
+  async function refresh(first) {
+    let q;
+    try { q = await api(path); } catch (error) { say(`${type}: ${error.message}`); return; }
+    render(q);
+    if (first) fill(q);
+  }
+  refresh(true);
+  const timer = setInterval(() => refresh(false), POLL_MS);
+  stopView = () => clearInterval(timer);
 }
 
 // ---- Jobs ----------------------------------------------------------------------------------
@@ -417,7 +479,9 @@ function route() {
   });
   const match = path.match(/^\/jobs\/([^/]+)$/);
   const workflowMatch = path.match(/^\/workflows\/([^/]+)$/);
+  const queueMatch = path.match(/^\/queues\/([^/]+)$/);
   if (match) job(decodeURIComponent(match[1]));
+  else if (queueMatch) queueView(decodeURIComponent(queueMatch[1]));
   else if (path === "/jobs") jobs(params);
   else if (workflowMatch) workflow(decodeURIComponent(workflowMatch[1]));
   else if (path === "/workflows") workflows(params);

@@ -6,7 +6,7 @@
 
 //!
 //! Each store trait is implemented in the file named for its concern: [`jobs`], [`outbox`],
-//! [`keys`], [`schedules`], [`callbacks`], [`workflows`]; [`records`] keeps the indexes true on
+//! [`keys`], [`schedules`], [`callbacks`], [`workflows`], [`flow`]; [`records`] keeps the indexes true on
 //! every change.
 
 use std::{
@@ -20,6 +20,7 @@ use warren_shared::JobId;
 use crate::model::{ApiKey, Delivery, Job, Schedule};
 
 mod callbacks;
+mod flow;
 mod jobs;
 mod keys;
 mod outbox;
@@ -57,6 +58,8 @@ struct Inner {
     api_keys: BTreeMap<Uuid, ApiKey>,
     /// Workflows, oldest first (ids are UUIDv7).
     workflows: BTreeMap<Uuid, workflows::Entry>,
+    /// Flow settings by job type.
+    flow: BTreeMap<warren_shared::JobType, crate::model::QueueSettings>,
 }
 
 impl MemoryStore {

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../migrations/0008_schedule_id.sql")),
     (9, include_str!("../migrations/0009_workflows.sql")),
     (10, include_str!("../migrations/0010_priority.sql")),
+    (11, include_str!("../migrations/0011_queue_settings.sql")),
 ];
 /// The advisory lock that serialises migrations ("WARREN" in ASCII).
 const MIGRATION_LOCK: i64 = 0x5741_5252_454e;

@@ -23,6 +23,7 @@ mod caps;
 mod changes;
 mod committer;
 mod errors;
+mod flow;
 mod jobs;
 mod keys;
 mod migrations;

@@ -1,0 +1,220 @@
+//! The worker's side of flow control (see [`warren_shared::flow`]): the settings snapshot it
+//! reads from `<ns>.flow` every [`POLL`], and the admission of a delivery: a paused type's
+//! jobs wait; a type with `max_running` needs a slot token, held until the job is settled; a
+//! type with `rate_limit` takes a rate token of the current window for good. A delivery that
+//! may not start yet is held here, unacknowledged (so it stays `queued` and is not counted as
+//! redelivered), and tried again when the settings change or a moment later.
+
+use std::sync::{Mutex, PoisonError};
+
+use chrono::Utc;
+use lapin::{
+    Channel,
+    message::BasicGetMessage,
+    options::{BasicAckOptions, BasicGetOptions, BasicRejectOptions},
+};
+use tokio::sync::Notify;
+use warren_shared::{
+    JobType, Topology,
+    flow::{FlowSnapshot, POLL, Token, TypeFlow},
+    message,
+};
+
+/// Why a delivery waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Held {
+    /// Its type is paused.
+    Paused,
+    /// Its type's `max_running` jobs run already.
+    MaxRunning,
+    /// Its type's `rate_limit` is used up for this window.
+    RateLimit,
+}
+
+impl Held {
+    /// The metric label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::MaxRunning => "max_running",
+            Self::RateLimit => "rate_limit",
+        }
+    }
+}
+
+/// A slot token held while a job runs; [`Slot::release`] gives it back.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    token: BasicGetMessage,
+    generation: u64,
+    job_type: String,
+}
+
+/// The settings this worker knows, and a wake-up when they change.
+#[derive(Debug, Default)]
+pub(crate) struct FlowView {
+    snapshot: Mutex<FlowSnapshot>,
+    /// Woken when the snapshot changes.
+    pub(crate) changed: Notify,
+}
+
+impl FlowView {
+    fn of(&self, job_type: &str) -> TypeFlow {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of(job_type)
+    }
+
+    /// Takes `snapshot` if it is newer than the one known.
+    fn offer(&self, snapshot: FlowSnapshot) {
+        let mut known = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        if snapshot.version > known.version {
+            tracing::info!(version = snapshot.version, types = ?snapshot.types, "flow settings");
+            *known = snapshot;
+            drop(known);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Reads `<ns>.flow` every [`POLL`] on `channel` (its own), for as long as it lives.
+    pub(crate) async fn follow(&self, channel: Channel, topology: &Topology) {
+        let queue = topology.flow_queue();
+        let mut every = tokio::time::interval(POLL);
+        loop {
+            every.tick().await;
+            let got = channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await;
+            match got {
+                Ok(Some(message)) => {
+                    // Returned at once: the snapshot stays for every other worker.
+                    let returned = message
+                        .delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: true })
+                        .await;
+                    match message::decode::<FlowSnapshot>(&message.delivery.data) {
+                        Ok(snapshot) => self.offer(snapshot),
+                        Err(error) => tracing::warn!(%error, "unreadable flow settings; ignored"),
+                    }
+                    if returned.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the flow settings; the session reconnects");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether a job of `job_type` may start now, taking the tokens it needs from `channel`
+    /// (slot tokens are held until [`Slot::release`]); `Err` says why it waits.
+    pub(crate) async fn admit(
+        &self,
+        channel: &Channel,
+        topology: &Topology,
+        job_type: &JobType,
+    ) -> Result<Option<Slot>, Held> {
+        let flow = self.of(job_type.as_str());
+        if flow.paused {
+            return Err(Held::Paused);
+        }
+        let slot = match flow.max_running {
+            Some(_) => Some(
+                take_slot(channel, topology, job_type, flow.generation)
+                    .await
+                    .ok_or(Held::MaxRunning)?,
+            ),
+            None => None,
+        };
+        if let Some(rate) = flow.rate_limit {
+            let window = rate.window_of(Utc::now());
+            if !take_rate(channel, topology, job_type, window).await {
+                if let Some(slot) = slot {
+                    slot.release(self).await;
+                }
+                return Err(Held::RateLimit);
+            }
+        }
+        Ok(slot)
+    }
+}
+
+/// A token from `queue`, or `None` when it is empty (or unreachable: the job waits).
+async fn take(channel: &Channel, queue: &str) -> Option<(BasicGetMessage, Token)> {
+    loop {
+        let message = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .ok()??;
+        match message::decode::<Token>(&message.delivery.data) {
+            Ok(token) => return Some((message, token)),
+            Err(error) => {
+                tracing::warn!(%error, queue, "unreadable token; dropped");
+                let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+        }
+    }
+}
+
+/// A slot token of `generation`; tokens of other generations are dropped on the way.
+async fn take_slot(
+    channel: &Channel,
+    topology: &Topology,
+    job_type: &JobType,
+    generation: u64,
+) -> Option<Slot> {
+    let queue = topology.slots_queue(job_type);
+    loop {
+        let (message, token) = take(channel, &queue).await?;
+        if token.generation == generation {
+            return Some(Slot {
+                token: message,
+                generation,
+                job_type: job_type.to_string(),
+            });
+        }
+        // A token of an earlier max_running: the gateway published the current ones.
+        let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
+    }
+}
+
+/// Takes (for good) a rate token of `window`, dropping older windows' leftovers.
+async fn take_rate(
+    channel: &Channel,
+    topology: &Topology,
+    job_type: &JobType,
+    window: u64,
+) -> bool {
+    let queue = topology.rate_queue(job_type);
+    loop {
+        let Some((message, token)) = take(channel, &queue).await else {
+            return false;
+        };
+        let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
+        if token.window.is_some_and(|w| w >= window) {
+            return true;
+        }
+    }
+}
+
+impl Slot {
+    /// Gives the slot back for another job (or drops it if `max_running` changed since).
+    pub(crate) async fn release(self, flow: &FlowView) {
+        let current = flow.of(&self.job_type).generation;
+        let acker = &self.token.delivery.acker;
+        let released = if current == self.generation {
+            acker.reject(BasicRejectOptions { requeue: true }).await
+        } else {
+            acker.ack(BasicAckOptions::default()).await
+        };
+        if let Err(error) = released {
+            // The channel is gone, and the token went back with it.
+            tracing::debug!(%error, "slot token returned with its channel");
+        }
+    }
+}
