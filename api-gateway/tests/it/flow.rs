@@ -11,7 +11,7 @@ use warren_worker::{Worker, handlers};
 
 use crate::{
     auth::{ADMIN, make_key, with_admin},
-    helpers::{TestApp, TestSchema, spawn_app, spawn_app_with},
+    helpers::{TestApp, TestSchema, spawn_app, spawn_app_with, spawn_worker_process},
 };
 
 /// `PATCH /v1/queues/{type}`.
@@ -307,5 +307,53 @@ async fn a_tenant_key_reads_settings_but_cannot_change_them() {
         .await
         .unwrap();
     assert_eq!(operator.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_workers_slot_is_freed_and_its_job_runs_on_another_worker() {
+    let mut app = spawn_app().await;
+    let sleep: warren_shared::JobType = "sleep".parse().unwrap();
+    let mut doomed = spawn_worker_process(
+        &app.broker.namespace,
+        "sleep",
+        &[("WARREN_ANNOUNCE_RUNNING_AFTER_MS", "0")],
+    );
+    app.wait_for_consumer(&sleep).await;
+    app.job_types.push(sleep);
+    heard(&app, "sleep", &json!({"max_running": 1})).await;
+    let id = app
+        .submit_ok(&json!({"type": "sleep", "payload": {"ms": 2000}}))
+        .await;
+    app.wait_for_status(&id, "running").await;
+    // The worker dies holding the only slot.
+    doomed.start_kill().unwrap();
+    doomed.wait().await.unwrap();
+    let killed_at = Utc::now();
+    app.spawn_worker_with(
+        Worker::builder().handler("sleep", handlers::sleep),
+        |config| {
+            config.announce_running_after_ms = 0;
+        },
+    )
+    .await;
+    // Its job comes back, takes the freed slot on the other worker and runs to the end.
+    let job = app.wait_for_status(&id, "succeeded").await;
+    let restarted = at(&job, "finished_at") - chrono::Duration::milliseconds(2000);
+    let freed_after = (restarted - killed_at).num_milliseconds();
+    eprintln!("the killed worker's slot was taken again {freed_after} ms after the kill");
+    assert!(
+        freed_after < 5_000,
+        "the slot took {freed_after} ms to come back"
+    );
+    // One slot still: two more jobs run one at a time.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(
+            app.submit_ok(&json!({"type": "sleep", "payload": {"ms": 200}}))
+                .await,
+        );
+    }
+    assert_eq!(most_at_once(&finished(&app, &ids).await), 1);
     app.stop().await;
 }

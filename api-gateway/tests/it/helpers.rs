@@ -426,3 +426,44 @@ pub async fn spawn_gateway_process(
     }
     (child, address)
 }
+
+/// The worker binary, built beside the gateway's. `cargo test --workspace` (the README's test
+/// command) builds it; this builds what that command builds, so it is a no-op there and makes
+/// the binary current when the gateway's tests run alone.
+pub fn worker_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["test", "--workspace", "--no-run", "--quiet"])
+            .status()
+            .unwrap();
+        assert!(built.success(), "cannot build the worker binary");
+    });
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_api-gateway")).with_file_name("worker")
+}
+
+/// Starts the real `worker` binary in `namespace` for `types` (with `extra` env), its output
+/// dropped, killed when dropped.
+pub fn spawn_worker_process(
+    namespace: &str,
+    types: &str,
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    tokio::process::Command::new(worker_binary())
+        .env("WARREN_AMQP_URL", amqp_url())
+        .env("WARREN_NAMESPACE", namespace)
+        .env("WARREN_WORKER_TYPES", types)
+        .env("WARREN_RETRY_DELAYS", "100ms,200ms,400ms")
+        .env("WARREN_METRICS_ADDR", metrics.to_string())
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}

@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -21,7 +20,9 @@ use tokio::process::{Child, Command};
 use warren_shared::{JobType, Topology};
 use warren_test_support::Namespace;
 
-use crate::helpers::{DEADLINE, amqp_url, http_client, test_broker, unique_namespace};
+use crate::helpers::{
+    DEADLINE, amqp_url, http_client, test_broker, unique_namespace, worker_binary,
+};
 
 /// Removes the test's namespace (with the echo queue the worker declares), even on failure.
 fn cleanup(namespace: &str) -> Namespace {
@@ -115,21 +116,6 @@ async fn start_collector() -> (Collected, String) {
     let address = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (collected, address)
-}
-
-/// The worker binary, built beside the gateway's. `cargo test --workspace` (the README's test
-/// command) builds it; this builds what that command builds, so it is a no-op there and makes
-/// the binary current when the gateway's tests run alone.
-fn worker_binary() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let built = std::process::Command::new(env!("CARGO"))
-            .args(["test", "--workspace", "--no-run", "--quiet"])
-            .status()
-            .unwrap();
-        assert!(built.success(), "cannot build the worker binary");
-    });
-    PathBuf::from(env!("CARGO_BIN_EXE_api-gateway")).with_file_name("worker")
 }
 
 fn free_port() -> u16 {
