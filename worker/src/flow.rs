@@ -161,7 +161,7 @@ async fn take(channel: &Channel, queue: &str) -> Option<(BasicGetMessage, Token)
     }
 }
 
-/// A slot token of `generation`; tokens of other generations are dropped on the way.
+/// A slot token of `generation` or newer; older ones are dropped on the way.
 async fn take_slot(
     channel: &Channel,
     topology: &Topology,
@@ -171,10 +171,12 @@ async fn take_slot(
     let queue = topology.slots_queue(job_type);
     loop {
         let (message, token) = take(channel, &queue).await?;
-        if token.generation == generation {
+        // A token newer than the settings this worker knows is current (the worker has not
+        // read the new snapshot yet).
+        if token.generation >= generation {
             return Some(Slot {
                 token: message,
-                generation,
+                generation: token.generation,
                 job_type: job_type.to_string(),
             });
         }
@@ -207,7 +209,7 @@ impl Slot {
     pub(crate) async fn release(self, flow: &FlowView) {
         let current = flow.of(&self.job_type).generation;
         let acker = &self.token.delivery.acker;
-        let released = if current == self.generation {
+        let released = if self.generation >= current {
             acker.reject(BasicRejectOptions { requeue: true }).await
         } else {
             acker.ack(BasicAckOptions::default()).await

@@ -144,6 +144,9 @@ impl FlowService {
         }
         let update = change.validate()?;
         let settings = self.store.update_flow(job_type, &update).await?;
+        // The worst place to die: stored, not yet on RabbitMQ (no slot tokens of the new
+        // epoch). Another gateway redoes it (see the module docs).
+        crate::fault::pause_point("after_flow_stored").await;
         tracing::info!(job_type = %job_type, paused = settings.paused,
             max_running = ?settings.max_running, rate_limit = ?settings.rate_limit,
             generation = settings.generation, "flow settings changed");

@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use warren_worker::{Worker, handlers};
 
 use crate::{
     auth::{ADMIN, make_key, with_admin},
-    helpers::{TestApp, TestSchema, spawn_app, spawn_app_with, spawn_worker_process},
+    helpers::{
+        DEADLINE, TestApp, TestSchema, spawn_app, spawn_app_with, spawn_gateway_process,
+        spawn_worker_process,
+    },
 };
 
 /// `PATCH /v1/queues/{type}`.
@@ -356,4 +360,60 @@ async fn a_killed_workers_slot_is_freed_and_its_job_runs_on_another_worker() {
     }
     assert_eq!(most_at_once(&finished(&app, &ids).await), 1);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_killed_between_storing_max_running_and_publishing_its_slots_leaves_it_to_another()
+ {
+    let schema = TestSchema::create().await;
+    let url = schema.url();
+    let mut app = spawn_app_with({
+        let url = url.clone();
+        move |config| config.database_url = Some(url)
+    })
+    .await;
+    two_workers(&mut app, 2).await;
+    let (mut doomed, address) = spawn_gateway_process(
+        &url,
+        &app.broker.namespace,
+        &[("WARREN_FAULT_PAUSE", "after_flow_stored")],
+    )
+    .await;
+    let mut stderr = BufReader::new(doomed.stderr.take().unwrap()).lines();
+    let patch = tokio::spawn(
+        app.client
+            .patch(format!("{address}/v1/queues/sleep"))
+            .json(&json!({"max_running": 1}))
+            .send(),
+    );
+    let reached = async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("fault point after_flow_stored reached") {
+                return;
+            }
+        }
+        panic!("the gateway ended without reaching the fault point");
+    };
+    tokio::time::timeout(DEADLINE, reached).await.unwrap();
+    doomed.kill().await.unwrap();
+    assert!(patch.await.unwrap().is_err(), "the killed gateway answered");
+    let killed_at = Instant::now();
+    // The setting is stored, its snapshot and slot tokens were never published: within a
+    // second the other gateway publishes the snapshot (the documented bound, waited for), and
+    // within seconds a new epoch of tokens; the type then runs one job at a time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            app.submit_ok(&json!({"type": "sleep", "payload": {"ms": 200}}))
+                .await,
+        );
+    }
+    let jobs = finished(&app, &ids).await;
+    eprintln!("jobs ran again {:?} after the kill", killed_at.elapsed());
+    assert_eq!(most_at_once(&jobs), 1);
+    let seen: Value = app.get("/v1/queues/sleep").await.json().await.unwrap();
+    assert_eq!(seen["max_running"], 1);
+    app.stop().await;
+    schema.drop_schema().await;
 }
