@@ -4,6 +4,8 @@
 
 use std::{future::Future, time::Duration};
 
+use chrono::{DateTime, Utc};
+
 use lapin::{Channel, message::Delivery};
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
@@ -31,7 +33,13 @@ const CANCEL_GRACE: Duration = Duration::from_secs(5);
 const POISON_DELIVERIES: u64 = 5;
 
 /// Runs one delivery: reads the job, runs its handler, publishes the outcome, settles.
-pub(crate) async fn process(shared: &Shared, channel: Channel, delivery: Delivery) {
+/// `admitted_at` is when the consume loop let it start (its `running` event's time).
+pub(crate) async fn process(
+    shared: &Shared,
+    channel: Channel,
+    delivery: Delivery,
+    admitted_at: DateTime<Utc>,
+) {
     let job: JobMessage = match message::decode(&delivery.data) {
         Ok(job) => job,
         Err(error) => return dead_letter(shared, &channel, delivery, &error.to_string()).await,
@@ -67,9 +75,19 @@ pub(crate) async fn process(shared: &Shared, channel: Channel, delivery: Deliver
             redelivered = delivery.redelivered, trace_id = %trace.trace_id()
         )
     };
-    run_job(shared, channel, delivery, job, &handler, &trace)
+    let started = Started {
+        trace: &trace,
+        at: admitted_at,
+    };
+    run_job(shared, channel, delivery, job, &handler, started)
         .instrument(span)
         .await;
+}
+
+/// How an attempt began: the trace it continues, and when the worker let it start.
+struct Started<'a> {
+    trace: &'a TraceContext,
+    at: DateTime<Utc>,
 }
 
 async fn run_job(
@@ -78,8 +96,9 @@ async fn run_job(
     delivery: Delivery,
     job: JobMessage,
     handler: &Handler,
-    trace: &TraceContext,
+    started: Started<'_>,
 ) {
+    let trace = started.trace;
     let reporter = Reporter::new(
         channel,
         shared.publish_timeout,
@@ -87,6 +106,7 @@ async fn run_job(
         job.clone(),
         shared.identity.clone(),
         otel::next_hop(&tracing::Span::current(), trace),
+        started.at,
     );
     let cancel = CancellationToken::new();
     let _running = shared.cancels.track(job.id, cancel.clone());

@@ -283,6 +283,7 @@ async fn session(
     let (mut high, mut normal, mut low) = (high, normal, low);
     let _ready = shared.readiness.up();
     let start = |delivery: Delivery, slot: Option<flow::Slot>, permit: OwnedSemaphorePermit| {
+        let admitted_at = chrono::Utc::now();
         let shared = shared.clone();
         let channels = (consume_channel.clone(), publish_channel.clone());
         in_flight.spawn(async move {
@@ -290,7 +291,7 @@ async fn session(
             // (requeueing its unacked deliveries) when the last handle drops, so the job holds
             // the consume channel until it is settled.
             let (consume_channel, publish_channel) = channels;
-            attempt::process(&shared, publish_channel, delivery).await;
+            attempt::process(&shared, publish_channel, delivery, admitted_at).await;
             if let Some(slot) = slot {
                 slot.release(&shared.flow).await;
             }

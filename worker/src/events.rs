@@ -65,6 +65,8 @@ struct ReporterInner {
     job: JobMessage,
     worker: Arc<str>,
     trace: TraceContext,
+    /// When the worker let the attempt start: the time of its `running` event.
+    started_at: DateTime<Utc>,
     seq: AtomicU64,
 }
 
@@ -76,6 +78,7 @@ impl Reporter {
         job: JobMessage,
         worker: Arc<str>,
         trace: TraceContext,
+        started_at: DateTime<Utc>,
     ) -> Self {
         Self {
             inner: Arc::new(ReporterInner {
@@ -85,6 +88,7 @@ impl Reporter {
                 job,
                 worker,
                 trace,
+                started_at,
                 seq: AtomicU64::new(0),
             }),
         }
@@ -133,7 +137,13 @@ impl Reporter {
             error: change.error,
             next_attempt_at: change.next_attempt_at,
             worker: inner.worker.to_string(),
-            at: Utc::now(),
+            // A start is stamped when the worker let the attempt start (flow control counts
+            // starts then), however late its announcement goes out.
+            at: if change.status == JobStatus::Running {
+                inner.started_at
+            } else {
+                Utc::now()
+            },
         };
         let body = message::encode(&event);
         let id = event.id.to_string();
