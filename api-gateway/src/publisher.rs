@@ -200,6 +200,15 @@ impl Publisher {
         ))
     }
 
+    /// The flow snapshot kept in `<ns>.flow`, if there is one (read without taking it).
+    pub async fn peek_flow(&self) -> Result<Option<flow::FlowSnapshot>, BrokerError> {
+        let connection = amqp::connection(&self.pool).await?;
+        let read = amqp::peek(&connection, &self.topology.flow_queue(), 1).await?;
+        Ok(read
+            .and_then(|read| read.deliveries.into_iter().next())
+            .and_then(|delivery| message::decode(&delivery.data).ok()))
+    }
+
     /// The names it publishes under.
     #[must_use]
     pub fn topology(&self) -> &Topology {

@@ -30,18 +30,20 @@ use crate::{JobType, Topology, V1};
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// At most this many starts per window (tokens are messages; more would be a flood).
-pub const MAX_RATE_JOBS: u32 = 10_000;
+pub const MAX_RATE_JOBS: u32 = 1_000;
+/// At most this many starts per second through a rate limit (`jobs / per_seconds`).
+pub const MAX_RATE_PER_SECOND: f64 = 1_000.0;
 /// The shortest and longest rate window, in seconds.
 pub const RATE_SECONDS: (f64, f64) = (0.1, 86_400.0);
-/// The largest `max_running`.
-pub const MAX_RUNNING: u32 = 100_000;
+/// The largest `max_running` (each slot is a token message).
+pub const MAX_RUNNING: u32 = 1_000;
 
 /// At most `jobs` starts per `per_seconds` window, across all workers.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    /// Starts allowed per window, 1 to 10,000.
-    #[schema(minimum = 1, maximum = 10000, example = 10)]
+    /// Starts allowed per window, 1 to 1,000 (and at most 1,000 a second).
+    #[schema(minimum = 1, maximum = 1000, example = 10)]
     pub jobs: u32,
     /// The window, in seconds (0.1 to 86,400).
     #[schema(minimum = 0.1, maximum = 86400, example = 1)]
@@ -163,7 +165,7 @@ pub async fn declare_flow_queue(channel: &Channel, topology: &Topology) -> lapin
     Ok(queue)
 }
 
-/// Declares the token queues of `job_type` (slots and rate).
+/// Declares the token queues of `job_type` (slots and rate), and registers the type.
 ///
 /// # Errors
 /// The broker refused a declaration.
@@ -180,7 +182,8 @@ pub async fn declare_token_queues(
             .queue_declare(queue.into(), durable(), quorum(&[]))
             .await?;
     }
-    Ok(())
+    // In the registry, so removing the namespace finds these queues too.
+    crate::topology::register_job_type(channel, topology, job_type).await
 }
 
 #[cfg(test)]

@@ -68,6 +68,14 @@ async fn delete_topology(topology: Topology, job_types: Vec<JobType>) {
     else {
         return;
     };
+    // With the types the namespace's registry names (flow settings' token queues of types no
+    // worker of the test handled, say).
+    let mut job_types = job_types;
+    if let Ok(registered) = removal::registered_types(&connection, &topology).await {
+        job_types.extend(registered);
+        job_types.sort_unstable();
+        job_types.dedup();
+    }
     let names = removal::Names::declared(&topology, &job_types);
     let _ = removal::remove(&connection, &names, true).await;
     let _ = connection.close(200, "test cleanup".into()).await;

@@ -342,8 +342,41 @@ impl FlowService {
             .map_err(|e| e.to_string())
     }
 
+    /// A store without settings (the memory store after a restart, a new schema) takes the
+    /// ones the workers follow, from the snapshot RabbitMQ keeps: what `GET` shows is then what
+    /// the workers do, and the next snapshot (newer generations) is one they take.
+    async fn adopt_retained(&self) {
+        match self.store.flow_settings().await {
+            Ok(settings) if settings.is_empty() => {}
+            _ => return,
+        }
+        let Ok(Some(snapshot)) = self.publisher.peek_flow().await else {
+            return;
+        };
+        for (name, flow) in snapshot.types {
+            let Ok(job_type) = JobType::parse(name) else {
+                continue;
+            };
+            let update = FlowUpdate {
+                paused: Some(flow.paused),
+                max_running: Some(flow.max_running),
+                rate_limit: Some(flow.rate_limit),
+            };
+            match self.store.update_flow(&job_type, &update).await {
+                Ok(settings) => {
+                    tracing::info!(job_type = %job_type, "flow settings taken from the workers' snapshot");
+                    if let Err(error) = self.carry_out(&settings, &update).await {
+                        tracing::warn!(%error, "cannot publish adopted flow settings; retrying");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot adopt the workers' flow settings"),
+            }
+        }
+    }
+
     /// The loop every gateway runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
+        self.adopt_retained().await;
         let mut refresh = tokio::time::interval(REFRESH);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

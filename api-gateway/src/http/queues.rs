@@ -38,7 +38,7 @@ fn parse_type(raw: String) -> Result<JobType, ApiError> {
 /// `GET /v1/queues/{type}`.
 #[utoipa::path(get, path = "/v1/queues/{type}", operation_id = "getQueue", tag = "jobs",
     description = "One job type: its counts as in `GET /v1/queues`, and its flow settings (`paused`, `max_running`, `rate_limit`; null when unset).",
-    params(("type" = String, Path, description = "The job type")),
+    params(("type" = String, Path, pattern = "^[a-z0-9][a-z0-9._-]{0,99}$", max_length = 100, description = "The job type")),
     responses((status = 200, body = QueueResource), (status = 400, description = "Not a job type", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_queue(
     State(state): State<AppState>,
@@ -52,7 +52,7 @@ pub async fn get_queue(
 /// `PATCH /v1/queues/{type}`.
 #[utoipa::path(patch, path = "/v1/queues/{type}", operation_id = "updateQueue", tag = "jobs",
     description = "Changes a job type's flow settings, for every worker and gateway: `paused` stops new starts within a second (queued jobs wait, running ones finish); `max_running` bounds how many run at once; `rate_limit` how many start per window; `null` removes a limit, an absent field is left as it is. Stored, so they survive restarts. The operator only (the admin right, without a tenant): a type's settings hold for every tenant's jobs.",
-    params(("type" = String, Path, description = "The job type")),
+    params(("type" = String, Path, pattern = "^[a-z0-9][a-z0-9._-]{0,99}$", max_length = 100, description = "The job type")),
     request_body = FlowChange,
     responses((status = 200, body = QueueResource), (status = 400, description = "Not a job type, or malformed JSON", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Not the operator", body = Problem, content_type = "application/problem+json"), (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A value out of range, named", body = Problem, content_type = "application/problem+json"), (status = 503, description = "The store or RabbitMQ is unavailable", body = Problem, content_type = "application/problem+json")))]
 pub async fn update_queue(

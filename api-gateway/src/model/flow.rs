@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
 use warren_shared::{
     JobType,
-    flow::{MAX_RATE_JOBS, MAX_RUNNING, RATE_SECONDS, RateLimit, TypeFlow},
+    flow::{MAX_RATE_JOBS, MAX_RATE_PER_SECOND, MAX_RUNNING, RATE_SECONDS, RateLimit, TypeFlow},
 };
 
 use super::SpecError;
@@ -93,10 +93,10 @@ pub struct FlowChange {
     /// Stop (`true`) or resume (`false`) new starts of the type; running jobs finish.
     #[serde(default)]
     pub paused: Option<bool>,
-    /// At most this many of the type running at once across all workers, 1 to 100,000;
+    /// At most this many of the type running at once across all workers, 1 to 1,000;
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u32>, minimum = 1, maximum = 100000)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     pub max_running: Option<Option<u64>>,
     /// At most `jobs` starts per `per_seconds` window across all workers; `null` removes it.
     #[serde(default, deserialize_with = "present")]
@@ -162,6 +162,16 @@ impl FlowChange {
                     ),
                 });
             }
+            let per_second = f64::from(rate.jobs) / rate.per_seconds;
+            if per_second > MAX_RATE_PER_SECOND {
+                return Err(SpecError {
+                    field: "rate_limit",
+                    message: format!(
+                        "at most {MAX_RATE_PER_SECOND} starts a second can be limited (each start takes a token message); {} per {} s is {per_second:.0} a second",
+                        rate.jobs, rate.per_seconds
+                    ),
+                });
+            }
         }
         Ok(FlowUpdate {
             paused: self.paused,
@@ -209,7 +219,11 @@ mod tests {
     fn out_of_range_values_name_their_field() {
         for (body, field) in [
             (json!({"max_running": 0}), "max_running"),
-            (json!({"max_running": 1_000_000}), "max_running"),
+            (json!({"max_running": 1_001}), "max_running"),
+            (
+                json!({"rate_limit": {"jobs": 1000, "per_seconds": 0.1}}),
+                "rate_limit",
+            ),
             (
                 json!({"rate_limit": {"jobs": 0, "per_seconds": 1}}),
                 "rate_limit.jobs",

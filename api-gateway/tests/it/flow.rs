@@ -417,3 +417,35 @@ async fn a_gateway_killed_between_storing_max_running_and_publishing_its_slots_l
     app.stop().await;
     schema.drop_schema().await;
 }
+
+#[tokio::test]
+async fn a_restarted_memory_gateway_shows_and_changes_the_settings_the_workers_follow() {
+    let first = spawn_app().await;
+    let namespace = first.broker.namespace.clone();
+    patch_ok(&first, "sleep", &json!({"paused": true})).await;
+    // The memory store forgets; RabbitMQ keeps the snapshot the workers follow.
+    first.stop_processes().await;
+    let mut second = spawn_app_with(move |config| config.broker.namespace = namespace).await;
+    two_workers(&mut second, 2).await;
+    let id = second
+        .submit_ok(&json!({"type": "sleep", "payload": {"ms": 10}}))
+        .await;
+    // The restarted gateway adopts, as it starts, what the workers follow.
+    let started = Instant::now();
+    loop {
+        let seen: Value = second.get("/v1/queues/sleep").await.json().await.unwrap();
+        if seen["paused"] == true {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the restarted gateway shows {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(second.job(&id).await["status"], "queued");
+    patch_ok(&second, "sleep", &json!({"paused": false})).await;
+    second.wait_for_status(&id, "succeeded").await;
+    second.stop().await;
+}

@@ -349,7 +349,15 @@ impl TestApp {
         // What an operator runs (`warren-admin remove-namespace`), unforced: it also checks
         // that nothing consumes any more. The broker hears of a stopped process's consumers
         // a moment after the process is gone, so a consumer may show for a little while.
-        let names = removal::Names::declared(&self.topology(), &self.job_types);
+        // As `warren-admin` does: the types the registry names too (flow settings' token
+        // queues of types no worker of the test handled, say).
+        let mut types = removal::registered_types(&self.connection, &self.topology())
+            .await
+            .unwrap_or_default();
+        types.extend(self.job_types.iter().cloned());
+        types.sort_unstable();
+        types.dedup();
+        let names = removal::Names::declared(&self.topology(), &types);
         let started = Instant::now();
         loop {
             match removal::remove(&self.connection, &names, false).await {

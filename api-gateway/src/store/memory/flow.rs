@@ -1,7 +1,9 @@
 //! [`FlowStore`] in memory: one map of settings by type, under the store's lock (one gateway,
-//! so a rate window's claim is this process's).
+//! so a rate window's claim is this process's). Generations follow the clock, so after a
+//! restart they are newer than those the workers kept (see `crate::flow`).
 
 use async_trait::async_trait;
+use chrono::Utc;
 use warren_shared::JobType;
 
 use super::MemoryStore;
@@ -22,7 +24,11 @@ impl FlowStore for MemoryStore {
         update: &FlowUpdate,
     ) -> Result<QueueSettings, StoreError> {
         let mut inner = self.inner();
-        let generation = inner.flow.values().map(|s| s.generation).max().unwrap_or(0) + 1;
+        // From the clock (in ms) at least: a restarted gateway's generations are newer than
+        // the ones workers kept from before the restart.
+        let clock = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
+        let newest = inner.flow.values().map(|s| s.generation).max().unwrap_or(0);
+        let generation = (newest + 1).max(clock);
         let current = inner
             .flow
             .get(job_type)
