@@ -88,8 +88,12 @@ for run in "${RUNS[@]}"; do
     done
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: the gateway never became ready"; exit 1; }
     started=$(date +%s)
+    # Flow settings last: a generated PATCH may pause or cap the very types the other
+    # operations need a worker for (`GET /users/{id}` would then rightly answer 504).
     "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --no-color \
-        --wait-for-schema 10 --seed 1 "${auth[@]}"
+        --wait-for-schema 10 --seed 1 --exclude-path '/v1/queues/{type}' "${auth[@]}"
+    "$VENV/bin/schemathesis" run "http://127.0.0.1:$port/openapi.json" --no-color \
+        --wait-for-schema 10 --seed 1 --include-path '/v1/queues/{type}' "${auth[@]}"
     echo "   schemathesis took $(( $(date +%s) - started )) s"
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "FAIL: the gateway is not ready after the run"; exit 1; }
     echo "   ok: the gateway is ready after the run"
