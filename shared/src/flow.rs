@@ -16,14 +16,13 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use lapin::{
-    Channel,
-    options::QueueDeclareOptions,
-    types::{AMQPValue, FieldTable, ShortString},
-};
+use lapin::{Channel, types::AMQPValue};
 use serde::{Deserialize, Serialize};
 
-use crate::{JobType, Topology, V1};
+use crate::{
+    JobType, Topology, V1,
+    topology::{durable, table, text},
+};
 
 /// How often a worker reads the snapshot: a pause takes effect within this (plus the
 /// gateway's publish), well within a second.
@@ -130,34 +129,16 @@ impl Topology {
     }
 }
 
-fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    table.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString("quorum".into()),
-    );
-    for (key, value) in extra {
-        table.insert(ShortString::from(*key), value.clone());
-    }
-    table
-}
-
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
-}
-
 /// Declares `<ns>.flow` (one message: the newest publish drops the older).
 ///
 /// # Errors
 /// The broker refused the declaration.
 pub async fn declare_flow_queue(channel: &Channel, topology: &Topology) -> lapin::Result<String> {
     let queue = topology.flow_queue();
-    let arguments = quorum(&[
+    let arguments = table(&[
+        ("x-queue-type", text("quorum")),
         ("x-max-length", AMQPValue::LongLongInt(1)),
-        ("x-overflow", AMQPValue::LongString("drop-head".into())),
+        ("x-overflow", text("drop-head")),
     ]);
     channel
         .queue_declare(queue.clone().into(), durable(), arguments)
@@ -179,7 +160,11 @@ pub async fn declare_token_queues(
         topology.rate_queue(job_type),
     ] {
         channel
-            .queue_declare(queue.into(), durable(), quorum(&[]))
+            .queue_declare(
+                queue.into(),
+                durable(),
+                table(&[("x-queue-type", text("quorum"))]),
+            )
             .await?;
     }
     // In the registry, so removing the namespace finds these queues too.

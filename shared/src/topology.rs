@@ -209,7 +209,7 @@ fn delay_label(delay: Duration) -> String {
     }
 }
 
-fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+pub(crate) fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (key, value) in entries {
         table.insert(ShortString::from(*key), value.clone());
@@ -217,11 +217,11 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     table
 }
 
-fn text(value: &str) -> AMQPValue {
+pub(crate) fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
 }
 
-fn durable() -> QueueDeclareOptions {
+pub(crate) fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
