@@ -127,14 +127,17 @@ async fn admit(
     shared: &Shared,
     channel: &lapin::Channel,
     delivery: &Delivery,
-) -> Result<Option<flow::Slot>, flow::Held> {
+) -> Result<flow::Admission, flow::Held> {
     let Some(job_type) = delivery
         .properties
         .kind()
         .as_ref()
         .and_then(|kind| JobType::parse(kind.as_str()).ok())
     else {
-        return Ok(None);
+        return Ok(flow::Admission {
+            at: chrono::Utc::now(),
+            slot: None,
+        });
     };
     shared
         .flow
@@ -170,7 +173,7 @@ impl Holding {
         &mut self,
         shared: &Shared,
         channel: &lapin::Channel,
-    ) -> Option<(Delivery, Option<flow::Slot>)> {
+    ) -> Option<(Delivery, flow::Admission)> {
         if self.deliveries.is_empty() {
             return None;
         }
@@ -184,10 +187,10 @@ impl Holding {
                 continue;
             }
             match admit(shared, channel, &self.deliveries[index].1).await {
-                Ok(slot) => {
+                Ok(admission) => {
                     let (_, delivery, _) = self.deliveries.remove(index);
                     self.count(&shared.metrics);
-                    return Some((delivery, slot));
+                    return Some((delivery, admission));
                 }
                 Err(reason) => {
                     self.deliveries[index].2 = reason;
@@ -232,7 +235,12 @@ async fn session(
     let flow_channel = amqp::connection(pool).await?.create_channel().await?;
     let mut flow_follower = AbortOnDropHandle::new(tokio::spawn({
         let shared = shared.clone();
-        async move { shared.flow.follow(flow_channel, &shared.topology).await }
+        async move {
+            shared
+                .flow
+                .follow(flow_channel, &shared.topology, &shared.metrics)
+                .await
+        }
     }));
 
     let control = cancel::consume_control(&consume_channel, &shared.topology).await?;
@@ -282,8 +290,11 @@ async fn session(
     let [high, normal, low] = levels.map(stream::select_all);
     let (mut high, mut normal, mut low) = (high, normal, low);
     let _ready = shared.readiness.up();
-    let start = |delivery: Delivery, slot: Option<flow::Slot>, permit: OwnedSemaphorePermit| {
-        let admitted_at = chrono::Utc::now();
+    let start = |delivery: Delivery, admission: flow::Admission, permit: OwnedSemaphorePermit| {
+        let flow::Admission {
+            at: admitted_at,
+            slot,
+        } = admission;
         let shared = shared.clone();
         let channels = (consume_channel.clone(), publish_channel.clone());
         in_flight.spawn(async move {
@@ -315,8 +326,8 @@ async fn session(
                 permit
             }
         };
-        if let Some((delivery, slot)) = held.next_admitted(shared, &consume_channel).await {
-            start(delivery, slot, permit);
+        if let Some((delivery, admission)) = held.next_admitted(shared, &consume_channel).await {
+            start(delivery, admission, permit);
             continue;
         }
         let changed = shared.flow.changed.notified();
@@ -340,7 +351,7 @@ async fn session(
         match next {
             (level, Some((_, Some(Ok(delivery))))) => {
                 match admit(shared, &consume_channel, &delivery).await {
-                    Ok(slot) => start(delivery, slot, permit),
+                    Ok(admission) => start(delivery, admission, permit),
                     Err(reason) => {
                         held.hold(level, delivery, reason, &shared.metrics);
                         spare = Some(permit);

@@ -7,7 +7,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lapin::{
     Channel,
     message::BasicGetMessage,
@@ -16,9 +16,11 @@ use lapin::{
 use tokio::sync::Notify;
 use warren_shared::{
     JobType, Topology,
-    flow::{FlowSnapshot, POLL, Token, TypeFlow},
+    flow::{FlowSnapshot, POLL, RateLimit, Token, TypeFlow},
     message,
 };
+
+use crate::metrics::WorkerMetrics;
 
 /// Why a delivery waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,6 +42,14 @@ impl Held {
             Self::RateLimit => "rate_limit",
         }
     }
+}
+
+/// A delivery let through: when it started (the instant its rate token, if any, counts for)
+/// and the slot it holds, if its type has `max_running`.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) slot: Option<Slot>,
 }
 
 /// A slot token held while a job runs; [`Slot::release`] gives it back.
@@ -67,10 +77,11 @@ impl FlowView {
     }
 
     /// Takes `snapshot` if it is newer than the one known.
-    fn offer(&self, snapshot: FlowSnapshot) {
+    fn offer(&self, snapshot: FlowSnapshot, metrics: &WorkerMetrics) {
         let mut known = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
         if snapshot.version > known.version {
             tracing::info!(version = snapshot.version, types = ?snapshot.types, "flow settings");
+            metrics.flow_version(snapshot.version);
             *known = snapshot;
             drop(known);
             self.changed.notify_waiters();
@@ -78,7 +89,12 @@ impl FlowView {
     }
 
     /// Reads `<ns>.flow` every [`POLL`] on `channel` (its own), for as long as it lives.
-    pub(crate) async fn follow(&self, channel: Channel, topology: &Topology) {
+    pub(crate) async fn follow(
+        &self,
+        channel: Channel,
+        topology: &Topology,
+        metrics: &WorkerMetrics,
+    ) {
         let queue = topology.flow_queue();
         let mut every = tokio::time::interval(POLL);
         loop {
@@ -95,7 +111,7 @@ impl FlowView {
                         .reject(BasicRejectOptions { requeue: true })
                         .await;
                     match message::decode::<FlowSnapshot>(&message.delivery.data) {
-                        Ok(snapshot) => self.offer(snapshot),
+                        Ok(snapshot) => self.offer(snapshot, metrics),
                         Err(error) => tracing::warn!(%error, "unreadable flow settings; ignored"),
                     }
                     if returned.is_err() {
@@ -118,7 +134,7 @@ impl FlowView {
         channel: &Channel,
         topology: &Topology,
         job_type: &JobType,
-    ) -> Result<Option<Slot>, Held> {
+    ) -> Result<Admission, Held> {
         let flow = self.of(job_type.as_str());
         if flow.paused {
             return Err(Held::Paused);
@@ -131,16 +147,19 @@ impl FlowView {
             ),
             None => None,
         };
-        if let Some(rate) = flow.rate_limit {
-            let window = rate.window_of(Utc::now());
-            if !take_rate(channel, topology, job_type, window).await {
-                if let Some(slot) = slot {
-                    slot.release(self).await;
+        let at = match flow.rate_limit {
+            Some(rate) => match take_rate(channel, topology, job_type, rate).await {
+                Some(at) => at,
+                None => {
+                    if let Some(slot) = slot {
+                        slot.release(self).await;
+                    }
+                    return Err(Held::RateLimit);
                 }
-                return Err(Held::RateLimit);
-            }
-        }
-        Ok(slot)
+            },
+            None => Utc::now(),
+        };
+        Ok(Admission { at, slot })
     }
 }
 
@@ -185,21 +204,35 @@ async fn take_slot(
     }
 }
 
-/// Takes (for good) a rate token of `window`, dropping older windows' leftovers.
+/// Takes (for good) a rate token of the window the start falls in, and returns the start:
+/// the instant right after the token came, so the job's `started_at` lies in the token's
+/// window (a start is never counted in the next window as well as its own tokens). Older
+/// windows' leftovers are dropped on the way; a token of a later window (the gateway's clock
+/// is ahead) goes back, and the job waits for that window.
 async fn take_rate(
     channel: &Channel,
     topology: &Topology,
     job_type: &JobType,
-    window: u64,
-) -> bool {
+    rate: RateLimit,
+) -> Option<DateTime<Utc>> {
     let queue = topology.rate_queue(job_type);
     loop {
-        let Some((message, token)) = take(channel, &queue).await else {
-            return false;
-        };
-        let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
-        if token.window.is_some_and(|w| w >= window) {
-            return true;
+        let (message, token) = take(channel, &queue).await?;
+        let at = Utc::now();
+        let window = rate.window_of(at);
+        let acker = &message.delivery.acker;
+        match token.window {
+            Some(w) if w == window => {
+                let _ = acker.ack(BasicAckOptions::default()).await;
+                return Some(at);
+            }
+            Some(w) if w > window => {
+                let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
+                return None;
+            }
+            _ => {
+                let _ = acker.ack(BasicAckOptions::default()).await;
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ pub(crate) struct WorkerMetrics {
     run_time: Family<JobLabels, Histogram>,
     in_flight: Gauge,
     held_back: Family<HeldLabels, Gauge>,
+    flow_version: Gauge,
 }
 
 /// Series split by job type and why its jobs are held back.
@@ -47,6 +48,7 @@ impl Default for WorkerMetrics {
             run_time: duration_family(),
             in_flight: Gauge::default(),
             held_back: Family::default(),
+            flow_version: Gauge::default(),
         };
         registry.register(
             "trace_spans_dropped",
@@ -82,6 +84,11 @@ impl Default for WorkerMetrics {
             "jobs_held_back",
             "Deliveries this worker holds without starting them, by job type and reason: paused, max_running (no slot free), rate_limit (this window's starts used up)",
             metrics.held_back.clone(),
+        );
+        registry.register(
+            "flow_settings_version",
+            "Version of the flow settings snapshot this worker follows (0: none read yet); every worker shows the same once a change has reached them all",
+            metrics.flow_version.clone(),
         );
         registry.register(
             "jobs_in_flight",
@@ -158,6 +165,12 @@ impl WorkerMetrics {
         for (labels, count) in counts {
             self.held_back.get_or_create(&labels).set(count);
         }
+    }
+
+    /// This worker now follows flow settings `version`.
+    pub(crate) fn flow_version(&self, version: u64) {
+        self.flow_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
     }
 
     /// A failed attempt was sent for another try.

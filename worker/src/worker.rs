@@ -158,9 +158,7 @@ impl Worker {
         self.shared.handlers.keys().cloned().collect()
     }
 
-    /// Binds `WARREN_METRICS_ADDR` for the probes, then consumes until `shutdown` resolves;
-    /// then stops consuming, gives jobs in flight the grace period to finish, and abandons the
-    /// rest unacked so the broker hands them out again.
+    /// Binds `WARREN_METRICS_ADDR` for the probes, then [`Worker::run_on`] it.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -169,6 +167,17 @@ impl Worker {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| RunError::Bind { addr, source })?;
+        self.run_on(listener, shutdown).await
+    }
+
+    /// Serves the probes and `/metrics` on `listener`, and consumes until `shutdown` resolves;
+    /// then stops consuming, gives jobs in flight the grace period to finish, and abandons the
+    /// rest unacked so the broker hands them out again.
+    pub async fn run_on(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RunError> {
         let addr = listener
             .local_addr()
             .map(|addr| addr.to_string())

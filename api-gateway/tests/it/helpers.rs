@@ -36,6 +36,8 @@ pub struct TestApp {
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
     pub job_types: Vec<JobType>,
+    /// Where each in-process worker serves `/metrics`.
+    pub worker_metrics: Vec<String>,
     /// Set once the namespace is removed or handed over; until then `Drop` removes it.
     released: bool,
 }
@@ -51,6 +53,26 @@ impl Drop for TestApp {
             namespace.hand_over();
         }
     }
+}
+
+/// The sum of the series named `series` (every label set) that `metrics` (a `/metrics` URL)
+/// shows now; 0 when it has none.
+pub async fn metric_sum(metrics: &str, series: &str) -> f64 {
+    let text = http_client()
+        .get(metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// An HTTP client for talking to gateways (with the process's TLS provider installed first:
@@ -142,6 +164,7 @@ async fn spawn_unready_app_on(
         stops: vec![stop],
         tasks: vec![task],
         job_types: Vec::new(),
+        worker_metrics: Vec::new(),
         released: false,
     }
 }
@@ -177,16 +200,18 @@ impl TestApp {
     ) {
         let mut config = WorkerConfig::with_broker(self.broker.clone());
         config.shutdown.shutdown_grace_secs = 5;
-        config.metrics_addr = "127.0.0.1:0".parse().unwrap();
         adjust(&mut config);
         let worker: Worker = builder.build(config).unwrap();
         let types = worker.job_types();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.worker_metrics
+            .push(format!("http://{}/metrics", listener.local_addr().unwrap()));
         let (stop, stopped) = oneshot::channel::<()>();
         self.tasks.push(tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
             };
-            worker.run(stopped).await.unwrap();
+            worker.run_on(listener, stopped).await.unwrap();
         }));
         self.stops.push(stop);
         for job_type in types {

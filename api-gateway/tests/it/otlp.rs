@@ -21,7 +21,7 @@ use warren_shared::{JobType, Topology};
 use warren_test_support::Namespace;
 
 use crate::helpers::{
-    DEADLINE, amqp_url, http_client, test_broker, unique_namespace, worker_binary,
+    DEADLINE, amqp_url, http_client, metric_sum, test_broker, unique_namespace, worker_binary,
 };
 
 /// Removes the test's namespace (with the echo queue the worker declares), even on failure.
@@ -307,18 +307,7 @@ async fn one_job_is_one_trace_across_both_processes_and_spans_queued_at_sigterm_
 
 /// `warren_trace_spans_dropped_total` (sum over reasons) on `metrics`.
 async fn dropped(metrics: &str) -> f64 {
-    let text = http_client()
-        .get(metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("warren_trace_spans_dropped_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(metrics, "warren_trace_spans_dropped_total").await
 }
 
 #[tokio::test]
