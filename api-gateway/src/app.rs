@@ -20,6 +20,7 @@ use crate::{
     queues::QueueService,
     retention,
     schedules::{self, ScheduleService},
+    state::Services,
     store::{PostgresStore, StoreError, Stores},
     watch::Watchers,
     webhooks::{CallbackPolicy, deliverer::Deliverer},
@@ -145,7 +146,7 @@ impl Application {
             limits.clone(),
             policy,
         );
-        let state = AppState {
+        let state = AppState::new(Services {
             workflows: WorkflowService::new(
                 &stores,
                 jobs.clone(),
@@ -172,7 +173,7 @@ impl Application {
             user_timeout: config.user_timeout(),
             auth,
             management_url: config.management_url.as_deref().map(Arc::from),
-        };
+        });
         Ok(Self {
             listener,
             config,

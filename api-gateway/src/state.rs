@@ -1,5 +1,7 @@
 //! [`AppState`]: what every HTTP handler can reach, built once by [`crate::app`]. The services
 //! own the use cases; the rest is configuration and the parts `/readyz` and `/metrics` read.
+//! axum clones the state for every extractor and middleware of every request, so it is one
+//! [`Arc`] around the [`Services`] (a clone is one atomic increment, not one per part).
 
 use std::{
     sync::{Arc, OnceLock},
@@ -14,9 +16,28 @@ use crate::{
     schedules::ScheduleService, workflows::WorkflowService,
 };
 
-/// What every handler can reach.
+/// What every handler can reach: a cheap handle on the [`Services`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// The handle on `services`.
+    #[must_use]
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services and settings behind [`AppState`].
+pub struct Services {
     /// Submits, reads, lists, cancels, re-drives and waits on jobs.
     pub jobs: JobService,
     /// Submits, settles, cancels, reads and waits on workflows.

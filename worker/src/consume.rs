@@ -297,7 +297,10 @@ async fn session(
         } = admission;
         let shared = shared.clone();
         let channels = (consume_channel.clone(), publish_channel.clone());
-        in_flight.spawn(async move {
+        // Boxed here: the attempt's future is ~11 KB, and each move on its way into the task
+        // (the tracker's wrapper, tokio's cell) would copy it whole (a tenth of the worker's
+        // CPU per job in `perf`).
+        in_flight.spawn(Box::pin(async move {
             // The delivery's acker does not keep its channel open: lapin closes a channel
             // (requeueing its unacked deliveries) when the last handle drops, so the job holds
             // the consume channel until it is settled.
@@ -307,7 +310,7 @@ async fn session(
                 slot.release(&shared.flow).await;
             }
             drop((consume_channel, permit));
-        });
+        }));
     };
     // Deliveries flow control holds back (see `crate::flow`), and a permit kept for them.
     let mut held = Holding::default();
