@@ -7,6 +7,12 @@ use clap::Parser;
 use warren_shared::{shutdown, telemetry};
 use warren_worker::{Worker, WorkerConfig, handlers};
 
+/// mimalloc instead of glibc's allocator: a job's path allocates many small, short-lived
+/// buffers on several threads, where glibc's `malloc`/`free` (and its consolidation of freed
+/// chunks) took a tenth of the process's CPU in `perf` (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = WorkerConfig::parse();
