@@ -306,8 +306,11 @@ impl WorkflowStore for PostgresStore {
             .collect();
         if !changed.is_empty() {
             let update = tx.prepare_cached(rows::UPDATE).await?;
-            tx.execute(&update, &Columns::of(changed.iter().copied()).params())
-                .await?;
+            tx.execute(
+                &update,
+                &Columns::of(changed.iter().copied()).update_params(),
+            )
+            .await?;
         }
         let version = saturating_i64(workflow.version);
         let status = workflow.status.as_str();

@@ -78,7 +78,7 @@ impl PostgresStore {
         let mut ids: Vec<JobId> = changed.iter().map(|job| job.id).collect();
         ids.extend(workflows.iter().copied().map(JobId::from));
         let payloads = changes::payloads(&self.origin, &ids);
-        let update_params = columns.params();
+        let update_params = columns.update_params();
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
         if workflows.is_empty() {
             let (updated, notified, committed) = tokio::join!(
@@ -173,7 +173,7 @@ impl PostgresStore {
         let outcome = change(&mut job);
         if job.version != before {
             let statement = tx.prepare_cached(rows::UPDATE).await?;
-            tx.execute(&statement, &Columns::of([&job].into_iter()).params())
+            tx.execute(&statement, &Columns::of([&job].into_iter()).update_params())
                 .await?;
             let mut ids = vec![job.id];
             let workflows = workflows::to_mark([&job]);
