@@ -22,6 +22,7 @@ mod callbacks;
 mod caps;
 mod changes;
 mod committer;
+mod diagnose;
 mod errors;
 mod flow;
 mod jobs;
@@ -145,7 +146,11 @@ impl PostgresStore {
         let pool = config
             .create_pool(Some(Runtime::Tokio1), tls.clone())
             .map_err(|e| bad_url(&e))?;
-        migrate(&pool).await?;
+        if let Err(error) = migrate(&pool).await {
+            // Say what a server said, not that another address of its name was unreachable.
+            let refusal = diagnose::refusal_by_address(&listen_config, &tls, options.timeout).await;
+            return Err(refusal.map_or(error, StoreError::from));
+        }
         let schema: String = pool
             .get()
             .await?
