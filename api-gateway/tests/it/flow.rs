@@ -6,10 +6,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use warren_shared::{flow::FlowSnapshot, message};
+use warren_shared::{amqp, flow::FlowSnapshot, message};
 use warren_worker::{Worker, handlers};
 
 use crate::{
@@ -66,21 +65,12 @@ async fn workers_follow(app: &TestApp, version: u64) {
     }
 }
 
-/// The snapshot on `<ns>.flow` now, if any (read and put back, as the workers do).
+/// The snapshot on `<ns>.flow` now, if any (read without taking it).
 async fn current_snapshot(app: &TestApp) -> Option<FlowSnapshot> {
     let queue = app.topology().flow_queue();
-    let message = app
-        .channel
-        .basic_get(queue.as_str().into(), BasicGetOptions::default())
-        .await
-        .unwrap()?;
-    message
-        .delivery
-        .acker
-        .reject(BasicRejectOptions { requeue: true })
-        .await
-        .unwrap();
-    Some(message::decode(&message.delivery.data).unwrap())
+    let read = amqp::peek(&app.connection, &queue, 1).await.unwrap()?;
+    let delivery = read.deliveries.into_iter().next()?;
+    Some(message::decode(&delivery.data).unwrap())
 }
 
 /// The version of the first snapshot on `<ns>.flow` whose `job_type` entry has the settings
