@@ -1,5 +1,6 @@
 //! The load: concurrent submits, completion by the gateways' counters and as a client sees it
-//! (long-polling each job), and sequential synchronous submits.
+//! (long-polling each job); the same submits without the long polls, for the CPU that the
+//! pipeline alone costs; and sequential synchronous submits.
 
 use std::{
     sync::{
@@ -11,7 +12,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::Error;
+use crate::{Error, cpu::Roles};
 
 /// What one throughput run measured, in seconds from its start.
 pub(crate) struct Throughput {
@@ -109,6 +110,43 @@ where
     }
     results.sort_by_key(|(i, _)| *i);
     Ok(results.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Submits `jobs` echo jobs with `concurrency` clients spread over the gateways, and waits
+/// until the gateways' counters have every one `succeeded`: the work the raw floor does too (a
+/// job in, its outcome stored), with no read-back. Returns the seconds that took and the CPU
+/// per job of each role (`roles`) over them.
+pub(crate) async fn pipeline(
+    client: &reqwest::Client,
+    bases: &[String],
+    jobs: usize,
+    concurrency: usize,
+    roles: &Roles,
+) -> Result<(f64, Value), Error> {
+    let bases: Arc<Vec<String>> = Arc::new(bases.to_vec());
+    let before = echo_succeeded(client, &bases).await?;
+    let at_start = roles.read();
+    let started = Instant::now();
+    let (client2, bases2) = (client.clone(), bases.clone());
+    fan_out(jobs, concurrency, move |i| {
+        let (client, bases) = (client2.clone(), bases2.clone());
+        async move {
+            match submit(&client, &bases[i % bases.len()], i, false).await? {
+                (202, _) => Ok(()),
+                (status, _) => Err(format!("submit answered {status}").into()),
+            }
+        }
+    })
+    .await?;
+    #[allow(clippy::cast_precision_loss)]
+    while echo_succeeded(client, &bases).await? - before < jobs as f64 {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err("jobs did not all succeed within 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((seconds, at_start.per_job(&roles.read(), jobs)))
 }
 
 /// Submits `jobs` echo jobs with `concurrency` clients spread over the gateways, then

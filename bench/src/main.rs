@@ -7,7 +7,10 @@
 //! and for each: end-to-end throughput of `--jobs` `echo` jobs submitted by `--concurrency`
 //! clients spread over the gateways (completion by the gateways' counters, and as a client
 //! sees it: a long poll of every job, from another gateway than the one that took it), the
-//! long-poll phase after the burst, the submit-only rate, sync latency (`--sync-samples`
+//! long-poll phase after the burst, the submit-only rate, the CPU per job of each process
+//! (the gateways, workers, RabbitMQ, PostgreSQL, the client, from /proc) over a second burst
+//! of the same size without long polls (the pipeline alone, the raw floor's work) and over the
+//! first (with a long poll per job), sync latency (`--sync-samples`
 //! sequential `Prefer: wait` submits), and peak RSS; then, on a stack of its own with keys on,
 //! sync latency again with a tenant's API key (`sync_with_key_ms`, the cost of
 //! authentication; one-gateway scenarios only); and workflows (`workflows`): a chain's time
@@ -161,7 +164,13 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
     let roles = cpu::Roles::of(&pids(&stack.gateways), &pids(&stack.workers));
     let before = roles.read();
     let run = load::throughput(&client, &stack.bases, args.jobs, args.concurrency).await?;
-    let per_job = before.per_job(&roles.read(), args.jobs);
+    let with_reads = before.per_job(&roles.read(), args.jobs);
+    println!(
+        "pipeline: {} jobs again, {} clients, no long polls...",
+        args.jobs, args.concurrency
+    );
+    let (pipeline_s, per_job) =
+        load::pipeline(&client, &stack.bases, args.jobs, args.concurrency, &roles).await?;
     println!("sync latency: {} sequential submits...", args.sync_samples);
     let sync = load::sync_latency(&client, &stack.bases[0], args.sync_samples).await?;
     let hooks = if args.webhooks > 0 {
@@ -204,7 +213,9 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
         "worker_peak_rss_mib": max_rss(&stack.workers),
         "webhooks": hooks,
         "workflows": flows,
+        "pipeline_jobs_per_s": jobs / pipeline_s,
         "per_job": per_job,
+        "per_job_with_long_polls": with_reads,
     }))
 }
 
@@ -284,7 +295,7 @@ fn print_report(results: &Value) {
         print!(" {:>20}", s["scenario"].as_str().unwrap_or("?"));
     }
     println!(" {:>12}", "raw floor");
-    let rows: [(&str, &str, Option<&Value>); 27] = [
+    let rows: [(&str, &str, Option<&Value>); 30] = [
         (
             "throughput, counter (jobs/s)",
             "/throughput_jobs_per_s",
@@ -373,6 +384,21 @@ fn print_report(results: &Value) {
             Some(&floor["per_job"]["cpu_ms_per_job"]["total"]),
         ),
         (
+            "pipeline, no long polls (jobs/s)",
+            "/pipeline_jobs_per_s",
+            Some(&floor["throughput_jobs_per_s"]),
+        ),
+        (
+            "CPU ms/job with long polls: total",
+            "/per_job_with_long_polls/cpu_ms_per_job/total",
+            None,
+        ),
+        (
+            "CPU ms/job with long polls: gateways",
+            "/per_job_with_long_polls/cpu_ms_per_job/gateways",
+            None,
+        ),
+        (
             "broker messages in/job",
             "/per_job/broker_per_job/messages_received",
             Some(&floor["per_job"]["broker_per_job"]["messages_received"]),
@@ -415,6 +441,15 @@ fn print_report(results: &Value) {
             num(&f["throughput_jobs_per_s"]) / num(&floor["throughput_jobs_per_s"]),
             num(&f["sync_ms"]["p50"]) / num(&first["figures"]["sync_ms"]["p50"]),
             num(&f["sync_ms"]["p50"]) / num(&floor["round_trip_ms"]["p50"]),
+        );
+        let cpu = |figures: &Value| num(&figures["per_job"]["cpu_ms_per_job"]["total"]);
+        println!(
+            "  {:<22} CPU per job {:.2} x first, {:.2} x floor; pipeline {:.2} x first, {:.2} x floor",
+            "",
+            cpu(f) / cpu(&first["figures"]),
+            cpu(f) / cpu(floor),
+            num(&f["pipeline_jobs_per_s"]) / num(&first["figures"]["pipeline_jobs_per_s"]),
+            num(&f["pipeline_jobs_per_s"]) / num(&floor["throughput_jobs_per_s"]),
         );
         if f["sync_with_key_ms"].is_object() {
             println!(
