@@ -241,15 +241,21 @@ impl JobService {
             Accepted::New(job) => (job, false),
             Accepted::Replayed(job) => (job, true),
         };
-        let subscription = match subscription {
-            Some(_) if replayed => Some(self.watchers.subscribe(job.id)),
-            other => other,
-        };
         let Some(subscription) = subscription else {
             return Ok(Submitted { job, replayed });
         };
+        // A new job is known as it was stored, and the subscription (taken before that) hears
+        // every change since: no need to read it back. A replay's job may have changed since
+        // it was read: subscribe, then read it again.
+        let (subscription, job) = if replayed {
+            let subscription = self.watchers.subscribe(job.id);
+            let job = self.get(caller, job.id).await?;
+            (subscription, job)
+        } else {
+            (subscription, job)
+        };
         let job = self
-            .wait_until_terminal(subscription, caller, job.id, wait)
+            .wait_until_terminal(subscription, caller, job, wait)
             .await?;
         Ok(Submitted { job, replayed })
     }
@@ -480,22 +486,23 @@ impl JobService {
         wait: Duration,
     ) -> Result<Job, JobsError> {
         let subscription = self.watchers.subscribe(id);
-        self.wait_until_terminal(subscription, caller, id, wait)
+        let job = self.get(caller, id).await?;
+        self.wait_until_terminal(subscription, caller, job, wait)
             .await
     }
 
-    /// Waits until job `id` (which `caller` must see) is terminal or `wait` has passed, woken
-    /// by `subscription` (taken before the job could change); returns the job's latest state
-    /// either way.
+    /// Waits until `job` (which `caller` sees, as it was when `subscription` was taken or
+    /// later) is terminal or `wait` has passed, woken by `subscription`; returns the job's
+    /// latest state either way.
     async fn wait_until_terminal(
         &self,
         mut subscription: Subscription,
         caller: &Caller,
-        id: JobId,
+        mut job: Job,
         wait: Duration,
     ) -> Result<Job, JobsError> {
         let deadline = Instant::now() + wait;
-        let mut job = self.get(caller, id).await?;
+        let id = job.id;
         while !job.status.is_terminal() {
             match tokio::time::timeout_at(deadline, subscription.next()).await {
                 Ok(Snapshot::Job(snapshot)) if snapshot.version > job.version => {
