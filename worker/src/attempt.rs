@@ -16,6 +16,7 @@ use warren_shared::{
 };
 
 use crate::{
+    acks::Acks,
     decide::Outcome,
     events::{Change, Reporter},
     handler::{Handler, JobContext},
@@ -37,19 +38,22 @@ const POISON_DELIVERIES: u64 = 5;
 pub(crate) async fn process(
     shared: &Shared,
     channel: Channel,
+    acks: &Acks,
     delivery: Delivery,
     admitted_at: DateTime<Utc>,
 ) {
     let job: JobMessage = match message::decode(&delivery.data) {
         Ok(job) => job,
-        Err(error) => return dead_letter(shared, &channel, delivery, &error.to_string()).await,
+        Err(error) => {
+            return dead_letter(shared, &channel, acks, delivery, &error.to_string()).await;
+        }
     };
     let Some(handler) = shared.handlers.get(&job.job_type).cloned() else {
         let reason = format!(
             "this worker has no handler for job type {:?}",
             job.job_type.as_str()
         );
-        return dead_letter(shared, &channel, delivery, &reason).await;
+        return dead_letter(shared, &channel, acks, delivery, &reason).await;
     };
     // Continue the trace the gateway started for the request (or start one).
     let trace = header_text(&delivery, TRACEPARENT)
@@ -79,7 +83,7 @@ pub(crate) async fn process(
         trace: &trace,
         at: admitted_at,
     };
-    run_job(shared, channel, delivery, job, &handler, started)
+    run_job(shared, channel, acks, delivery, job, &handler, started)
         .instrument(span)
         .await;
 }
@@ -93,6 +97,7 @@ struct Started<'a> {
 async fn run_job(
     shared: &Shared,
     channel: Channel,
+    acks: &Acks,
     delivery: Delivery,
     job: JobMessage,
     handler: &Handler,
@@ -112,7 +117,7 @@ async fn run_job(
     let _running = shared.cancels.track(job.id, cancel.clone());
     if cancel.is_cancelled() {
         tracing::info!("job was cancelled before it started; skipping it");
-        return settle(shared, &reporter, &delivery, Outcome::Cancelled, 0.0).await;
+        return settle(shared, acks, &reporter, &delivery, Outcome::Cancelled, 0.0).await;
     }
     let deliveries = previous_deliveries(&delivery) + 1;
     if deliveries >= POISON_DELIVERIES {
@@ -127,7 +132,7 @@ async fn run_job(
             error,
             retryable: false,
         };
-        return settle(shared, &reporter, &delivery, outcome, 0.0).await;
+        return settle(shared, acks, &reporter, &delivery, outcome, 0.0).await;
     }
     tracing::info!("job started");
     let _in_flight = shared
@@ -155,7 +160,15 @@ async fn run_job(
     let outcome = announce_running_unless_quick(shared, &reporter, attempt).await;
     let elapsed = started.elapsed().as_secs_f64();
     shared.metrics.attempt_ran(job.job_type.as_str(), elapsed);
-    settle(shared, &reporter, &delivery, outcome, elapsed * 1000.0).await;
+    settle(
+        shared,
+        acks,
+        &reporter,
+        &delivery,
+        outcome,
+        elapsed * 1000.0,
+    )
+    .await;
 }
 
 /// Runs `attempt`, announcing `running` only once it has taken `WARREN_ANNOUNCE_RUNNING_AFTER_MS`

@@ -11,6 +11,7 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
+use crate::acks::Acks;
 use futures_util::StreamExt;
 use lapin::{Channel, Consumer, types::FieldTable};
 use tokio_util::sync::CancellationToken;
@@ -88,9 +89,11 @@ pub(crate) async fn consume_control(
     topology::subscribe_exclusive(channel, exchange, "", FieldTable::default()).await
 }
 
-/// Applies cancel requests as they come, until the consumer ends with its session.
-pub(crate) async fn listen(cancels: &Cancels, mut control: Consumer) {
+/// Applies cancel requests as they come, until the consumer ends with its session. Each
+/// takes a delivery tag on the consume channel without needing an ack: `acks` hears of it.
+pub(crate) async fn listen(cancels: &Cancels, mut control: Consumer, acks: &Acks) {
     while let Some(Ok(delivery)) = control.next().await {
+        acks.settled(delivery.delivery_tag);
         match message::decode::<ControlMessage>(&delivery.data) {
             Ok(ControlMessage {
                 action: ControlAction::Cancel,

@@ -24,7 +24,7 @@ use warren_shared::{
     topology,
 };
 
-use crate::{attempt, cancel, flow, metrics::WorkerMetrics, state::Shared};
+use crate::{acks::Acks, attempt, cancel, flow, metrics::WorkerMetrics, state::Shared};
 
 /// Why a consuming session ended.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +45,13 @@ impl From<lapin::Error> for SessionError {
 
 /// The jobs a worker is running: tracked so shutdown can wait for them, and abandoned
 /// together (their futures dropped, their deliveries left unacked) once the grace period is
-/// over.
+/// over. Beside them, each consume channel's ack flusher ([`Acks`]), which ends once that
+/// channel's jobs have, after sending their last acks.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct InFlight {
     tracker: TaskTracker,
     abandon: CancellationToken,
+    flushers: TaskTracker,
 }
 
 impl InFlight {
@@ -63,23 +65,31 @@ impl InFlight {
         });
     }
 
-    /// Waits up to `grace` for the running jobs, then abandons the rest; returns how many
-    /// were abandoned.
+    fn spawn_flusher(&self, flusher: impl Future<Output = ()> + Send + 'static) {
+        self.flushers.spawn(flusher);
+    }
+
+    /// Waits up to `grace` for the running jobs, then abandons the rest; then for the acks
+    /// of those that finished. Returns how many were abandoned.
     pub(crate) async fn drain(&self, grace: Duration) -> usize {
         self.tracker.close();
+        self.flushers.close();
         let running = self.tracker.len();
         if running > 0 {
             tracing::info!(running, ?grace, "waiting for jobs in flight");
         }
-        if tokio::time::timeout(grace, self.tracker.wait())
+        let unfinished = if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok()
         {
-            return 0;
-        }
-        let unfinished = self.tracker.len();
-        self.abandon.cancel();
-        self.tracker.wait().await;
+            0
+        } else {
+            let unfinished = self.tracker.len();
+            self.abandon.cancel();
+            self.tracker.wait().await;
+            unfinished
+        };
+        self.flushers.wait().await;
         unfinished
     }
 }
@@ -227,6 +237,8 @@ async fn session(
     let consume_channel = connection.create_channel().await?;
     drop(connection);
     shared.set_consume_channel(&consume_channel);
+    let (acks, flusher) = Acks::new(consume_channel.clone());
+    in_flight.spawn_flusher(flusher);
     let publish_channel = amqp::confirm_channel(pool).await?;
     topology::declare_core(&publish_channel, &shared.topology).await?;
 
@@ -245,8 +257,8 @@ async fn session(
 
     let control = cancel::consume_control(&consume_channel, &shared.topology).await?;
     let _control = AbortOnDropHandle::new(tokio::spawn({
-        let shared = shared.clone();
-        async move { cancel::listen(&shared.cancels, control).await }
+        let (shared, acks) = (shared.clone(), acks.clone());
+        async move { cancel::listen(&shared.cancels, control, &acks).await }
     }));
 
     // One consumer per queue: each type has a queue per priority level. Taking from the
@@ -295,7 +307,7 @@ async fn session(
             at: admitted_at,
             slot,
         } = admission;
-        let shared = shared.clone();
+        let (shared, acks) = (shared.clone(), acks.clone());
         let channels = (consume_channel.clone(), publish_channel.clone());
         // Boxed here: the attempt's future is ~11 KB, and each move on its way into the task
         // (the tracker's wrapper, tokio's cell) would copy it whole (a tenth of the worker's
@@ -305,11 +317,11 @@ async fn session(
             // (requeueing its unacked deliveries) when the last handle drops, so the job holds
             // the consume channel until it is settled.
             let (consume_channel, publish_channel) = channels;
-            attempt::process(&shared, publish_channel, delivery, admitted_at).await;
+            attempt::process(&shared, publish_channel, &acks, delivery, admitted_at).await;
             if let Some(slot) = slot {
                 slot.release(&shared.flow).await;
             }
-            drop((consume_channel, permit));
+            drop((consume_channel, acks, permit));
         }));
     };
     // Deliveries flow control holds back (see `crate::flow`), and a permit kept for them.

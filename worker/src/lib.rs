@@ -40,6 +40,7 @@
 //! - `health`, `metrics`: `/healthz`, `/readyz` and `/metrics` on `WARREN_METRICS_ADDR`.
 //! - [`handlers`]: the built-in handlers of the `worker` binary.
 
+mod acks;
 mod attempt;
 mod cancel;
 pub mod config;

@@ -14,7 +14,7 @@ use chrono::Utc;
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions},
+    options::BasicNackOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
 use warren_shared::{
@@ -25,15 +25,18 @@ use warren_shared::{
 };
 
 use crate::{
+    acks::Acks,
     decide::{DeadReason, Outcome, Settlement, decide},
     events::{Change, Reporter},
     headers::history_headers,
     state::Shared,
 };
 
-/// Settles `delivery` as [`decide`] says for `outcome`.
+/// Settles `delivery` as [`decide`] says for `outcome`; its ack goes out with others
+/// ([`Acks`]).
 pub(crate) async fn settle(
     shared: &Shared,
+    acks: &Acks,
     reporter: &Reporter,
     delivery: &Delivery,
     outcome: Outcome,
@@ -77,16 +80,12 @@ pub(crate) async fn settle(
                     .metrics
                     .finished(job.job_type.as_str(), status.as_str());
             }
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                // The channel died after the outcome was confirmed: the job will be handed out
-                // again, and the store ignores the second outcome.
-                tracing::warn!(%error, "outcome confirmed but ack failed; the job will run again");
-            }
+            acks.ack(delivery.delivery_tag);
             tracing::info!(%status, elapsed_ms, "job settled");
         }
         Err(error) => {
             tracing::error!(%error, "outcome not confirmed; returning the job to its queue");
-            requeue(delivery).await;
+            requeue(acks, delivery).await;
         }
     }
 }
@@ -192,6 +191,7 @@ async fn publish_dead(
 pub(crate) async fn dead_letter(
     shared: &Shared,
     channel: &Channel,
+    acks: &Acks,
     delivery: Delivery,
     reason: &str,
 ) {
@@ -199,25 +199,29 @@ pub(crate) async fn dead_letter(
     match publish_dead(shared, channel, &delivery, reason, FieldTable::default()).await {
         Ok(()) => {
             shared.metrics.dead_lettered("unreadable");
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, "dead letter stored but ack failed");
-            }
+            acks.ack(delivery.delivery_tag);
         }
         Err(error) => {
             tracing::error!(%error, "dead letter not confirmed; returning the message to its queue");
-            requeue(&delivery).await;
+            requeue(acks, &delivery).await;
         }
     }
 }
 
 /// Returns a delivery to its queue. If even that fails the channel is gone, and the broker
 /// requeues everything unacked on it anyway.
-async fn requeue(delivery: &Delivery) {
+async fn requeue(acks: &Acks, delivery: &Delivery) {
     let options = BasicNackOptions {
         requeue: true,
         multiple: false,
     };
-    if let Err(error) = delivery.acker.nack(options).await {
-        tracing::warn!(%error, "nack failed; the broker requeues the message when the channel closes");
+    match delivery.acker.nack(options).await {
+        Ok(true) => acks.settled(delivery.delivery_tag),
+        Ok(false) => {
+            tracing::warn!("channel closed before the nack; the broker requeues the message")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "nack failed; the broker requeues the message when the channel closes");
+        }
     }
 }
