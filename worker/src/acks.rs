@@ -1,8 +1,10 @@
 //! Acks on a consume channel, sent together.
 //!
 //! An attempt whose outcome the broker confirmed hands its delivery's tag to [`Acks::ack`] and
-//! goes on; a flusher sends what has gathered every [`GATHER`] (the broker's CPU per job is a
-//! quarter lower with one `basic.ack` for many: see BENCHMARKS.md). It sends one ack with
+//! goes on; a flusher sends what has gathered every [`GATHER`], or at once when a quarter of
+//! the worker's concurrency is waiting (unacked deliveries count against the prefetch, so a
+//! worker of concurrency 1 acks each job at once, as before). One `basic.ack` for many costs
+//! the broker less CPU per job (see BENCHMARKS.md). It sends one ack with
 //! `multiple` over the run of tags right after the last run it sent, but only while every tag
 //! in that run was settled by this worker (acked here, or nacked already): a job still running,
 //! or a tag this worker never saw settled (a flow token taken on the same channel), ends the
@@ -23,8 +25,8 @@ use std::{
 use lapin::{Channel, options::BasicAckOptions};
 use tokio::sync::Notify;
 
-/// How long acks gather before they are sent.
-pub(crate) const GATHER: Duration = Duration::from_millis(2);
+/// How long acks gather, at most, before they are sent.
+pub(crate) const GATHER: Duration = Duration::from_millis(5);
 
 /// Settled tags above the last run that are remembered; past this many the channel has a tag
 /// that will never be settled here (a flow token), and acks go one by one from then on.
@@ -54,9 +56,10 @@ pub(crate) struct Plan {
 }
 
 impl Tags {
-    /// Notes an ack to send.
-    pub(crate) fn ack(&mut self, tag: u64) {
+    /// Notes an ack to send; returns how many are waiting.
+    pub(crate) fn ack(&mut self, tag: u64) -> usize {
         self.pending.insert(tag);
+        self.pending.len()
     }
 
     /// Notes a tag settled some other way (a nack, or a delivery that needs no ack).
@@ -96,7 +99,12 @@ impl Tags {
 struct Inner {
     channel: Channel,
     tags: Mutex<Tags>,
+    /// Waiting acks this many or more are sent at once.
+    flush_at: usize,
+    /// An ack is waiting (or a handle was dropped).
     wake: Notify,
+    /// `flush_at` acks are waiting.
+    full: Notify,
 }
 
 /// A handle on one consume channel's acks. The flusher ([`Acks::new`]) runs until the last
@@ -121,13 +129,19 @@ impl Drop for Acks {
 }
 
 impl Acks {
-    /// Acks for `channel`, and the flusher to run beside the jobs (tracked like them, so a
-    /// graceful stop sends the last acks before the channel closes).
-    pub(crate) fn new(channel: Channel) -> (Self, impl Future<Output = ()> + Send + 'static) {
+    /// Acks for `channel` of a worker running `concurrency` jobs, and the flusher to run
+    /// beside the jobs (tracked like them, so a graceful stop sends the last acks before the
+    /// channel closes).
+    pub(crate) fn new(
+        channel: Channel,
+        concurrency: u16,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let inner = Arc::new(Inner {
             channel,
             tags: Mutex::new(Tags::default()),
+            flush_at: usize::from(concurrency / 4).max(1),
             wake: Notify::new(),
+            full: Notify::new(),
         });
         let flusher = flush_until_released(inner.clone());
         (Self { inner }, flusher)
@@ -135,8 +149,11 @@ impl Acks {
 
     /// Queues the ack of `tag` (the outcome is confirmed).
     pub(crate) fn ack(&self, tag: u64) {
-        self.with_tags(|tags| tags.ack(tag));
+        let waiting = self.with_tags(|tags| tags.ack(tag));
         self.inner.wake.notify_one();
+        if waiting >= self.inner.flush_at {
+            self.inner.full.notify_one();
+        }
     }
 
     /// Notes `tag` settled otherwise (nacked, or never needing an ack).
@@ -160,7 +177,10 @@ async fn flush_until_released(inner: Arc<Inner>) {
         inner.wake.notified().await;
         let last = Arc::strong_count(&inner) == 1;
         if !last {
-            tokio::time::sleep(GATHER).await;
+            tokio::select! {
+                () = tokio::time::sleep(GATHER) => {}
+                () = inner.full.notified() => {}
+            }
         }
         flush(&inner).await;
         if last || Arc::strong_count(&inner) == 1 {

@@ -237,7 +237,7 @@ async fn session(
     let consume_channel = connection.create_channel().await?;
     drop(connection);
     shared.set_consume_channel(&consume_channel);
-    let (acks, flusher) = Acks::new(consume_channel.clone());
+    let (acks, flusher) = Acks::new(consume_channel.clone(), shared.concurrency);
     in_flight.spawn_flusher(flusher);
     let publish_channel = amqp::confirm_channel(pool).await?;
     topology::declare_core(&publish_channel, &shared.topology).await?;
