@@ -8,8 +8,9 @@
 //! `multiple` over the run of tags right after the last run it sent, but only while every tag
 //! in that run was settled by this worker (acked here, or nacked already): a job still running,
 //! or a tag this worker never saw settled (a flow token taken on the same channel), ends the
-//! run, so `multiple` can never ack a delivery that is not done. Acks past the run go one by
-//! one. The pure part, what to send, is [`Tags::plan`].
+//! run, so `multiple` can never ack a delivery that is not done. An ack past the run waits one
+//! more flush for the run to reach it, then goes alone. The pure part, what to send, is
+//! [`Tags::plan`].
 //!
 //! At-least-once holds: an ack is still only ever sent after the outcome was confirmed. A
 //! worker that dies before the flusher ran leaves a few more deliveries unacked than before
@@ -24,6 +25,7 @@ use std::{
 
 use lapin::{Channel, options::BasicAckOptions};
 use tokio::sync::Notify;
+use warren_shared::metrics::Counter;
 
 /// How long acks gather, at most, before they are sent.
 pub(crate) const GATHER: Duration = Duration::from_millis(5);
@@ -39,6 +41,8 @@ pub(crate) struct Tags {
     floor: u64,
     /// Acked by an attempt, not sent yet.
     pending: BTreeSet<u64>,
+    /// Of those, the ones already waiting at the last flush (past the run then).
+    aged: BTreeSet<u64>,
     /// Settled on the broker above `floor` (nacked, rejected, acked alone, or never needing
     /// an ack).
     sent: BTreeSet<u64>,
@@ -51,6 +55,8 @@ pub(crate) struct Tags {
 pub(crate) struct Plan {
     /// One ack with `multiple` up to this tag.
     pub(crate) up_to: Option<u64>,
+    /// How many jobs that one ack settles.
+    pub(crate) together: u64,
     /// Single acks.
     pub(crate) single: Vec<u64>,
 }
@@ -59,7 +65,7 @@ impl Tags {
     /// Notes an ack to send; returns how many are waiting.
     pub(crate) fn ack(&mut self, tag: u64) -> usize {
         self.pending.insert(tag);
-        self.pending.len()
+        self.pending.len().saturating_sub(self.aged.len())
     }
 
     /// Notes a tag settled some other way (a nack, or a delivery that needs no ack).
@@ -76,7 +82,9 @@ impl Tags {
             let mut next = self.floor + 1;
             loop {
                 if self.pending.remove(&next) {
+                    self.aged.remove(&next);
                     plan.up_to = Some(next);
+                    plan.together += 1;
                 } else if !self.sent.remove(&next) {
                     break;
                 }
@@ -84,7 +92,17 @@ impl Tags {
                 next += 1;
             }
         }
-        plan.single = std::mem::take(&mut self.pending).into_iter().collect();
+        // Past the run: what already waited a flush goes alone; the rest waits one more.
+        let aged = if self.one_by_one {
+            std::mem::take(&mut self.pending)
+        } else {
+            std::mem::take(&mut self.aged)
+        };
+        for tag in &aged {
+            self.pending.remove(tag);
+        }
+        self.aged.clone_from(&self.pending);
+        plan.single = aged.into_iter().collect();
         if !self.one_by_one {
             self.sent.extend(&plan.single);
             if self.sent.len() > REMEMBERED {
@@ -96,8 +114,16 @@ impl Tags {
     }
 }
 
+/// What the flusher counts: jobs acked, and the `basic.ack` frames that carried them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AckCounters {
+    pub(crate) acks: Counter,
+    pub(crate) frames: Counter,
+}
+
 struct Inner {
     channel: Channel,
+    counters: AckCounters,
     tags: Mutex<Tags>,
     /// Waiting acks this many or more are sent at once.
     flush_at: usize,
@@ -135,9 +161,11 @@ impl Acks {
     pub(crate) fn new(
         channel: Channel,
         concurrency: u16,
+        counters: AckCounters,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let inner = Arc::new(Inner {
             channel,
+            counters,
             tags: Mutex::new(Tags::default()),
             flush_at: usize::from(concurrency / 4).max(1),
             wake: Notify::new(),
@@ -182,40 +210,49 @@ async fn flush_until_released(inner: Arc<Inner>) {
                 () = inner.full.notified() => {}
             }
         }
-        flush(&inner).await;
+        let waiting = flush(&inner).await;
         if last || Arc::strong_count(&inner) == 1 {
-            flush(&inner).await;
+            while flush(&inner).await {}
             return;
+        }
+        if waiting {
+            // Acks past the run wait for the next flush.
+            inner.wake.notify_one();
         }
     }
 }
 
-async fn flush(inner: &Inner) {
-    let plan = inner
-        .tags
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .plan();
-    let multiple = plan.up_to.map(|tag| (tag, true));
-    let single = plan.single.iter().map(|tag| (*tag, false));
-    for (tag, multiple) in multiple.into_iter().chain(single) {
+/// Sends what [`Tags::plan`] says; returns whether acks are still waiting (past the run).
+async fn flush(inner: &Inner) -> bool {
+    let (plan, waiting) = {
+        let mut tags = inner.tags.lock().unwrap_or_else(PoisonError::into_inner);
+        let plan = tags.plan();
+        (plan, !tags.pending.is_empty())
+    };
+    let multiple = plan.up_to.map(|tag| (tag, true, plan.together));
+    let single = plan.single.iter().map(|tag| (*tag, false, 1));
+    for (tag, multiple, jobs) in multiple.into_iter().chain(single) {
         let options = BasicAckOptions { multiple };
         if let Err(error) = inner.channel.basic_ack(tag, options).await {
             // The channel died after the outcomes were confirmed: these jobs will be handed out
             // again, and the store ignores their second outcomes.
             tracing::warn!(%error, tag, multiple, "outcomes confirmed but ack failed; these jobs will run again");
-            return;
+            return false;
         }
+        inner.counters.acks.inc_by(jobs);
+        inner.counters.frames.inc();
     }
+    waiting
 }
 
 #[cfg(test)]
 mod tests {
     use super::{Plan, REMEMBERED, Tags};
 
-    fn plan(up_to: Option<u64>, single: &[u64]) -> Plan {
+    fn plan(up_to: Option<u64>, together: u64, single: &[u64]) -> Plan {
         Plan {
             up_to,
+            together,
             single: single.to_vec(),
         }
     }
@@ -226,8 +263,8 @@ mod tests {
         for tag in [2, 1, 3] {
             tags.ack(tag);
         }
-        assert_eq!(tags.plan(), plan(Some(3), &[]));
-        assert_eq!(tags.plan(), plan(None, &[]));
+        assert_eq!(tags.plan(), plan(Some(3), 3, &[]));
+        assert_eq!(tags.plan(), plan(None, 0, &[]));
     }
 
     #[test]
@@ -237,11 +274,26 @@ mod tests {
         for tag in [1, 3, 4] {
             tags.ack(tag);
         }
-        assert_eq!(tags.plan(), plan(Some(1), &[3, 4]));
-        // Once 2 is acked, the run covers it (3 and 4 are already settled).
+        // 3 and 4 wait one flush for 2.
+        assert_eq!(tags.plan(), plan(Some(1), 1, &[]));
         tags.ack(2);
         tags.ack(5);
-        assert_eq!(tags.plan(), plan(Some(5), &[]));
+        assert_eq!(tags.plan(), plan(Some(5), 4, &[]));
+    }
+
+    #[test]
+    fn an_ack_past_the_run_goes_alone_after_waiting_one_flush() {
+        let mut tags = Tags::default();
+        // 1 is still running.
+        tags.ack(2);
+        assert_eq!(tags.plan(), plan(None, 0, &[]));
+        tags.ack(3);
+        assert_eq!(tags.plan(), plan(None, 0, &[2]));
+        assert_eq!(tags.plan(), plan(None, 0, &[3]));
+        // Once 1 is acked, the run passes 2 and 3 (sent alone already).
+        tags.ack(1);
+        tags.ack(4);
+        assert_eq!(tags.plan(), plan(Some(4), 2, &[]));
     }
 
     #[test]
@@ -250,7 +302,7 @@ mod tests {
         tags.ack(1);
         tags.settled(2);
         tags.ack(3);
-        assert_eq!(tags.plan(), plan(Some(3), &[]));
+        assert_eq!(tags.plan(), plan(Some(3), 2, &[]));
     }
 
     #[test]
@@ -259,14 +311,16 @@ mod tests {
         // 2 is a flow token this book never hears of.
         tags.ack(1);
         tags.ack(3);
-        assert_eq!(tags.plan(), plan(Some(1), &[3]));
-        let mut sent = 3;
-        while sent < 3 + REMEMBERED as u64 + 10 {
-            sent += 1;
-            tags.ack(sent);
+        assert_eq!(tags.plan(), plan(Some(1), 1, &[]));
+        let mut acked = 3;
+        while acked < 3 + REMEMBERED as u64 + 10 {
+            acked += 1;
+            tags.ack(acked);
             let p = tags.plan();
             assert_eq!(p.up_to, None, "tag 2 must never be covered");
-            assert_eq!(p.single, vec![sent]);
+            // Each ack goes alone, one flush after it came (at once past the limit).
+            let alone = [vec![acked - 1], vec![acked - 1, acked], vec![acked]];
+            assert!(alone.contains(&p.single), "{:?} after {acked}", p.single);
         }
         // The books stay bounded: past the limit they are dropped and acks go one by one.
         assert!(tags.sent.len() <= REMEMBERED);

@@ -237,7 +237,8 @@ async fn session(
     let consume_channel = connection.create_channel().await?;
     drop(connection);
     shared.set_consume_channel(&consume_channel);
-    let (acks, flusher) = Acks::new(consume_channel.clone(), shared.concurrency);
+    let counters = shared.metrics.ack_counters();
+    let (acks, flusher) = Acks::new(consume_channel.clone(), shared.concurrency, counters);
     in_flight.spawn_flusher(flusher);
     let publish_channel = amqp::confirm_channel(pool).await?;
     topology::declare_core(&publish_channel, &shared.topology).await?;

@@ -7,9 +7,13 @@
 //!   (`failed`, `poison`, `unreadable`);
 //! - `warren_worker_job_queue_wait_seconds{job_type}`: from acceptance to the attempt's start;
 //! - `warren_worker_job_run_seconds{job_type}`: how long attempts ran;
-//! - `warren_worker_jobs_in_flight`: attempts running now.
+//! - `warren_worker_jobs_in_flight`: attempts running now;
+//! - `warren_worker_acks_sent_total` and `warren_worker_ack_frames_total`: deliveries acked,
+//!   and the `basic.ack` frames that carried them (their ratio is how well acks batch).
 
 use chrono::{DateTime, Utc};
+
+use crate::acks::AckCounters;
 use warren_shared::metrics::{
     Counter, Family, Gauge, Histogram, JobLabels, OutcomeLabels, ReasonLabels, Registry,
     duration_family, render,
@@ -27,6 +31,7 @@ pub(crate) struct WorkerMetrics {
     in_flight: Gauge,
     held_back: Family<HeldLabels, Gauge>,
     flow_version: Gauge,
+    acks: AckCounters,
 }
 
 /// Series split by job type and why its jobs are held back.
@@ -49,6 +54,7 @@ impl Default for WorkerMetrics {
             in_flight: Gauge::default(),
             held_back: Family::default(),
             flow_version: Gauge::default(),
+            acks: AckCounters::default(),
         };
         registry.register(
             "trace_spans_dropped",
@@ -95,6 +101,16 @@ impl Default for WorkerMetrics {
             "Attempts running now",
             metrics.in_flight.clone(),
         );
+        registry.register(
+            "acks_sent",
+            "Deliveries this worker acked (after their outcomes were confirmed)",
+            metrics.acks.acks.clone(),
+        );
+        registry.register(
+            "ack_frames",
+            "basic.ack frames that carried them: one per job when acks cannot go together (a flow token on the channel, concurrency 1)",
+            metrics.acks.frames.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -109,6 +125,11 @@ fn job(job_type: &str) -> JobLabels {
 }
 
 impl WorkerMetrics {
+    /// The counters the consume channel's ack flusher adds to.
+    pub(crate) fn ack_counters(&self) -> AckCounters {
+        self.acks.clone()
+    }
+
     /// The series in Prometheus' text format.
     pub(crate) fn render(&self) -> String {
         render(&self.registry)

@@ -129,3 +129,72 @@ async fn the_worker_metrics_move_when_a_job_runs() {
     assert!(worker.exit_within(DEADLINE).await.success());
     broker.cleanup().await;
 }
+
+/// `warren_worker_acks_sent_total` and `warren_worker_ack_frames_total` from a metrics page.
+fn acks_and_frames(text: &str) -> (u64, u64) {
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        value("warren_worker_acks_sent_total "),
+        value("warren_worker_ack_frames_total "),
+    )
+}
+
+#[tokio::test]
+async fn every_job_is_acked_and_the_acks_of_a_burst_share_frames() {
+    let mut broker = Broker::new().await;
+    let echo = broker.uses("echo");
+    let mut events = broker.tap_events().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let worker = WorkerProcess::spawn(
+        &broker,
+        &[
+            ("WARREN_METRICS_ADDR", &addr),
+            ("WARREN_WORKER_TYPES", "echo"),
+            ("WARREN_WORKER_CONCURRENCY", "16"),
+        ],
+    );
+    broker.wait_for_consumer(&echo).await;
+    let jobs: Vec<_> = (0..64)
+        .map(|i| Broker::job(&echo, serde_json::json!(i), 10_000))
+        .collect();
+    for job in &jobs {
+        broker.publish_job(job).await;
+    }
+    // Outcomes come in any order: take events until every job has succeeded.
+    let mut waiting: std::collections::HashSet<_> = jobs.iter().map(|job| job.id).collect();
+    while !waiting.is_empty() {
+        let event = events.next_event().await;
+        if event.status == warren_shared::JobStatus::Succeeded {
+            waiting.remove(&event.id);
+        }
+    }
+
+    // Acks follow the outcomes within a few milliseconds: poll until all 64 are sent.
+    let started = Instant::now();
+    let (acks, frames) = loop {
+        let (acks, frames) = acks_and_frames(&body(port, "/metrics").await);
+        if acks == 64 {
+            break (acks, frames);
+        }
+        assert!(started.elapsed() < DEADLINE, "{acks} of 64 jobs acked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        (1..=acks).contains(&frames),
+        "{frames} ack frames for {acks} jobs"
+    );
+    eprintln!("{acks} jobs acked in {frames} basic.ack frames");
+    // Nothing was left unacked: the queue is empty once the worker is gone.
+    worker.terminate();
+    assert!(worker.exit_within(DEADLINE).await.success());
+    let queue = broker.topology.job_queue(&echo);
+    broker
+        .wait_for_queue(&queue, |ready, consumers| ready == 0 && consumers == 0)
+        .await;
+    broker.cleanup().await;
+}
