@@ -138,15 +138,25 @@ pub(crate) async fn pipeline(
         }
     })
     .await?;
-    #[allow(clippy::cast_precision_loss)]
-    while echo_succeeded(client, &bases).await? - before < jobs as f64 {
+    let seconds = until_counted(client, &bases, before + jobs as f64, started).await?;
+    Ok((seconds, at_start.per_job(&roles.read(), jobs)))
+}
+
+/// Polls the gateways' counters until they reach `total` succeeded `echo` jobs (10 minutes at
+/// most); returns the seconds since `started`.
+async fn until_counted(
+    client: &reqwest::Client,
+    bases: &[String],
+    total: f64,
+    started: Instant,
+) -> Result<f64, Error> {
+    while echo_succeeded(client, bases).await? < total {
         if started.elapsed() > Duration::from_secs(600) {
             return Err("jobs did not all succeed within 10 minutes".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok((seconds, at_start.per_job(&roles.read(), jobs)))
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Submits `jobs` echo jobs with `concurrency` clients spread over the gateways, then
@@ -162,16 +172,9 @@ pub(crate) async fn throughput(
     let started = Instant::now();
     let counter = {
         let (client, bases) = (client.clone(), bases.clone());
-        tokio::spawn(async move {
-            #[allow(clippy::cast_precision_loss)]
-            while echo_succeeded(&client, &bases).await? - before < jobs as f64 {
-                if started.elapsed() > Duration::from_secs(600) {
-                    return Err::<f64, Error>("jobs did not all succeed within 10 minutes".into());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(started.elapsed().as_secs_f64())
-        })
+        #[allow(clippy::cast_precision_loss)]
+        let total = before + jobs as f64;
+        tokio::spawn(async move { until_counted(&client, &bases, total, started).await })
     };
     let ids = {
         let (client, bases) = (client.clone(), bases.clone());

@@ -11,11 +11,12 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use crate::acks::Acks;
 use futures_util::StreamExt;
 use lapin::{Channel, Consumer, types::FieldTable};
 use tokio_util::sync::CancellationToken;
 use warren_shared::{ControlAction, ControlMessage, JobId, Topology, message, topology};
+
+use crate::acks::Acks;
 
 /// How many cancel requests a worker remembers.
 pub(crate) const REMEMBERED: usize = 100_000;
