@@ -263,7 +263,8 @@ impl ValidJob {
     /// [`ValidJob::into_job`] with the given id, tenant and submitting key.
     #[must_use]
     pub fn into_job_of(self, id: JobId, tenant: &str, key_id: Option<Uuid>) -> Job {
-        let now = Utc::now();
+        // PostgreSQL keeps microseconds: a record read back equals the one written.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let run_at = self.run_at;
         Job {
             id,

@@ -160,6 +160,49 @@ async fn concurrent_conflicting_events_leave_exactly_one_outcome() {
     schema.drop_schema().await;
 }
 
+/// A job submitted through this gateway has its events applied from the gateway's copy of
+/// its record, in one round trip; the row that writes is the row the locked path writes, and
+/// a copy whose row has moved on (here: cancelled) is never written.
+#[tokio::test]
+async fn events_applied_from_a_copy_write_what_the_locked_path_writes() {
+    let schema = TestSchema::create().await;
+    let store = PostgresStore::connect(&schema.url()).await.unwrap();
+    // Through the group committer the store keeps a copy; through `insert_batch`, none.
+    let copied = new_job();
+    store.insert(copied.clone(), None).await.unwrap();
+    let read = new_job();
+    let inserted = store.insert_batch(&[(read.clone(), None)]).await.unwrap();
+    assert!(matches!(inserted[..], [Ok(Inserted::New)]));
+    let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let mut events = Vec::new();
+    for id in [copied.id, read.id] {
+        let mut done = event(id, JobStatus::Succeeded, 2, at);
+        done.result = Some(json!({"rows": [1, 2]}));
+        events.extend([event(id, JobStatus::Running, 1, at), done]);
+    }
+    let applied = store.apply_events(&events).await.unwrap();
+    assert!(
+        applied.iter().all(|a| matches!(a, Applied::Updated(_))),
+        "{applied:?}"
+    );
+    assert_eq!(store.apply_paths(), (2, 2), "(from copies, under locks)");
+    let from_copy = store.get(copied.id).await.unwrap().unwrap();
+    let mut from_lock = store.get(read.id).await.unwrap().unwrap();
+    assert_eq!((from_copy.status, from_copy.version), (JobStatus::Succeeded, 2));
+    (from_lock.id, from_lock.created_at) = (from_copy.id, from_copy.created_at);
+    assert_eq!(from_copy, from_lock);
+
+    let cancelled = new_job();
+    store.insert(cancelled.clone(), None).await.unwrap();
+    store.cancel(cancelled.id).await.unwrap();
+    let late = event(cancelled.id, JobStatus::Succeeded, 1, at);
+    store.apply_event(&late).await.unwrap();
+    let job = store.get(cancelled.id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled, "a stale copy was written");
+    assert_eq!(store.apply_paths(), (2, 3), "the stale copy's event took the lock");
+    schema.drop_schema().await;
+}
+
 #[tokio::test]
 async fn gateways_starting_together_migrate_once() {
     let schema = TestSchema::create().await;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::{
     super::{Inserted, Job, KeyClaim, StoreError},
+    recent::Recent,
     rows::{self, Columns},
 };
 
@@ -51,10 +52,10 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task on `pool`.
-    pub(super) fn start(pool: Pool) -> Self {
+    /// Starts the committer task on `pool`; it keeps a copy of every new record in `recent`.
+    pub(super) fn start(pool: Pool, recent: Arc<Recent>) -> Self {
         let (sender, receiver) = mpsc::channel(MAX_BATCH * IN_FLIGHT);
-        tokio::spawn(run(pool, receiver));
+        tokio::spawn(run(pool, recent, receiver));
         Self { sender }
     }
 
@@ -76,7 +77,7 @@ impl Committer {
     }
 }
 
-async fn run(pool: Pool, mut receiver: mpsc::Receiver<Pending>) {
+async fn run(pool: Pool, recent: Arc<Recent>, mut receiver: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = receiver.recv().await {
         // Wait for a free slot before draining, so a busy database means bigger batches.
@@ -91,14 +92,15 @@ async fn run(pool: Pool, mut receiver: mpsc::Receiver<Pending>) {
             }
         }
         let pool = pool.clone();
+        let recent = recent.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            commit(&pool, batch).await;
+            commit(&pool, &recent, batch).await;
         });
     }
 }
 
-async fn commit(pool: &Pool, batch: Vec<Pending>) {
+async fn commit(pool: &Pool, recent: &Recent, batch: Vec<Pending>) {
     let started = Instant::now();
     let (records, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
@@ -106,6 +108,11 @@ async fn commit(pool: &Pool, batch: Vec<Pending>) {
         .unzip();
     match insert_batch(pool, &records).await {
         Ok(outcomes) => {
+            for ((job, _), outcome) in records.iter().zip(&outcomes) {
+                if matches!(outcome, Ok(Inserted::New)) {
+                    recent.remember(job);
+                }
+            }
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A submit that gave up (client gone) no longer listens; its record stays
                 // marked and the relay publishes it.

@@ -18,6 +18,7 @@
 //! Migrations run at start, in one transaction under an advisory lock, so gateways starting
 //! together apply each migration once.
 
+mod apply;
 mod callbacks;
 mod caps;
 mod changes;
@@ -29,13 +30,20 @@ mod jobs;
 mod keys;
 mod migrations;
 mod outbox;
+mod recent;
 mod rows;
 mod schedules;
 mod tls;
 mod workflows;
 mod writes;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use deadpool_postgres::{
     GenericClient, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts,
@@ -45,6 +53,7 @@ use uuid::Uuid;
 use super::{Inserted, KeyClaim, StoreError};
 use crate::model::Job;
 use committer::{Committer, Unmarker};
+use recent::Recent;
 use migrations::migrate;
 
 /// How the store connects.
@@ -74,6 +83,10 @@ pub struct PostgresStore {
     pool: Pool,
     committer: Committer,
     unmarker: Unmarker,
+    /// Copies of the records this gateway wrote last, for the optimistic apply.
+    recent: Arc<Recent>,
+    /// Events applied from copies, and under row locks (see [`apply`]).
+    paths: Arc<ApplyPaths>,
     /// Where the change feed connects.
     listen_config: tokio_postgres::Config,
     /// How the pool and the change feed speak TLS (`sslmode`).
@@ -157,8 +170,11 @@ impl PostgresStore {
             .query_one("SELECT current_schema()", &[])
             .await?
             .get(0);
+        let recent = Arc::new(Recent::default());
         Ok(Self {
-            committer: Committer::start(pool.clone()),
+            committer: Committer::start(pool.clone(), recent.clone()),
+            recent,
+            paths: Arc::default(),
             unmarker: Unmarker::start(pool.clone()),
             pool,
             listen_config,
@@ -176,6 +192,25 @@ impl PostgresStore {
         records: &[(Job, Option<KeyClaim>)],
     ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
         committer::insert_batch(&self.pool, records).await
+    }
+}
+
+/// How many events each path of [`apply`] took, since the store was opened.
+#[derive(Debug, Default)]
+struct ApplyPaths {
+    from_copies: AtomicU64,
+    locked: AtomicU64,
+}
+
+impl PostgresStore {
+    /// Events applied from this gateway's copies of their records, and events applied under
+    /// row locks, since the store was opened (see the optimistic apply in `apply.rs`).
+    #[must_use]
+    pub fn apply_paths(&self) -> (u64, u64) {
+        (
+            self.paths.from_copies.load(Ordering::Relaxed),
+            self.paths.locked.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -90,11 +90,12 @@ pub(super) const INSERT: &str = concat!(
         $26::jsonb[], $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[], $31::text[])
      ON CONFLICT (id) DO NOTHING RETURNING id"
 );
-/// Writes back every column a change can touch, for many records. It binds only those
-/// columns ([`Columns::update_params`]): the ones a change never touches (type, payload,
-/// tenant, key, …) are neither sent nor parsed again (the payload's `jsonb` parse was the
-/// database's largest cost per written row).
-pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
+/// The `SET … FROM unnest(…)` of the multi-row updates: every column a change can touch, from
+/// the parameters [`Columns::update_params`] binds ($1 to $19).
+macro_rules! update_from {
+    ($extra_types:literal, $extra_names:literal) => {
+        concat!(
+            "UPDATE warren_jobs AS j SET status = u.status,
         attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
         result = u.result, error = u.error, seq = u.seq, version = u.version,
         updated_at = u.updated_at, next_attempt_at = u.next_attempt_at,
@@ -104,11 +105,29 @@ pub(super) const UPDATE: &str = "UPDATE warren_jobs AS j SET status = u.status,
     FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::jsonb[], $6::jsonb[],
         $7::jsonb[], $8::int8[], $9::int8[], $10::timestamptz[], $11::timestamptz[],
         $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-        $16::jsonb[], $17::timestamptz[], $18::jsonb[], $19::jsonb[])
+        $16::jsonb[], $17::timestamptz[], $18::jsonb[], $19::jsonb[]",
+            $extra_types,
+            ")
         AS u(id, status, attempt, max_attempts, progress, result, error, seq, version,
              updated_at, next_attempt_at, started_at, finished_at, unconfirmed_since, run_at,
-             callback, callback_due, errors, parents)
-    WHERE j.id = u.id";
+             callback, callback_due, errors, parents",
+            $extra_names,
+            ")"
+        )
+    };
+}
+
+/// Writes back every column a change can touch, for many locked records. It binds only those
+/// columns ([`Columns::update_params`]): the ones a change never touches (type, payload,
+/// tenant, key, …) are neither sent nor parsed again (the payload's `jsonb` parse was the
+/// database's largest cost per written row).
+pub(super) const UPDATE: &str = concat!(update_from!("", ""), " WHERE j.id = u.id");
+/// [`UPDATE`] for records changed from a copy, not a locked read: each row is written only if
+/// it is still at the version the copy was taken at ($20); returns the ids written.
+pub(super) const UPDATE_KNOWN: &str = concat!(
+    update_from!(", $20::int8[]", ", known"),
+    " WHERE j.id = u.id AND j.version = u.known RETURNING j.id"
+);
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
     value.try_into().unwrap_or(i64::MAX)

@@ -1,67 +1,24 @@
-//! The store's multi-row writes: applying worker events, releasing due scheduled jobs and
-//! single-record changes, each as one transaction that also announces the changed ids and
-//! marks the workflows of finished steps owed a settle.
-
-use std::collections::HashMap;
+//! The store's multi-row writes under row locks: writing back changed records, releasing due
+//! scheduled jobs and single-record changes, each as one transaction that also announces the
+//! changed ids and marks the workflows of finished steps owed a settle.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
-use warren_shared::{JobEvent, JobId};
+use warren_shared::JobId;
 
 use super::{
-    super::{Applied, Job, StoreError, transition},
+    super::{Job, StoreError, transition},
     PostgresStore, caps, changes,
     rows::{self, Columns, from_row},
     saturating_i64, workflows,
 };
 
 impl PostgresStore {
-    /// Applies `events` in one transaction on `client`, in two round trips: `BEGIN` with the
-    /// row locks, then the update, the notification and `COMMIT` together.
-    pub(super) async fn apply_on(
-        &self,
-        client: &deadpool_postgres::Object,
-        events: &[JobEvent],
-    ) -> Result<Vec<Applied>, StoreError> {
-        let mut ids: Vec<Uuid> = events.iter().map(|e| e.id.as_uuid()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let lock = client.prepare_cached(rows::LOCK_MANY).await?;
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
-        let (begun, locked) = tokio::join!(
-            client.batch_execute("BEGIN"),
-            client.query(&lock, &lock_params)
-        );
-        begun?;
-        let mut jobs = HashMap::new();
-        for row in locked? {
-            let job = from_row(&row)?;
-            jobs.insert(job.id, (job.version, job));
-        }
-        let applied: Vec<Applied> = events
-            .iter()
-            .map(|event| match jobs.get_mut(&event.id) {
-                None => Applied::UnknownJob,
-                Some((_, job)) => match transition::apply(job, event) {
-                    Ok(()) => Applied::Updated(Box::new(job.clone())),
-                    Err(ignored) => Applied::Ignored(ignored),
-                },
-            })
-            .collect();
-        let changed: Vec<&Job> = jobs
-            .values()
-            .filter(|(version_before, job)| job.version != *version_before)
-            .map(|(_, job)| job)
-            .collect();
-        self.write_and_commit(client, &changed).await?;
-        Ok(applied)
-    }
-
     /// Writes `changed` back and announces them, then commits, in one round trip (the update,
     /// the `NOTIFY` and `COMMIT` are pipelined); only commits when nothing changed.
-    async fn write_and_commit(
+    pub(super) async fn write_and_commit(
         &self,
         client: &deadpool_postgres::Object,
         changed: &[&Job],
