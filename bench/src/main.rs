@@ -151,6 +151,7 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
         args.concurrency,
     )
     .await?;
+    stack.analyze().await?;
     println!(
         "throughput: {} jobs, {} clients...",
         args.jobs, args.concurrency

@@ -178,6 +178,21 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Gathers the store's table statistics, as autovacuum does within a minute of a new table
+    /// filling. Without them the gateways keep plans made while the table was empty
+    /// (sequential scans, cached for the connection's life until statistics change), and the
+    /// figures would describe a new database's first minute, not its life.
+    pub(crate) async fn analyze(&self) -> Result<(), Error> {
+        if let Some((client, schema)) = &self.schema {
+            client
+                .batch_execute(&format!(
+                    "ANALYZE {schema}.warren_jobs, {schema}.warren_idempotency"
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Stops every process, deletes the namespace's exchanges and queues and the schema.
     pub(crate) async fn stop(self) -> Result<(), Error> {
         for mut child in self.workers.into_iter().chain(self.gateways) {

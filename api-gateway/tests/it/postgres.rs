@@ -188,7 +188,10 @@ async fn events_applied_from_a_copy_write_what_the_locked_path_writes() {
     assert_eq!(store.apply_paths(), (2, 2), "(from copies, under locks)");
     let from_copy = store.get(copied.id).await.unwrap().unwrap();
     let mut from_lock = store.get(read.id).await.unwrap().unwrap();
-    assert_eq!((from_copy.status, from_copy.version), (JobStatus::Succeeded, 2));
+    assert_eq!(
+        (from_copy.status, from_copy.version),
+        (JobStatus::Succeeded, 2)
+    );
     (from_lock.id, from_lock.created_at) = (from_copy.id, from_copy.created_at);
     assert_eq!(from_copy, from_lock);
 
@@ -199,7 +202,11 @@ async fn events_applied_from_a_copy_write_what_the_locked_path_writes() {
     store.apply_event(&late).await.unwrap();
     let job = store.get(cancelled.id).await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Cancelled, "a stale copy was written");
-    assert_eq!(store.apply_paths(), (2, 3), "the stale copy's event took the lock");
+    assert_eq!(
+        store.apply_paths(),
+        (2, 3),
+        "the stale copy's event took the lock"
+    );
     schema.drop_schema().await;
 }
 

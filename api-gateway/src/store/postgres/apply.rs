@@ -4,8 +4,9 @@
 //! - **From a copy** (the job was submitted through this gateway and has not changed since,
 //!   see [`super::recent`]): the events are applied to the copy by the same
 //!   [`transition`] function, and the result is written back only where the row is still at
-//!   the copy's version (`UPDATE … WHERE version = $known`). `BEGIN`, that update, the
-//!   notification and `COMMIT` travel together: no read, no row lock held across a round trip.
+//!   the copy's version (`UPDATE … WHERE version = $known`). `BEGIN`, the row locks (in id
+//!   order, when there are several), that update, the notification and `COMMIT` travel
+//!   together: no read, no row lock held across a round trip.
 //! - **Under row locks**, as every other change: `BEGIN` with `SELECT … FOR UPDATE`, then the
 //!   update, the notification and `COMMIT`. This takes the events of jobs without a copy,
 //!   of jobs whose row had moved past their copy, and of jobs where an event was ignored
@@ -141,7 +142,9 @@ impl PostgresStore {
         if copies.is_empty() {
             return Ok(HashSet::new());
         }
-        let update = client.prepare_cached(rows::UPDATE_KNOWN).await?;
+        let update = client
+            .prepare_cached(rows::update_known_for(copies.len()))
+            .await?;
         let notify = client.prepare_cached(changes::NOTIFY).await?;
         let columns = Columns::of(copies.iter().map(|copy| &copy.job));
         let known: Vec<i64> = copies
@@ -153,13 +156,29 @@ impl PostgresStore {
         let ids: Vec<JobId> = copies.iter().map(|copy| copy.job.id).collect();
         let payloads = changes::payloads(&self.origin, &ids);
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
-        let (begun, written, notified, committed) = tokio::join!(
+        // Several rows are locked first, in id order, as every multi-row write locks them:
+        // the update alone would lock them in its plan's order, and two writers locking
+        // overlapping rows in different orders deadlock.
+        let lock = client.prepare_cached(rows::LOCK_IDS).await?;
+        let mut ids: Vec<Uuid> = copies.iter().map(|copy| copy.job.id.as_uuid()).collect();
+        ids.sort_unstable();
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let locked = async {
+            if copies.len() > 1 {
+                client.query(&lock, &lock_params).await.map(drop)
+            } else {
+                Ok(())
+            }
+        };
+        let (begun, locked, written, notified, committed) = tokio::join!(
             client.batch_execute("BEGIN"),
+            locked,
             client.query(&update, &update_params),
             client.execute(&notify, &notify_params),
             client.batch_execute("COMMIT")
         );
         begun?;
+        locked?;
         let written = written?.iter().map(|row| row.get(0)).collect();
         notified?;
         committed?;

@@ -80,7 +80,7 @@ async fn capped(
             ));
         }
     }
-    let insert = tx.prepare_cached(rows::INSERT).await?;
+    let insert = tx.prepare_cached(rows::insert_for(1)).await?;
     let columns = Columns::of(std::iter::once(job));
     let inserted = tx.query(&insert, &columns.params()).await?;
     if inserted.is_empty() {

@@ -149,13 +149,15 @@ async fn write_batch(
     client: &deadpool_postgres::Object,
     records: &[(Job, Option<KeyClaim>)],
 ) -> Result<Vec<Result<Inserted, StoreError>>, StoreError> {
-    let insert = client.prepare_cached(rows::INSERT).await?;
     let keyed: Vec<(usize, &KeyClaim, Uuid)> = records
         .iter()
         .enumerate()
         .filter_map(|(i, (job, claim))| claim.as_ref().map(|c| (i, c, job.id.as_uuid())))
         .collect();
     if keyed.is_empty() {
+        let insert = client
+            .prepare_cached(rows::insert_for(records.len()))
+            .await?;
         let columns = Columns::of(records.iter().map(|(job, _)| job));
         let inserted = ids_of(&client.query(&insert, &columns.params()).await?);
         return Ok(records
@@ -209,6 +211,7 @@ async fn write_batch(
         .filter(|(_, outcome)| outcome.is_none())
         .map(|((job, _), _)| job)
         .collect();
+    let insert = client.prepare_cached(rows::insert_for(fresh.len())).await?;
     let columns = Columns::of(fresh.iter().copied());
     let params = columns.params();
     let (inserted, committed) = tokio::join!(
@@ -249,9 +252,12 @@ pub(super) struct Unmarker {
 /// (`WARREN_OUTBOX_GRACE_MS`, at least a second).
 const UNMARK_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Clears many marks.
-const UNMARK: &str = "UPDATE warren_jobs SET unconfirmed_since = NULL
-    WHERE id = ANY($1) AND unconfirmed_since IS NOT NULL";
+/// Clears many marks, locking the rows in id order as every multi-row write does: two
+/// writers that lock overlapping rows in different orders deadlock (and PostgreSQL breaks
+/// the tie only after `deadlock_timeout`, failing one of them).
+const UNMARK: &str = "UPDATE warren_jobs SET unconfirmed_since = NULL WHERE id IN (
+        SELECT id FROM warren_jobs WHERE id = ANY($1) AND unconfirmed_since IS NOT NULL
+        ORDER BY id FOR UPDATE)";
 
 impl Unmarker {
     /// Starts the task that clears marks on `pool`.

@@ -53,8 +53,8 @@ use uuid::Uuid;
 use super::{Inserted, KeyClaim, StoreError};
 use crate::model::Job;
 use committer::{Committer, Unmarker};
-use recent::Recent;
 use migrations::migrate;
+use recent::Recent;
 
 /// How the store connects.
 #[derive(Debug, Clone, PartialEq, Eq)]

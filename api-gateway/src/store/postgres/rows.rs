@@ -2,6 +2,8 @@
 //! connection), reading a row back, and the one column-wise parameter list that both the
 //! multi-row insert and the multi-row update bind (`unnest` of one array per column).
 
+use std::sync::LazyLock;
+
 use serde_json::value::RawValue;
 use tokio_postgres::{Row, types::Json, types::ToSql};
 use uuid::Uuid;
@@ -35,6 +37,9 @@ pub(super) const LOCK_MANY: &str = concat!(
     columns!(),
     " FROM warren_jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
 );
+/// Locks records by id, in id order, without reading them (before a multi-row update).
+pub(super) const LOCK_IDS: &str =
+    "SELECT id FROM warren_jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 /// The step records a workflow's settle changes: only `waiting` ones, locked, skipping any
 /// another transaction holds (see [`super::workflows`]).
 pub(super) const LOCK_WAITING: &str = concat!(
@@ -78,56 +83,170 @@ pub(super) const CLAIM_CALLBACKS: &str = concat!(
      RETURNING ",
     columns!()
 );
-/// Inserts many records; returns the ids that were new.
-pub(super) const INSERT: &str = concat!(
-    "INSERT INTO warren_jobs (",
-    columns!(),
-    ") SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[],
-        $6::int4[], $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::int8[],
-        $12::text[], $13::int8[], $14::int8[], $15::timestamptz[], $16::timestamptz[],
-        $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],
-        $21::timestamptz[], $22::jsonb[], $23::timestamptz[], $24::text[], $25::uuid[],
-        $26::jsonb[], $27::uuid[], $28::uuid[], $29::text[], $30::jsonb[], $31::text[])
-     ON CONFLICT (id) DO NOTHING RETURNING id"
-);
-/// The `SET … FROM unnest(…)` of the multi-row updates: every column a change can touch, from
-/// the parameters [`Columns::update_params`] binds ($1 to $19).
-macro_rules! update_from {
-    ($extra_types:literal, $extra_names:literal) => {
-        concat!(
-            "UPDATE warren_jobs AS j SET status = u.status,
-        attempt = u.attempt, max_attempts = u.max_attempts, progress = u.progress,
-        result = u.result, error = u.error, seq = u.seq, version = u.version,
-        updated_at = u.updated_at, next_attempt_at = u.next_attempt_at,
-        started_at = u.started_at, finished_at = u.finished_at,
-        unconfirmed_since = u.unconfirmed_since, run_at = u.run_at, callback = u.callback,
-        callback_due = u.callback_due, errors = u.errors, parents = u.parents
-    FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::jsonb[], $6::jsonb[],
-        $7::jsonb[], $8::int8[], $9::int8[], $10::timestamptz[], $11::timestamptz[],
-        $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[],
-        $16::jsonb[], $17::timestamptz[], $18::jsonb[], $19::jsonb[]",
-            $extra_types,
-            ")
-        AS u(id, status, attempt, max_attempts, progress, result, error, seq, version,
-             updated_at, next_attempt_at, started_at, finished_at, unconfirmed_since, run_at,
-             callback, callback_due, errors, parents",
-            $extra_names,
-            ")"
-        )
-    };
+/// Every column with its type, in the order of [`columns!`] and of [`Columns::params`]: the
+/// write statements below are made from it.
+const COLUMNS: [(&str, &str); 31] = [
+    ("id", "uuid"),
+    ("job_type", "text"),
+    ("status", "text"),
+    ("attempt", "int4"),
+    ("max_attempts", "int4"),
+    ("attempt_budget", "int4"),
+    ("progress", "jsonb"),
+    ("result", "jsonb"),
+    ("error", "jsonb"),
+    ("payload", "jsonb"),
+    ("timeout_ms", "int8"),
+    ("callback_url", "text"),
+    ("seq", "int8"),
+    ("version", "int8"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("next_attempt_at", "timestamptz"),
+    ("started_at", "timestamptz"),
+    ("finished_at", "timestamptz"),
+    ("unconfirmed_since", "timestamptz"),
+    ("run_at", "timestamptz"),
+    ("callback", "jsonb"),
+    ("callback_due", "timestamptz"),
+    ("tenant", "text"),
+    ("key_id", "uuid"),
+    ("errors", "jsonb"),
+    ("schedule_id", "uuid"),
+    ("workflow_id", "uuid"),
+    ("step", "text"),
+    ("parents", "jsonb"),
+    ("priority", "text"),
+];
+
+/// The columns a change can touch, in the order of [`Columns::update_params`] (after the id):
+/// the ones it never touches (type, payload, tenant, key, …) are neither sent nor parsed
+/// again (the payload's `jsonb` parse was the database's largest cost per written row).
+const UPDATED: [&str; 18] = [
+    "status",
+    "attempt",
+    "max_attempts",
+    "progress",
+    "result",
+    "error",
+    "seq",
+    "version",
+    "updated_at",
+    "next_attempt_at",
+    "started_at",
+    "finished_at",
+    "unconfirmed_since",
+    "run_at",
+    "callback",
+    "callback_due",
+    "errors",
+    "parents",
+];
+
+/// The type of column `name`.
+fn type_of(name: &str) -> &'static str {
+    COLUMNS
+        .iter()
+        .find(|(column, _)| *column == name)
+        .map_or("unknown", |(_, sql_type)| sql_type)
 }
 
-/// Writes back every column a change can touch, for many locked records. It binds only those
-/// columns ([`Columns::update_params`]): the ones a change never touches (type, payload,
-/// tenant, key, …) are neither sent nor parsed again (the payload's `jsonb` parse was the
-/// database's largest cost per written row).
-pub(super) const UPDATE: &str = concat!(update_from!("", ""), " WHERE j.id = u.id");
+/// `$n::type[]` for each of `columns`, from `$first` on: one array per column.
+fn arrays<'a>(columns: impl Iterator<Item = &'a str>, first: usize) -> Vec<String> {
+    columns
+        .enumerate()
+        .map(|(i, name)| format!("${}::{}[]", first + i, type_of(name)))
+        .collect()
+}
+
+/// Each of `columns` as the only element of its array parameter, from `$first` on.
+fn firsts<'a>(columns: impl Iterator<Item = &'a str>, first: usize) -> Vec<String> {
+    arrays(columns, first)
+        .into_iter()
+        .map(|array| format!("({array})[1]"))
+        .collect()
+}
+
+fn updated_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once("id").chain(UPDATED)
+}
+
+/// Inserts many records (one array per column); returns the ids that were new.
+pub(super) static INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO warren_jobs ({}) SELECT * FROM unnest({}) ON CONFLICT (id) DO NOTHING RETURNING id",
+        columns!(),
+        arrays(COLUMNS.iter().map(|(name, _)| *name), 1).join(", ")
+    )
+});
+/// [`INSERT`] for a batch of one: the same parameters, without `unnest`, so PostgreSQL plans
+/// it once per connection instead of on every call (a lone submit's latency).
+pub(super) static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO warren_jobs ({}) VALUES ({}) ON CONFLICT (id) DO NOTHING RETURNING id",
+        columns!(),
+        firsts(COLUMNS.iter().map(|(name, _)| *name), 1).join(", ")
+    )
+});
+/// Writes back every column a change can touch ([`UPDATED`]), for many locked records.
+pub(super) static UPDATE: LazyLock<String> = LazyLock::new(|| update_many(""));
 /// [`UPDATE`] for records changed from a copy, not a locked read: each row is written only if
 /// it is still at the version the copy was taken at ($20); returns the ids written.
-pub(super) const UPDATE_KNOWN: &str = concat!(
-    update_from!(", $20::int8[]", ", known"),
-    " WHERE j.id = u.id AND j.version = u.known RETURNING j.id"
-);
+pub(super) static UPDATE_KNOWN: LazyLock<String> =
+    LazyLock::new(|| update_many(" AND j.version = u.known RETURNING j.id"));
+/// [`UPDATE`] for one record, planned once per connection (as [`INSERT_ONE`]).
+pub(super) static UPDATE_ONE: LazyLock<String> = LazyLock::new(|| update_one(""));
+/// [`UPDATE_KNOWN`] for one record.
+pub(super) static UPDATE_KNOWN_ONE: LazyLock<String> =
+    LazyLock::new(|| update_one(" AND version = ($20::int8[])[1] RETURNING id"));
+
+fn update_many(condition: &str) -> String {
+    let set: Vec<String> = UPDATED.iter().map(|c| format!("{c} = u.{c}")).collect();
+    let mut sources = arrays(updated_names(), 1);
+    sources.push("$20::int8[]".to_owned());
+    let mut names: Vec<&str> = updated_names().collect();
+    names.push("known");
+    format!(
+        "UPDATE warren_jobs AS j SET {} FROM unnest({}) AS u({}) WHERE j.id = u.id{condition}",
+        set.join(", "),
+        // Without the condition, $20 (the known versions) is not bound.
+        sources[..if condition.is_empty() { 19 } else { 20 }].join(", "),
+        names[..if condition.is_empty() { 19 } else { 20 }].join(", ")
+    )
+}
+
+fn update_one(condition: &str) -> String {
+    let values = firsts(updated_names(), 1);
+    let set: Vec<String> = UPDATED
+        .iter()
+        .zip(&values[1..])
+        .map(|(c, value)| format!("{c} = {value}"))
+        .collect();
+    format!(
+        "UPDATE warren_jobs SET {} WHERE id = {}{condition}",
+        set.join(", "),
+        values[0]
+    )
+}
+
+/// The insert for `rows` records.
+pub(super) fn insert_for(rows: usize) -> &'static str {
+    if rows == 1 { &INSERT_ONE } else { &INSERT }
+}
+
+/// The update of `rows` locked records.
+pub(super) fn update_for(rows: usize) -> &'static str {
+    if rows == 1 { &UPDATE_ONE } else { &UPDATE }
+}
+
+/// The update of `rows` records from copies.
+pub(super) fn update_known_for(rows: usize) -> &'static str {
+    if rows == 1 {
+        &UPDATE_KNOWN_ONE
+    } else {
+        &UPDATE_KNOWN
+    }
+}
 
 fn int<T: TryInto<i64>>(value: T) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
@@ -378,4 +497,28 @@ pub(super) fn from_row(row: &Row) -> Result<Job, StoreError> {
         parents: raw("parents")?,
         errors: errors.map(|Json(errors)| errors).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_write_statements_name_every_column_in_order() {
+        let names: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names.join(", "),
+            columns!().split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+        assert!(UPDATED.iter().all(|name| type_of(name) != "unknown"));
+        assert!(INSERT_ONE.contains("($31::text[])[1]) ON CONFLICT"));
+        assert!(UPDATE.ends_with("WHERE j.id = u.id") && !UPDATE.contains("$20"));
+        assert!(UPDATE_KNOWN.contains("$20::int8[]) AS u(id, status,"));
+        assert!(UPDATE_ONE.starts_with("UPDATE warren_jobs SET status = ($2::text[])[1], "));
+        assert!(
+            UPDATE_KNOWN_ONE.ends_with(
+                "WHERE id = ($1::uuid[])[1] AND version = ($20::int8[])[1] RETURNING id"
+            )
+        );
+    }
 }

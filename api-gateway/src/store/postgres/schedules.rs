@@ -202,7 +202,7 @@ impl ScheduleStore for PostgresStore {
             jobs.extend(fired.job);
         }
         if !jobs.is_empty() {
-            let statement = tx.prepare_cached(rows::INSERT).await?;
+            let statement = tx.prepare_cached(rows::insert_for(jobs.len())).await?;
             let inserted: Vec<Uuid> = tx
                 .query(&statement, &Columns::of(jobs.iter()).params())
                 .await?

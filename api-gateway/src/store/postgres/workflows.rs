@@ -215,7 +215,7 @@ impl WorkflowStore for PostgresStore {
             &workflow.created_at,
         ];
         tx.execute(INSERT_WORKFLOW, &params).await?;
-        let insert = tx.prepare_cached(rows::INSERT).await?;
+        let insert = tx.prepare_cached(rows::insert_for(jobs.len())).await?;
         let columns = Columns::of(jobs.iter());
         let inserted = tx.query(&insert, &columns.params()).await?;
         if inserted.len() != jobs.len() {
@@ -305,7 +305,7 @@ impl WorkflowStore for PostgresStore {
             .filter_map(|id| steps.get(id))
             .collect();
         if !changed.is_empty() {
-            let update = tx.prepare_cached(rows::UPDATE).await?;
+            let update = tx.prepare_cached(rows::update_for(changed.len())).await?;
             tx.execute(
                 &update,
                 &Columns::of(changed.iter().copied()).update_params(),

@@ -27,7 +27,9 @@ impl PostgresStore {
             client.batch_execute("COMMIT").await?;
             return Ok(());
         }
-        let update = client.prepare_cached(rows::UPDATE).await?;
+        let update = client
+            .prepare_cached(rows::update_for(changed.len()))
+            .await?;
         let notify = client.prepare_cached(changes::NOTIFY).await?;
         let columns = Columns::of(changed.iter().copied());
         // Finished workflow steps mark their workflows owed a settle, in this transaction.
@@ -129,7 +131,7 @@ impl PostgresStore {
         let before = job.version;
         let outcome = change(&mut job);
         if job.version != before {
-            let statement = tx.prepare_cached(rows::UPDATE).await?;
+            let statement = tx.prepare_cached(rows::update_for(1)).await?;
             tx.execute(&statement, &Columns::of([&job].into_iter()).update_params())
                 .await?;
             let mut ids = vec![job.id];
