@@ -3,10 +3,12 @@
 //!
 //! - **One set of rules.** Every change locks the job's row (`SELECT … FOR UPDATE`), runs the
 //!   same [`transition`] function as the memory store, and writes the record back in the same
-//!   transaction. Batches lock their rows in id order, so two batches cannot deadlock.
+//!   transaction. Batches lock their rows in id order, so two batches cannot deadlock. Worker
+//!   events for jobs this gateway submitted are applied to its copies of their records and
+//!   written back only where the row is still at the copy's version ([`apply`], [`recent`]).
 //! - **Keeps up with the broker.** New records are group-committed ([`committer`]); worker
 //!   events are applied a batch per transaction with one multi-row update; statements are
-//!   static SQL prepared once per connection ([`rows`]).
+//!   static SQL prepared once per connection, single-row ones for a batch of one ([`rows`]).
 //! - **Every gateway hears every change.** The transaction that changes jobs also `NOTIFY`s
 //!   their ids ([`changes`]), so waiters in any gateway wake once the store has the change.
 //! - **Errors say what to do** ([`errors`]): retry later, a conflict, or a bug.
