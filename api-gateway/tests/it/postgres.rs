@@ -207,6 +207,18 @@ async fn events_applied_from_a_copy_write_what_the_locked_path_writes() {
         (2, 3),
         "the stale copy's event took the lock"
     );
+
+    // An event the copy would ignore is decided on the row: all that job's events take the lock.
+    let late_news = new_job();
+    store.insert(late_news.clone(), None).await.unwrap();
+    let events = [
+        event(late_news.id, JobStatus::Succeeded, 2, at),
+        event(late_news.id, JobStatus::Running, 1, at),
+    ];
+    let applied = store.apply_events(&events).await.unwrap();
+    assert!(matches!(&applied[0], Applied::Updated(job) if job.status == JobStatus::Succeeded));
+    assert_eq!(applied[1], Applied::Ignored(Ignored::AlreadyTerminal));
+    assert_eq!(store.apply_paths(), (2, 5));
     schema.drop_schema().await;
 }
 
