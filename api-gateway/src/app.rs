@@ -106,6 +106,7 @@ impl Application {
         let topology = Topology::from_config(&config.broker);
         let pool = amqp::connection_pool(&config.broker, "warren-gateway", AMQP_POOL_SIZE)?;
         let metrics = Arc::new(GatewayMetrics::default());
+        stores.jobs.count_apply_paths(&metrics.events_by_path);
         let stores = stores.with_deadline(config.store_timeout, &metrics.store_timeouts);
         let publisher = Publisher::new(
             pool.clone(),

@@ -16,13 +16,15 @@
 //!   `warren_workflow_settles_total{reason}` (`after_step`, `swept`: owed by a gateway that
 //!   died or failed to settle);
 //! - `warren_store_timeouts_total{operation}`: store calls that missed `WARREN_STORE_TIMEOUT`;
+//! - `warren_store_events_applied_total{path}`: worker events the PostgreSQL store applied from
+//!   this gateway's copy of the record (`copy`) or under row locks (`locked`);
 //! - `warren_http_requests_total{route,method,status}` and
 //!   `warren_http_request_duration_seconds{route}`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use warren_shared::metrics::{
-    Counter, Family, Gauge, Histogram, JobLabels, OperationLabels, OutcomeLabels, ReasonLabels,
-    Registry, duration_family, duration_histogram, render,
+    Counter, Family, Gauge, Histogram, JobLabels, OperationLabels, OutcomeLabels, PathLabels,
+    ReasonLabels, Registry, duration_family, duration_histogram, render,
 };
 
 use crate::{
@@ -120,6 +122,9 @@ pub struct GatewayMetrics {
     pub workflow_settles: Family<ReasonLabels, Counter>,
     /// Store calls that missed `WARREN_STORE_TIMEOUT`, by operation.
     pub store_timeouts: Family<OperationLabels, Counter>,
+    /// Worker events the PostgreSQL store applied from this gateway's copy of the record
+    /// (`copy`) or under row locks (`locked`).
+    pub events_by_path: Family<PathLabels, Counter>,
     /// Requests by route, method and status.
     pub http_requests: Family<HttpLabels, Counter>,
     /// Request duration by route.
@@ -156,6 +161,7 @@ impl Default for GatewayMetrics {
             workflows_finished: Family::default(),
             workflow_settles: Family::default(),
             store_timeouts: Family::default(),
+            events_by_path: Family::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
             flow_paused: Family::default(),
@@ -193,6 +199,11 @@ impl Default for GatewayMetrics {
             "store_timeouts",
             "Store calls that missed WARREN_STORE_TIMEOUT (the database did not answer in time), by operation",
             metrics.store_timeouts.clone(),
+        );
+        registry.register(
+            "store_events_applied",
+            "Worker events the PostgreSQL store applied from this gateway's copy of the record (copy: one round trip, for jobs submitted here) or under row locks (locked)",
+            metrics.events_by_path.clone(),
         );
         registry.register(
             "jobs_submitted",

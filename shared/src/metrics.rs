@@ -41,6 +41,13 @@ pub struct OperationLabels {
     pub operation: String,
 }
 
+/// Series split by the way a store did something (e.g. `copy` or `locked` for applied events).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// The path taken.
+    pub path: String,
+}
+
 /// A histogram of durations in seconds, from 0.5 ms to about 4.5 min.
 #[must_use]
 pub fn duration_histogram() -> Histogram {

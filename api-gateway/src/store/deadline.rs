@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 use warren_shared::{
     JobError, JobEvent, JobId, JobType,
-    metrics::{Counter, Family, OperationLabels},
+    metrics::{Counter, Family, OperationLabels, PathLabels},
 };
 
 use super::{
@@ -276,6 +276,10 @@ impl JobStore for Bounded<dyn JobStore> {
         let inner = self.inner.clone();
         self.run("changes", async move { inner.changes().await })
             .await
+    }
+
+    fn count_apply_paths(&self, paths: &Family<PathLabels, Counter>) {
+        self.inner.count_apply_paths(paths);
     }
 }
 

@@ -26,7 +26,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use warren_shared::{JobError, JobEvent, JobId, JobStatus, JobType};
+use warren_shared::{
+    JobError, JobEvent, JobId, JobStatus, JobType,
+    metrics::{Counter, Family, PathLabels},
+};
 
 use crate::model::{
     ApiKey, Callback, Delivery, Fired, FlowUpdate, Job, QueueSettings, Schedule, Workflow,
@@ -272,6 +275,10 @@ pub trait JobStore: Send + Sync + 'static {
     fn is_remote(&self) -> bool {
         true
     }
+
+    /// Where the store counts the worker events it applies, by path (`copy` or `locked`);
+    /// only the PostgreSQL store has two paths, the others ignore it.
+    fn count_apply_paths(&self, _paths: &Family<PathLabels, Counter>) {}
 
     /// For a store shared by several gateways, a feed of the jobs that changed anywhere;
     /// `None` for a store only this process uses (its own changes wake its waiters directly).

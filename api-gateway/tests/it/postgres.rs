@@ -109,6 +109,14 @@ async fn a_gateway_restart_keeps_every_job() {
     for id in &done {
         app.wait_for_status(id, "succeeded").await;
     }
+    // One gateway: every job's events were applied from its copy of the record.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let applied_from_copies: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("warren_store_events_applied_total{path=\"copy\"} "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no copy-path series in {metrics}"));
+    assert!(applied_from_copies >= 5, "{metrics}");
     let queued = app.submit_ok(&json!({"type": "held"})).await;
     let (namespace, job_types) = (app.broker.namespace.clone(), app.job_types.clone());
     app.stop_processes().await;

@@ -16,10 +16,7 @@
 //! check makes the copy the row, and a job applied from a copy is one no other writer
 //! touched in between.
 
-use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
-    sync::atomic::Ordering,
-};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -54,12 +51,7 @@ impl PostgresStore {
         events: &[JobEvent],
     ) -> Result<Vec<Applied>, StoreError> {
         let (mut outcomes, rest) = self.apply_from_copies(client, events).await?;
-        self.paths
-            .from_copies
-            .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
-        self.paths
-            .locked
-            .fetch_add(rest.len() as u64, Ordering::Relaxed);
+        self.paths.add(outcomes.len() as u64, rest.len() as u64);
         if !rest.is_empty() {
             let locked: Vec<&JobEvent> = rest.iter().map(|&i| &events[i]).collect();
             let applied = self.apply_locked(client, &locked).await?;

@@ -8,7 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
-use warren_shared::{JobEvent, JobId, JobType};
+use warren_shared::{
+    JobEvent, JobId, JobType,
+    metrics::{Counter, Family, PathLabels},
+};
 
 use super::{
     super::{
@@ -192,5 +195,9 @@ impl JobStore for PostgresStore {
         )
         .await
         .map(Some)
+    }
+
+    fn count_apply_paths(&self, paths: &Family<PathLabels, Counter>) {
+        self.paths.count_into(paths);
     }
 }

@@ -41,7 +41,7 @@ mod writes;
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -51,6 +51,7 @@ use deadpool_postgres::{
     GenericClient, ManagerConfig, Pool, PoolConfig, RecyclingMethod, Runtime, Timeouts,
 };
 use uuid::Uuid;
+use warren_shared::metrics::{Counter, Family, PathLabels};
 
 use super::{Inserted, KeyClaim, StoreError};
 use crate::model::Job;
@@ -197,11 +198,38 @@ impl PostgresStore {
     }
 }
 
-/// How many events each path of [`apply`] took, since the store was opened.
+/// How many events each path of [`apply`] took, since the store was opened; also counted in
+/// the gateway's metrics once it hands its counters over.
 #[derive(Debug, Default)]
 struct ApplyPaths {
     from_copies: AtomicU64,
     locked: AtomicU64,
+    /// `warren_store_events_applied_total{path}`: (`copy`, `locked`).
+    series: OnceLock<(Counter, Counter)>,
+}
+
+impl ApplyPaths {
+    /// Counts `from_copies` and `locked` more events.
+    fn add(&self, from_copies: u64, locked: u64) {
+        self.from_copies.fetch_add(from_copies, Ordering::Relaxed);
+        self.locked.fetch_add(locked, Ordering::Relaxed);
+        if let Some((copy, lock)) = self.series.get() {
+            copy.inc_by(from_copies);
+            lock.inc_by(locked);
+        }
+    }
+
+    /// Counts into `paths` from now on.
+    fn count_into(&self, paths: &Family<PathLabels, Counter>) {
+        let series = |path: &str| {
+            paths
+                .get_or_create(&PathLabels {
+                    path: path.to_owned(),
+                })
+                .clone()
+        };
+        let _already = self.series.set((series("copy"), series("locked")));
+    }
 }
 
 impl PostgresStore {
