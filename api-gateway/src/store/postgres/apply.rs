@@ -150,16 +150,19 @@ impl PostgresStore {
         let notify_params: [&(dyn ToSql + Sync); 2] = [&self.channel, &payloads];
         // Several rows are locked first, in id order, as every multi-row write locks them:
         // the update alone would lock them in its plan's order, and two writers locking
-        // overlapping rows in different orders deadlock.
-        let lock = client.prepare_cached(rows::LOCK_IDS).await?;
-        let mut ids: Vec<Uuid> = copies.iter().map(|copy| copy.job.id.as_uuid()).collect();
-        ids.sort_unstable();
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
+        // overlapping rows in different orders deadlock. One row needs no order.
+        let mut lock_ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+        lock_ids.sort_unstable();
+        let lock = if copies.len() > 1 {
+            Some(client.prepare_cached(rows::LOCK_IDS).await?)
+        } else {
+            None
+        };
+        let lock_params: [&(dyn ToSql + Sync); 1] = [&lock_ids];
         let locked = async {
-            if copies.len() > 1 {
-                client.query(&lock, &lock_params).await.map(drop)
-            } else {
-                Ok(())
+            match &lock {
+                Some(lock) => client.query(lock, &lock_params).await.map(drop),
+                None => Ok(()),
             }
         };
         let (begun, locked, written, notified, committed) = tokio::join!(

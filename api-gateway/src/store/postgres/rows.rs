@@ -189,29 +189,32 @@ pub(super) static INSERT_ONE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 /// Writes back every column a change can touch ([`UPDATED`]), for many locked records.
-pub(super) static UPDATE: LazyLock<String> = LazyLock::new(|| update_many(""));
+pub(super) static UPDATE: LazyLock<String> = LazyLock::new(|| update_many(false));
 /// [`UPDATE`] for records changed from a copy, not a locked read: each row is written only if
 /// it is still at the version the copy was taken at ($20); returns the ids written.
-pub(super) static UPDATE_KNOWN: LazyLock<String> =
-    LazyLock::new(|| update_many(" AND j.version = u.known RETURNING j.id"));
+pub(super) static UPDATE_KNOWN: LazyLock<String> = LazyLock::new(|| update_many(true));
 /// [`UPDATE`] for one record, planned once per connection (as [`INSERT_ONE`]).
 pub(super) static UPDATE_ONE: LazyLock<String> = LazyLock::new(|| update_one(""));
 /// [`UPDATE_KNOWN`] for one record.
 pub(super) static UPDATE_KNOWN_ONE: LazyLock<String> =
     LazyLock::new(|| update_one(" AND version = ($20::int8[])[1] RETURNING id"));
 
-fn update_many(condition: &str) -> String {
+/// The multi-row update; with `known`, only of rows still at the versions in $20.
+fn update_many(known: bool) -> String {
     let set: Vec<String> = UPDATED.iter().map(|c| format!("{c} = u.{c}")).collect();
     let mut sources = arrays(updated_names(), 1);
-    sources.push("$20::int8[]".to_owned());
     let mut names: Vec<&str> = updated_names().collect();
-    names.push("known");
+    let mut condition = "";
+    if known {
+        sources.push("$20::int8[]".to_owned());
+        names.push("known");
+        condition = " AND j.version = u.known RETURNING j.id";
+    }
     format!(
         "UPDATE warren_jobs AS j SET {} FROM unnest({}) AS u({}) WHERE j.id = u.id{condition}",
         set.join(", "),
-        // Without the condition, $20 (the known versions) is not bound.
-        sources[..if condition.is_empty() { 19 } else { 20 }].join(", "),
-        names[..if condition.is_empty() { 19 } else { 20 }].join(", ")
+        sources.join(", "),
+        names.join(", ")
     )
 }
 
