@@ -45,7 +45,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export RUST_LOG=error
+export RUST_LOG=error,lapin=off
 ADMIN_KEY="client-test-admin-key-$$-0123456789"
 # Each mode gets a gateway and a worker in a namespace of its own: two in-memory gateways on
 # one namespace would take each other's worker events.

@@ -59,7 +59,7 @@ for run in "${RUNS[@]}"; do
     echo "== contract test, $store store, $mode"
     NAMESPACE="contract-$store-$mode-$$"
     port=$(free_port)
-    export WARREN_NAMESPACE=$NAMESPACE RUST_LOG=error
+    export WARREN_NAMESPACE=$NAMESPACE RUST_LOG=error,lapin=off
     gateway_env=(WARREN_HTTP_ADDR="127.0.0.1:$port"
         WARREN_WEBHOOK_SECRET="whsec_Y29udHJhY3QtdGVzdC1vbmx5LXNlY3JldC0xMjM0"
         WARREN_WEBHOOK_ALLOW_PRIVATE=true WARREN_WEBHOOK_TIMEOUT_MS=500

@@ -17,11 +17,11 @@ ensure_browser
 
 services_log "cargo test --workspace --locked $*"
 # cargo prints one "test result:" line per test binary, the last often a crate's empty doc-tests;
-# the sum goes last, as one line (and to $WARREN_TEST_SUMMARY when set: .ci/run repeats it at its end).
+# their sum goes last, in the same form, so the log ends with what the whole suite did.
 output=$(mktemp)
 trap 'rm -f "$output"' EXIT
 cargo test --workspace --locked "$@" | tee "$output"
-summary=$(awk '/^test result:/ { p += $4; f += $6; s += $8 }
-    END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$output")
-echo "$summary"
-if [[ -n ${WARREN_TEST_SUMMARY:-} ]]; then echo "$summary" > "$WARREN_TEST_SUMMARY"; fi
+echo
+awk '/^test result:/ { n += 1; p += $4; f += $6; i += $8; m += $10; x += $12 }
+    END { printf "all %d test binaries together:\ntest result: %s. %d passed; %d failed; %d ignored; %d measured; %d filtered out\n",
+        n, (f == 0 ? "ok" : "FAILED"), p, f, i, m, x }' "$output"
