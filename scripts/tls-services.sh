@@ -8,7 +8,8 @@
 #   scripts/tls-services.sh down    stop both and delete everything
 #
 # Settings: WARREN_TLS_DIR (default /tmp/warren-tls), WARREN_TLS_AMQPS_PORT (default 5681),
-# WARREN_TLS_PG_PORT (default 5442), WARREN_TLS_NODE (RabbitMQ node name, default
+# WARREN_TLS_PG_PORT (default 5442), WARREN_TLS_DIST_PORT (RabbitMQ's Erlang distribution port,
+# default the AMQPS port + 20000), WARREN_TLS_NODE (RabbitMQ node name, default
 # warrentls@localhost). WARREN_TLS_PLAIN_PORT, when set, also opens a plaintext AMQP listener
 # there and lets PostgreSQL take unencrypted connections: the same servers with and without
 # TLS, for measuring what TLS costs (BENCHMARKS.md). `up` prints the variables to use, e.g.:
@@ -21,6 +22,7 @@ set -euo pipefail
 dir=${WARREN_TLS_DIR:-/tmp/warren-tls}
 amqps_port=${WARREN_TLS_AMQPS_PORT:-5681}
 pg_port=${WARREN_TLS_PG_PORT:-5442}
+dist_port=${WARREN_TLS_DIST_PORT:-$((amqps_port + 20000))}
 node=${WARREN_TLS_NODE:-warrentls@localhost}
 plain_port=${WARREN_TLS_PLAIN_PORT:-}
 
@@ -80,7 +82,8 @@ local all all trust
 EOF
     chmod 755 "$dir"
     su postgres -s /bin/sh -c "$bin/pg_ctl -D '$data' -l '$dir/pg.log' -w start >/dev/null" \
-        || die "PostgreSQL did not start; see $dir/pg.log"
+        || die "PostgreSQL did not start on port $pg_port; its log ($dir/pg.log) ends:
+$(tail -n 15 "$dir/pg.log" 2>/dev/null)"
 }
 
 start_rabbitmq() {
@@ -105,7 +108,7 @@ EOF
         ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
         cd "$home"
         RABBITMQ_NODENAME=$node \
-            RABBITMQ_DIST_PORT=$((amqps_port + 20000)) \
+            RABBITMQ_DIST_PORT=$dist_port \
             RABBITMQ_CONFIG_FILE="$home/rabbitmq.conf" \
             RABBITMQ_MNESIA_BASE="$home/mnesia" \
             RABBITMQ_LOG_BASE="$home/log" \
@@ -116,7 +119,8 @@ EOF
     )
     local deadline=$((SECONDS + 120))
     until rabbitmqctl -q -n "$node" await_startup >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || die "RabbitMQ node $node did not start; see $home/log"
+        [ $SECONDS -lt $deadline ] || die "RabbitMQ node $node did not start on port $amqps_port; its log ($home/log) ends:
+$(tail -n 15 "$home"/log/*.log 2>/dev/null)"
         sleep 1
     done
 }

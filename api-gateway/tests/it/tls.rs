@@ -22,6 +22,7 @@ struct TlsServices {
     dir: PathBuf,
     amqps_port: u16,
     pg_port: u16,
+    dist_port: u16,
 }
 
 impl TlsServices {
@@ -31,6 +32,7 @@ impl TlsServices {
             .env("WARREN_TLS_DIR", &self.dir)
             .env("WARREN_TLS_AMQPS_PORT", self.amqps_port.to_string())
             .env("WARREN_TLS_PG_PORT", self.pg_port.to_string())
+            .env("WARREN_TLS_DIST_PORT", self.dist_port.to_string())
             .env(
                 "WARREN_TLS_NODE",
                 format!("warrentls{}@localhost", std::process::id()),
@@ -51,11 +53,13 @@ impl TlsServices {
             );
             return None;
         }
-        let slot = u16::try_from(std::process::id() % 100).unwrap_or(0);
+        // Ports the kernel has just handed out, so suites running side by side do not collide.
+        let [amqps_port, pg_port, dist_port] = free_ports();
         let services = Self {
             dir: std::env::temp_dir().join(format!("warren-tls-{}", std::process::id())),
-            amqps_port: 6100 + slot,
-            pg_port: 6300 + slot,
+            amqps_port,
+            pg_port,
+            dist_port,
         };
         let output = services.script("up");
         assert!(
@@ -84,6 +88,12 @@ impl TlsServices {
             self.pg_port
         )
     }
+}
+
+/// Three distinct ports free on 127.0.0.1 a moment ago (each bound to port 0, then released).
+fn free_ports() -> [u16; 3] {
+    let listeners = [(); 3].map(|()| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    listeners.map(|listener| listener.local_addr().unwrap().port())
 }
 
 impl Drop for TlsServices {
