@@ -104,6 +104,11 @@ struct Args {
     /// Where to write the results as JSON.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+    /// Times to run every scenario and the floor, one after another; the ratios are then
+    /// reported per round and as their median (on a shared machine, one run's ratios move
+    /// with its neighbours' load).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
+    rounds: u16,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -223,11 +228,41 @@ async fn measure(args: &Args, stack: &Stack) -> Result<Value, Error> {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("\n=== round {round} of {}", args.rounds);
+        }
+        let results = run_round(&args).await?;
+        print_report(&results);
+        rounds.push(results);
+    }
+    let ratios = ratio_runs(&rounds);
+    if rounds.len() > 1 {
+        print_ratio_medians(&ratios);
+    }
+    let mut results = rounds.first().cloned().unwrap_or(Value::Null);
+    results["ratios"] = json!(
+        ratios
+            .iter()
+            .map(|(name, runs)| (name.clone(), json!({"median": median(runs), "runs": runs})))
+            .collect::<serde_json::Map<_, _>>()
+    );
+    if rounds.len() > 1 {
+        results["rounds"] = Value::Array(rounds);
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
+    println!("results written to {}", args.json.display());
+    Ok(())
+}
+
+/// Every scenario, then the raw floor: one round's results.
+async fn run_round(args: &Args) -> Result<Value, Error> {
     let mut scenarios = Vec::new();
     if args.store != StoreChoice::Postgres {
         scenarios.push((
             "memory, 1 gateway".to_owned(),
-            scenario(&args, Store::Memory, 1).await?,
+            scenario(args, Store::Memory, 1).await?,
         ));
     }
     if args.store != StoreChoice::Memory {
@@ -235,7 +270,7 @@ async fn main() -> Result<(), Error> {
             let name = format!("postgres, {gateways} gateway(s)");
             scenarios.push((
                 name,
-                scenario(&args, Store::Postgres, gateways.max(1)).await?,
+                scenario(args, Store::Postgres, gateways.max(1)).await?,
             ));
         }
     }
@@ -269,7 +304,7 @@ async fn main() -> Result<(), Error> {
             .map(|d| d.as_secs_f64() * 1000.0)
             .collect()
     };
-    let results = json!({
+    Ok(json!({
         "jobs": args.jobs, "concurrency": args.concurrency, "workers": args.workers,
         "worker_concurrency": args.worker_concurrency, "message_bytes": body.len(),
         "scenarios": scenarios.iter().map(|(name, figures)| json!({"scenario": name, "figures": figures})).collect::<Vec<_>>(),
@@ -278,11 +313,78 @@ async fn main() -> Result<(), Error> {
             "per_job": floor_per_job,
             "round_trip_ms": {"p50": percentile(&floor, 50.0), "p90": percentile(&floor, 90.0), "p99": percentile(&floor, 99.0)},
         },
-    });
-    print_report(&results);
-    std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
-    println!("results written to {}", args.json.display());
-    Ok(())
+    }))
+}
+
+/// The ratios a round is judged by, each scenario against the floor and against the first
+/// scenario (memory, when it ran), named for the report; in the rounds' order.
+fn ratios(results: &Value) -> Vec<(String, f64)> {
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let floor = &results["floor"];
+    let empty = Vec::new();
+    let scenarios = results["scenarios"].as_array().unwrap_or(&empty);
+    let Some(first) = scenarios.first() else {
+        return Vec::new();
+    };
+    let first_name = first["scenario"].as_str().unwrap_or("?");
+    let cpu = |figures: &Value| num(&figures["per_job"]["cpu_ms_per_job"]["total"]);
+    let mut named = Vec::new();
+    for s in scenarios {
+        let (name, f) = (s["scenario"].as_str().unwrap_or("?"), &s["figures"]);
+        named.push((format!("{name}: CPU per job x floor"), cpu(f) / cpu(floor)));
+        named.push((
+            format!("{name}: pipeline x floor"),
+            num(&f["pipeline_jobs_per_s"]) / num(&floor["throughput_jobs_per_s"]),
+        ));
+        if std::ptr::eq(s, first) {
+            continue;
+        }
+        named.push((
+            format!("{name}: pipeline x {first_name}"),
+            num(&f["pipeline_jobs_per_s"]) / num(&first["figures"]["pipeline_jobs_per_s"]),
+        ));
+        named.push((
+            format!("{name}: sync p50 x {first_name}"),
+            num(&f["sync_ms"]["p50"]) / num(&first["figures"]["sync_ms"]["p50"]),
+        ));
+    }
+    named
+}
+
+/// Each ratio's value in every round, in the first round's order.
+fn ratio_runs(rounds: &[Value]) -> Vec<(String, Vec<f64>)> {
+    let mut runs: Vec<(String, Vec<f64>)> = Vec::new();
+    for round in rounds {
+        for (name, value) in ratios(round) {
+            match runs.iter_mut().find(|(known, _)| *known == name) {
+                Some((_, values)) => values.push(value),
+                None => runs.push((name, vec![value])),
+            }
+        }
+    }
+    runs
+}
+
+/// The middle value (the mean of the two middle ones for an even count); NaN for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => f64::midpoint(sorted[n / 2 - 1], sorted[n / 2]),
+    }
+}
+
+fn print_ratio_medians(ratios: &[(String, Vec<f64>)]) {
+    println!(
+        "\nratios over {} rounds (median, then each round):",
+        ratios.first().map_or(0, |(_, runs)| runs.len())
+    );
+    for (name, runs) in ratios {
+        let each: Vec<String> = runs.iter().map(|r| format!("{r:.2}")).collect();
+        println!("  {name:<52} {:>6.2}   {}", median(runs), each.join(" "));
+    }
 }
 
 fn print_report(results: &Value) {
@@ -459,5 +561,55 @@ fn print_report(results: &Value) {
                 num(&f["sync_with_key_ms"]["p50"]) / num(&f["sync_ms"]["p50"]),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(memory_cpu: f64, pg_cpu: f64, pg_sync: f64) -> Value {
+        let scenario = |name: &str, cpu: f64, pipeline: f64, sync: f64| {
+            json!({"scenario": name, "figures": {
+                "per_job": {"cpu_ms_per_job": {"total": cpu}},
+                "pipeline_jobs_per_s": pipeline,
+                "sync_ms": {"p50": sync},
+            }})
+        };
+        json!({
+            "scenarios": [
+                scenario("memory, 1 gateway", memory_cpu, 800.0, 2.0),
+                scenario("postgres, 1 gateway(s)", pg_cpu, 400.0, pg_sync),
+            ],
+            "floor": {"per_job": {"cpu_ms_per_job": {"total": 0.2}}, "throughput_jobs_per_s": 1000.0},
+        })
+    }
+
+    #[test]
+    fn each_ratio_is_gathered_over_the_rounds_and_its_median_taken() {
+        let rounds = [
+            round(0.3, 0.5, 3.0),
+            round(0.4, 0.6, 5.0),
+            round(0.2, 0.4, 4.0),
+        ];
+        let runs = ratio_runs(&rounds);
+        let names: Vec<&str> = runs.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "memory, 1 gateway: CPU per job x floor",
+                "memory, 1 gateway: pipeline x floor",
+                "postgres, 1 gateway(s): CPU per job x floor",
+                "postgres, 1 gateway(s): pipeline x floor",
+                "postgres, 1 gateway(s): pipeline x memory, 1 gateway",
+                "postgres, 1 gateway(s): sync p50 x memory, 1 gateway",
+            ]
+        );
+        let memory_cpu = &runs[0].1;
+        assert_eq!(memory_cpu.len(), 3);
+        assert!((median(memory_cpu) - 1.5).abs() < 1e-9);
+        assert!((median(&runs[5].1) - 2.0).abs() < 1e-9);
+        assert!((median(&[1.0, 4.0]) - 2.5).abs() < 1e-9);
+        assert!(median(&[]).is_nan());
     }
 }
