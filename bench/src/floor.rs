@@ -16,6 +16,9 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
+/// How long the floor's measurements may take in all.
+const DEADLINE: Duration = Duration::from_secs(600);
+
 /// A quorum queue named `name`, like Warren's.
 async fn declare(channel: &Channel, name: &str) -> lapin::Result<()> {
     let mut arguments = FieldTable::default();
@@ -126,41 +129,47 @@ pub(crate) async fn run(
         )
         .await?;
 
-    // Throughput: `concurrency` publishers with confirms.
+    // Throughput, then round trips; within a deadline, so a lost connection (whose confirms
+    // may never come) fails the run instead of hanging it, and the queues are still deleted.
     let publisher = confirm_channel(&connection).await?;
-    let roles = crate::cpu::Roles::of(&[], &[]);
-    let before = roles.read();
-    let started = Instant::now();
-    let per_task = messages.div_ceil(concurrency);
-    let publishers = (0..concurrency).map(|_| {
-        let (channel, queue) = (publisher.clone(), jobs.clone());
-        async move {
-            for _ in 0..per_task {
-                publish(&channel, &queue, body).await?;
-            }
-            lapin::Result::Ok(())
-        }
-    });
-    let total = per_task * concurrency;
-    let (published, ()) = tokio::join!(join_all(publishers), async {
-        for _ in 0..total {
-            collected.next().await;
-        }
-    });
-    for result in published {
-        result?;
-    }
-    let throughput = total as f64 / started.elapsed().as_secs_f64();
-    let per_job = before.per_job(&roles.read(), total);
-
-    // Round trips, one at a time.
-    let mut latencies = Vec::with_capacity(samples);
-    for _ in 0..samples {
+    let measured = tokio::time::timeout(DEADLINE, async {
+        // Throughput: `concurrency` publishers with confirms.
+        let roles = crate::cpu::Roles::of(&[], &[]);
+        let before = roles.read();
         let started = Instant::now();
-        publish(&publisher, &jobs, body).await?;
-        collected.next().await;
-        latencies.push(started.elapsed());
-    }
+        let per_task = messages.div_ceil(concurrency);
+        let publishers = (0..concurrency).map(|_| {
+            let (channel, queue) = (publisher.clone(), jobs.clone());
+            async move {
+                for _ in 0..per_task {
+                    publish(&channel, &queue, body).await?;
+                }
+                lapin::Result::Ok(())
+            }
+        });
+        let total = per_task * concurrency;
+        let (published, ()) = tokio::join!(join_all(publishers), async {
+            for _ in 0..total {
+                collected.next().await;
+            }
+        });
+        for result in published {
+            result?;
+        }
+        let throughput = total as f64 / started.elapsed().as_secs_f64();
+        let per_job = before.per_job(&roles.read(), total);
+
+        // Round trips, one at a time.
+        let mut latencies = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let started = Instant::now();
+            publish(&publisher, &jobs, body).await?;
+            collected.next().await;
+            latencies.push(started.elapsed());
+        }
+        lapin::Result::Ok((throughput, latencies, per_job))
+    })
+    .await;
 
     // Close the consumers' connection before deleting their queues: deleting a queue under a
     // live consumer makes the broker cancel it mid-flight.
@@ -177,7 +186,11 @@ pub(crate) async fn run(
         }
     }
     let _ = cleanup.close(200, "bench done".into()).await;
-    Ok((throughput, latencies, per_job))
+    measured.map_err(|_| {
+        lapin::Error::from(std::io::Error::other(format!(
+            "the floor did not finish within {DEADLINE:?} (its connection to RabbitMQ was lost?)"
+        )))
+    })?
 }
 
 /// A connection to `url`, over TLS for `amqps://` trusting `WARREN_TLS_CA_FILE` as Warren does,

@@ -193,7 +193,22 @@ impl Worker {
             })
         };
         let in_flight = InFlight::default();
-        consume::consume(&self.shared, &self.pool, &stop, &in_flight).await;
+        // On a task of the runtime's own, not on the caller's thread: under `#[tokio::main]`
+        // that is the main thread, outside the worker pool, and every delivery would then
+        // wake it and every attempt it spawns wake a pool thread (a context switch each way).
+        let consuming = tokio::spawn({
+            let (shared, pool, stop, in_flight) = (
+                self.shared.clone(),
+                self.pool.clone(),
+                stop.clone(),
+                in_flight.clone(),
+            );
+            async move { consume::consume(&shared, &pool, &stop, &in_flight).await }
+        });
+        if let Err(error) = consuming.await {
+            tracing::error!(%error, "the consuming task failed; stopping");
+            stop.cancel();
+        }
         signal.abort();
 
         let abandoned = in_flight.drain(self.config.shutdown.grace()).await;
