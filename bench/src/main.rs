@@ -16,7 +16,8 @@
 //! authentication; one-gateway scenarios only); and workflows (`workflows`): a chain's time
 //! per step beside sequential sync submits, a batch in one workflow beside single submits. Then the raw floor on the same broker:
 //! publisher with confirms → consumer that publishes a persistent result with confirm, then
-//! acks → collector. It prints everything with ratios and writes JSON (`--json`).
+//! acks → collector. It prints everything with ratios and writes JSON (`--json`); with
+//! `--rounds N` it does all of that N times and ends with each ratio's median over the rounds.
 //!
 //! ```text
 //! cargo build --release --bins && cargo run --release -p warren-bench -- --jobs 20000 --gateways 1,3
