@@ -151,17 +151,19 @@ impl PostgresStore {
         // Several rows are locked first, in id order, as every multi-row write locks them:
         // the update alone would lock them in its plan's order, and two writers locking
         // overlapping rows in different orders deadlock. One row needs no order.
-        let mut lock_ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
-        lock_ids.sort_unstable();
         let lock = if copies.len() > 1 {
-            Some(client.prepare_cached(rows::LOCK_IDS).await?)
+            let mut lock_ids: Vec<Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+            lock_ids.sort_unstable();
+            Some((client.prepare_cached(rows::LOCK_IDS).await?, lock_ids))
         } else {
             None
         };
-        let lock_params: [&(dyn ToSql + Sync); 1] = [&lock_ids];
         let locked = async {
             match &lock {
-                Some(lock) => client.query(lock, &lock_params).await.map(drop),
+                Some((statement, lock_ids)) => {
+                    let params: [&(dyn ToSql + Sync); 1] = [lock_ids];
+                    client.query(statement, &params).await.map(drop)
+                }
                 None => Ok(()),
             }
         };
