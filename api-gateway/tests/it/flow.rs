@@ -65,12 +65,33 @@ async fn workers_follow(app: &TestApp, version: u64) {
     }
 }
 
+/// Longest a worker's read of `<ns>.flow` is allowed to hold the snapshot off the queue.
+const READ_HOLD: Duration = Duration::from_millis(100);
+
 /// The snapshot on `<ns>.flow` now, if any (read without taking it).
 async fn current_snapshot(app: &TestApp) -> Option<FlowSnapshot> {
     let queue = app.topology().flow_queue();
     let read = amqp::peek(&app.connection, &queue, 1).await.unwrap()?;
     let delivery = read.deliveries.into_iter().next()?;
     Some(message::decode(&delivery.data).unwrap())
+}
+
+/// The snapshot on `<ns>.flow` now. A worker reads it by taking it unacknowledged and giving it
+/// back, so for a few milliseconds the queue can look empty: poll, but only for
+/// [`READ_HOLD`], far less than the gateways' once-a-second republish, so a change that was
+/// not on the queue when its `PATCH` answered is still caught.
+async fn snapshot_now(app: &TestApp) -> FlowSnapshot {
+    let deadline = Instant::now() + READ_HOLD;
+    loop {
+        if let Some(snapshot) = current_snapshot(app).await {
+            return snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flow snapshot on the queue within {READ_HOLD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The version of the first snapshot on `<ns>.flow` whose `job_type` entry has the settings
@@ -146,7 +167,7 @@ async fn pause_holds_new_starts_and_resume_starts_them(mut app: TestApp) {
     assert_eq!(paused["rate_limit"], Value::Null);
     // The change is on `<ns>.flow` when the PATCH answers, so every worker has it at its next
     // read (every 250 ms: the 1 s bound, with room for a slow read).
-    let snapshot = current_snapshot(&app).await.expect("a flow snapshot");
+    let snapshot = snapshot_now(&app).await;
     assert!(snapshot.of("sleep").paused, "{snapshot:?}");
     workers_follow(&app, snapshot.version).await;
     let mut ids = Vec::new();
