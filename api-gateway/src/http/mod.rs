@@ -28,6 +28,7 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 use utoipa::OpenApi;
@@ -81,26 +82,32 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         // Set once per state; a second router over the same state serves the first document.
         let _ = state.openapi.set(document);
     }
-    routes
-        .merge(ui::routes())
-        .fallback(not_found)
-        .layer(middleware::from_fn(method_not_allowed))
-        .layer(middleware::from_fn(move |request, next| {
-            require_object_body(request, next, max_body_bytes)
-        }))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), count_request))
-        .layer(middleware::from_fn(continue_trace))
+    // One stack, applied to each route once: axum wraps every `Router::layer` call in a boxed
+    // service of its own, and each `from_fn` middleware clones everything beneath it on every
+    // request, so layering them one call at a time made a request clone (and allocate) the
+    // boxes below each layer again. The order is the same: the first layer is the outermost.
+    let middleware = ServiceBuilder::new()
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
                 .on_request(())
                 .on_response(log_response),
         )
+        .layer(middleware::from_fn(continue_trace))
+        .layer(middleware::from_fn_with_state(state.clone(), count_request))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(move |request, next| {
+            require_object_body(request, next, max_body_bytes)
+        }))
+        .layer(middleware::from_fn(method_not_allowed));
+    routes
+        .merge(ui::routes())
+        .fallback(not_found)
+        .layer(middleware)
         .with_state(state)
 }
 

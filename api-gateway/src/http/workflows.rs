@@ -79,7 +79,7 @@ pub async fn submit(
     body: Result<Json<WorkflowSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(spec) = body?;
-    let key = key_claim_of(&headers, &spec.canonical())?;
+    let key = key_claim_of(&headers, || spec.canonical())?;
     let Submitted {
         workflow,
         replayed,

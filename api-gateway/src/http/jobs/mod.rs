@@ -76,20 +76,21 @@ pub async fn submit(
 
 /// The request's `Idempotency-Key` claim, if it sent one (hashing the request only then).
 fn key_claim(headers: &HeaderMap, request: &JobSpec) -> Result<Option<KeyClaim>, ApiError> {
-    key_claim_of(headers, &request.canonical())
+    key_claim_of(headers, || request.canonical())
 }
 
-/// The request's `Idempotency-Key` claim over `canonical_request`, if it sent a key.
+/// The request's `Idempotency-Key` claim over the request in canonical form (made by
+/// `canonical_request`, only when it sent a key), if it sent one.
 pub fn key_claim_of(
     headers: &HeaderMap,
-    canonical_request: &str,
+    canonical_request: impl FnOnce() -> String,
 ) -> Result<Option<KeyClaim>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
     let bad = |e: idempotency::BadKey| ApiError::BadParameter(e.to_string());
     let key = value.to_str().map_err(|_| bad(idempotency::BadKey))?;
-    idempotency::claim(key, canonical_request)
+    idempotency::claim(key, &canonical_request())
         .map(Some)
         .map_err(bad)
 }
