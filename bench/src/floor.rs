@@ -1,23 +1,70 @@
-//! The raw floor: what RabbitMQ itself allows for the same work, without HTTP or a store.
+//! The floors: what RabbitMQ itself allows for the same work, without HTTP or a store.
 //!
 //! A publisher with confirms sends job-sized messages to a queue; a consumer publishes a
 //! persistent result with confirm for each, then acks it (Warren's at-least-once rule); a
-//! collector counts the results.
+//! collector counts the results. The raw floor does the least the broker allows for that
+//! ([`Route::Raw`]); the contract floor sends the same messages the way DESIGN.md has Warren
+//! send them ([`Route::Contract`]), so the two apart are what the contract's topology costs the
+//! broker, and Warren against the second is what Warren's own processes cost.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::{StreamExt, future::join_all};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable},
 };
+use warren_shared::trace::{TRACEPARENT, TraceContext};
 
 /// How long the floor's measurements may take in all.
 const DEADLINE: Duration = Duration::from_secs(600);
+
+/// How the floor's messages travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Through the default exchange straight to each queue, without headers; results taken
+    /// without acknowledgement.
+    Raw,
+    /// As DESIGN.md fixes for Warren: jobs through a direct exchange with `mandatory`, results
+    /// through a topic exchange bound `#`, a `traceparent` header on each message, and results
+    /// acknowledged (`multiple`, every 16, as the gateway's events consumer acks a batch).
+    Contract,
+}
+
+/// The results the contract floor's collector takes before one `multiple` ack.
+const ACK_EVERY: usize = 16;
+
+/// Where one floor's messages go: each queue's exchange and routing key under its route.
+struct Target {
+    route: Route,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Target {
+    fn new(route: Route, queue: &str, contract_key: &str) -> Self {
+        match route {
+            Route::Raw => Self {
+                route,
+                exchange: String::new(),
+                routing_key: queue.to_owned(),
+            },
+            Route::Contract => Self {
+                route,
+                exchange: format!("{queue}.exchange"),
+                routing_key: contract_key.to_owned(),
+            },
+        }
+    }
+}
 
 /// A quorum queue named `name`, like Warren's.
 async fn declare(channel: &Channel, name: &str) -> lapin::Result<()> {
@@ -44,13 +91,60 @@ async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
     Ok(channel)
 }
 
-async fn publish(channel: &Channel, queue: &str, body: &[u8]) -> lapin::Result<()> {
-    let properties = BasicProperties::default().with_delivery_mode(2);
+/// For [`Route::Contract`], `target`'s exchange (of `kind`), with `queue` bound to it by the
+/// target's routing key (`#` on a topic exchange).
+async fn declare_route(
+    channel: &Channel,
+    queue: &str,
+    target: &Target,
+    kind: ExchangeKind,
+) -> lapin::Result<()> {
+    if target.route == Route::Raw {
+        return Ok(());
+    }
+    let binding = if kind == ExchangeKind::Topic {
+        "#"
+    } else {
+        target.routing_key.as_str()
+    };
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let exchange = target.exchange.as_str();
+    channel
+        .exchange_declare(exchange.into(), kind, options, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+async fn publish(channel: &Channel, target: &Target, body: &[u8]) -> lapin::Result<()> {
+    let mut properties = BasicProperties::default().with_delivery_mode(2);
+    if target.route == Route::Contract {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            TRACEPARENT.into(),
+            AMQPValue::LongString(TraceContext::new_root().header().as_str().into()),
+        );
+        properties = properties.with_headers(headers);
+    }
+    let options = BasicPublishOptions {
+        mandatory: target.route == Route::Contract,
+        ..BasicPublishOptions::default()
+    };
     channel
         .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
+            target.exchange.as_str().into(),
+            target.routing_key.as_str().into(),
+            options,
             body,
             properties,
         )
@@ -59,11 +153,12 @@ async fn publish(channel: &Channel, queue: &str, body: &[u8]) -> lapin::Result<(
         .map(|_| ())
 }
 
-/// Runs the floor: `messages` through with `concurrency` publishes in flight and the consumer's
-/// prefetch at `prefetch`; then `samples` sequential round trips. Returns (messages/s, round
-/// trip latencies).
+/// Runs a floor along `route`: `messages` through with `concurrency` publishes in flight and
+/// the consumer's prefetch at `prefetch`; then `samples` sequential round trips. Returns
+/// (messages/s, round trip latencies).
 pub(crate) async fn run(
     url: &str,
+    route: Route,
     body: &[u8],
     messages: usize,
     concurrency: usize,
@@ -76,9 +171,13 @@ pub(crate) async fn run(
         format!("bench-floor-{id}.jobs"),
         format!("bench-floor-{id}.results"),
     );
+    let to_jobs = Arc::new(Target::new(route, &jobs, "echo"));
+    let to_results = Arc::new(Target::new(route, &results, "succeeded.echo"));
     let setup = connection.create_channel().await?;
     declare(&setup, &jobs).await?;
     declare(&setup, &results).await?;
+    declare_route(&setup, &jobs, &to_jobs, ExchangeKind::Direct).await?;
+    declare_route(&setup, &results, &to_results, ExchangeKind::Topic).await?;
     drop(setup);
 
     // The consumer: result with confirm, then ack.
@@ -95,15 +194,15 @@ pub(crate) async fn run(
             FieldTable::default(),
         )
         .await?;
-    let results_queue = results.clone();
+    let results_target = to_results.clone();
     let consumer = tokio::spawn(async move {
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
         loop {
             tokio::select! {
                 Some(Ok(delivery)) = deliveries.next() => {
-                    let (out, queue) = (worker_out.clone(), results_queue.clone());
+                    let (out, target) = (worker_out.clone(), results_target.clone());
                     in_flight.push(async move {
-                        if publish(&out, &queue, &delivery.data).await.is_ok() {
+                        if publish(&out, &target, &delivery.data).await.is_ok() {
                             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                         }
                     });
@@ -116,8 +215,15 @@ pub(crate) async fn run(
 
     // The collector.
     let collector = connection.create_channel().await?;
+    let acked = route == Route::Contract;
+    if acked {
+        let prefetch = u16::try_from(concurrency.max(ACK_EVERY)).unwrap_or(u16::MAX);
+        collector
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+    }
     let no_ack = BasicConsumeOptions {
-        no_ack: true,
+        no_ack: !acked,
         ..BasicConsumeOptions::default()
     };
     let mut collected = collector
@@ -139,23 +245,28 @@ pub(crate) async fn run(
         let started = Instant::now();
         let per_task = messages.div_ceil(concurrency);
         let publishers = (0..concurrency).map(|_| {
-            let (channel, queue) = (publisher.clone(), jobs.clone());
+            let (channel, target) = (publisher.clone(), to_jobs.clone());
             async move {
                 for _ in 0..per_task {
-                    publish(&channel, &queue, body).await?;
+                    publish(&channel, &target, body).await?;
                 }
                 lapin::Result::Ok(())
             }
         });
         let total = per_task * concurrency;
-        let (published, ()) = tokio::join!(join_all(publishers), async {
-            for _ in 0..total {
-                collected.next().await;
+        let (published, collected_all) = tokio::join!(join_all(publishers), async {
+            for taken in 1..=total {
+                let result = collected.next().await;
+                if acked && (taken % ACK_EVERY == 0 || taken == total) {
+                    ack(result, true).await?;
+                }
             }
+            lapin::Result::Ok(())
         });
         for result in published {
             result?;
         }
+        collected_all?;
         let throughput = total as f64 / started.elapsed().as_secs_f64();
         let per_job = before.per_job(&roles.read(), total);
 
@@ -163,8 +274,11 @@ pub(crate) async fn run(
         let mut latencies = Vec::with_capacity(samples);
         for _ in 0..samples {
             let started = Instant::now();
-            publish(&publisher, &jobs, body).await?;
-            collected.next().await;
+            publish(&publisher, &to_jobs, body).await?;
+            let result = collected.next().await;
+            if acked {
+                ack(result, false).await?;
+            }
             latencies.push(started.elapsed());
         }
         lapin::Result::Ok((throughput, latencies, per_job))
@@ -185,12 +299,39 @@ pub(crate) async fn run(
             eprintln!("could not delete {queue}: {error}");
         }
     }
+    for target in [&to_jobs, &to_results] {
+        if target.route == Route::Contract {
+            let exchange = target.exchange.as_str();
+            let deleted = channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await;
+            if let Err(error) = deleted {
+                eprintln!("could not delete {exchange}: {error}");
+            }
+        }
+    }
     let _ = cleanup.close(200, "bench done".into()).await;
     measured.map_err(|_| {
         lapin::Error::from(std::io::Error::other(format!(
             "the floor did not finish within {DEADLINE:?} (its connection to RabbitMQ was lost?)"
         )))
     })?
+}
+
+/// Acks the collected `result` (with everything before it when `multiple`).
+async fn ack(
+    result: Option<lapin::Result<lapin::message::Delivery>>,
+    multiple: bool,
+) -> lapin::Result<()> {
+    match result {
+        Some(Ok(delivery)) => delivery
+            .acker
+            .ack(BasicAckOptions { multiple })
+            .await
+            .map(|_| ()),
+        Some(Err(error)) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// A connection to `url`, over TLS for `amqps://` trusting `WARREN_TLS_CA_FILE` as Warren does,

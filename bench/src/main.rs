@@ -16,7 +16,10 @@
 //! authentication; one-gateway scenarios only); and workflows (`workflows`): a chain's time
 //! per step beside sequential sync submits, a batch in one workflow beside single submits. Then the raw floor on the same broker:
 //! publisher with confirms → consumer that publishes a persistent result with confirm, then
-//! acks → collector. It prints everything with ratios and writes JSON (`--json`); with
+//! acks → collector; and the contract floor, the same through the exchanges, `traceparent`
+//! header and acknowledged results DESIGN.md fixes for Warren (`contract_floor`: what
+//! Warren's own processes are judged against once the broker does the contract's work). It
+//! prints everything with ratios and writes JSON (`--json`); with
 //! `--rounds N` it does all of that N times and ends with each ratio's median over the rounds.
 //!
 //! ```text
@@ -276,7 +279,6 @@ async fn run_round(args: &Args) -> Result<Value, Error> {
         }
     }
 
-    println!("\n--- raw floor on the same broker...");
     let body = message::encode(&JobMessage {
         v: V1,
         id: JobId::new(),
@@ -289,31 +291,38 @@ async fn run_round(args: &Args) -> Result<Value, Error> {
         parents: None,
         priority: warren_shared::Priority::Normal,
     });
-    let (floor_throughput, mut floor_latencies, floor_per_job) = floor::run(
+    println!("\n--- raw floor on the same broker...");
+    let raw = run_floor(args, floor::Route::Raw, &body).await?;
+    println!("--- contract floor: the same, through the contract's exchanges...");
+    let contract = run_floor(args, floor::Route::Contract, &body).await?;
+    Ok(json!({
+        "jobs": args.jobs, "concurrency": args.concurrency, "workers": args.workers,
+        "worker_concurrency": args.worker_concurrency, "message_bytes": body.len(),
+        "scenarios": scenarios.iter().map(|(name, figures)| json!({"scenario": name, "figures": figures})).collect::<Vec<_>>(),
+        "floor": raw,
+        "contract_floor": contract,
+    }))
+}
+
+/// One floor along `route` with `body` as its job message: its throughput, CPU per job and
+/// round trips.
+async fn run_floor(args: &Args, route: floor::Route, body: &[u8]) -> Result<Value, Error> {
+    let (throughput, mut latencies, per_job) = floor::run(
         &args.amqp_url,
-        &body,
+        route,
+        body,
         args.jobs,
         args.concurrency,
         args.worker_concurrency,
         args.sync_samples,
     )
     .await?;
-    let floor: Vec<f64> = {
-        floor_latencies.sort();
-        floor_latencies
-            .iter()
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .collect()
-    };
+    latencies.sort();
+    let ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     Ok(json!({
-        "jobs": args.jobs, "concurrency": args.concurrency, "workers": args.workers,
-        "worker_concurrency": args.worker_concurrency, "message_bytes": body.len(),
-        "scenarios": scenarios.iter().map(|(name, figures)| json!({"scenario": name, "figures": figures})).collect::<Vec<_>>(),
-        "floor": {
-            "throughput_jobs_per_s": floor_throughput,
-            "per_job": floor_per_job,
-            "round_trip_ms": {"p50": percentile(&floor, 50.0), "p90": percentile(&floor, 90.0), "p99": percentile(&floor, 99.0)},
-        },
+        "throughput_jobs_per_s": throughput,
+        "per_job": per_job,
+        "round_trip_ms": {"p50": percentile(&ms, 50.0), "p90": percentile(&ms, 90.0), "p99": percentile(&ms, 99.0)},
     }))
 }
 
@@ -321,7 +330,7 @@ async fn run_round(args: &Args) -> Result<Value, Error> {
 /// scenario (memory, when it ran), named for the report; in the rounds' order.
 fn ratios(results: &Value) -> Vec<(String, f64)> {
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let floor = &results["floor"];
+    let (floor, contract) = (&results["floor"], &results["contract_floor"]);
     let empty = Vec::new();
     let scenarios = results["scenarios"].as_array().unwrap_or(&empty);
     let Some(first) = scenarios.first() else {
@@ -337,6 +346,16 @@ fn ratios(results: &Value) -> Vec<(String, f64)> {
             format!("{name}: pipeline x floor"),
             num(&f["pipeline_jobs_per_s"]) / num(&floor["throughput_jobs_per_s"]),
         ));
+        if contract.is_object() {
+            named.push((
+                format!("{name}: CPU per job x contract floor"),
+                cpu(f) / cpu(contract),
+            ));
+            named.push((
+                format!("{name}: pipeline x contract floor"),
+                num(&f["pipeline_jobs_per_s"]) / num(&contract["throughput_jobs_per_s"]),
+            ));
+        }
         if std::ptr::eq(s, first) {
             continue;
         }
@@ -532,6 +551,19 @@ fn print_report(results: &Value) {
             None => println!(),
         }
     }
+    let contract = &results["contract_floor"];
+    if contract.is_object() {
+        let cpu = &contract["per_job"]["cpu_ms_per_job"];
+        println!(
+            "contract floor (the contract's exchanges, headers and acks): {:.0} jobs/s, round \
+             trip p50 {:.2} ms, CPU ms/job rabbitmq {:.2}, client {:.2}, total {:.2}",
+            num(&contract["throughput_jobs_per_s"]),
+            num(&contract["round_trip_ms"]["p50"]),
+            num(&cpu["rabbitmq"]),
+            num(&cpu["client"]),
+            num(&cpu["total"]),
+        );
+    }
     let Some(first) = scenarios.first() else {
         return;
     };
@@ -612,5 +644,26 @@ mod tests {
         assert!((median(&runs[5].1) - 2.0).abs() < 1e-9);
         assert!((median(&[1.0, 4.0]) - 2.5).abs() < 1e-9);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn a_round_with_the_contract_floor_is_judged_against_both_floors() {
+        let mut with_contract = round(0.3, 0.5, 3.0);
+        with_contract["contract_floor"] =
+            json!({"per_job": {"cpu_ms_per_job": {"total": 0.25}}, "throughput_jobs_per_s": 800.0});
+        let named = ratios(&with_contract);
+        let value = |wanted: &str| {
+            named
+                .iter()
+                .find(|(name, _)| name == wanted)
+                .map(|(_, value)| *value)
+        };
+        let memory_cpu = value("memory, 1 gateway: CPU per job x contract floor");
+        assert!(memory_cpu.is_some_and(|v| (v - 1.2).abs() < 1e-9));
+        let pg_pipeline = value("postgres, 1 gateway(s): pipeline x contract floor");
+        assert!(pg_pipeline.is_some_and(|v| (v - 0.5).abs() < 1e-9));
+        let raw_cpu = value("memory, 1 gateway: CPU per job x floor");
+        assert!(raw_cpu.is_some_and(|v| (v - 1.5).abs() < 1e-9));
+        assert_eq!(named.len(), 10);
     }
 }
