@@ -14,7 +14,7 @@ use std::{
 
 use futures_util::{StreamExt, future::join_all};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties, Event, ExchangeKind,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -26,6 +26,8 @@ use warren_shared::trace::{TRACEPARENT, TraceContext};
 
 /// How long the floor's measurements may take in all.
 const DEADLINE: Duration = Duration::from_secs(600);
+/// How long closing a connection may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// How the floor's messages travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,10 +237,12 @@ pub(crate) async fn run(
         )
         .await?;
 
-    // Throughput, then round trips; within a deadline, so a lost connection (whose confirms
-    // may never come) fails the run instead of hanging it, and the queues are still deleted.
+    // Throughput, then round trips; until the connection is lost (its confirms and deliveries
+    // would never come) and within a deadline, so a lost connection fails the run with its
+    // cause instead of hanging it, and the queues are still deleted.
     let publisher = confirm_channel(&connection).await?;
-    let measured = tokio::time::timeout(DEADLINE, async {
+    let lost = lost(connection.events_listener());
+    let measure = tokio::time::timeout(DEADLINE, async {
         // Throughput: `concurrency` publishers with confirms.
         let roles = crate::cpu::Roles::of(&[], &[]);
         let before = roles.read();
@@ -282,13 +286,22 @@ pub(crate) async fn run(
             latencies.push(started.elapsed());
         }
         lapin::Result::Ok((throughput, latencies, per_job))
-    })
-    .await;
+    });
+    let measured = tokio::select! {
+        measured = measure => measured.unwrap_or_else(|_| Err(io_error(format!(
+            "the floor did not finish within {DEADLINE:?}"
+        )))),
+        error = lost => Err(io_error(format!(
+            "the floor's connection to RabbitMQ was lost mid-run: {error}"
+        ))),
+    };
 
     // Close the consumers' connection before deleting their queues: deleting a queue under a
-    // live consumer makes the broker cancel it mid-flight.
+    // live consumer makes the broker cancel it mid-flight. A lost connection's close may
+    // never answer, hence the bound.
     consumer.abort();
-    let _ = connection.close(200, "bench done".into()).await;
+    let closing = connection.close(200, "bench done".into());
+    let _ = tokio::time::timeout(CLOSE_WAIT, closing).await;
     let cleanup = connect(url).await?;
     let channel = cleanup.create_channel().await?;
     for queue in [jobs, results] {
@@ -310,12 +323,24 @@ pub(crate) async fn run(
             }
         }
     }
-    let _ = cleanup.close(200, "bench done".into()).await;
-    measured.map_err(|_| {
-        lapin::Error::from(std::io::Error::other(format!(
-            "the floor did not finish within {DEADLINE:?} (its connection to RabbitMQ was lost?)"
-        )))
-    })?
+    let _ = tokio::time::timeout(CLOSE_WAIT, cleanup.close(200, "bench done".into())).await;
+    measured
+}
+
+/// The error that ends a connection, once its `events` report one (a lost connection fails
+/// none of the confirms or deliveries awaited on it).
+async fn lost(events: impl futures_util::Stream<Item = Event> + Unpin) -> lapin::Error {
+    let mut events = events;
+    while let Some(event) = events.next().await {
+        if let Event::Error(error) = event {
+            return error;
+        }
+    }
+    std::future::pending().await
+}
+
+fn io_error(message: String) -> lapin::Error {
+    lapin::Error::from(std::io::Error::other(message))
 }
 
 /// Acks the collected `result` (with everything before it when `multiple`).
