@@ -2,7 +2,7 @@
 //! its handler (announcing `running` unless it is quick), and hand the [`Outcome`] to
 //! [`settle`].
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 
@@ -37,7 +37,7 @@ const POISON_DELIVERIES: u64 = 5;
 /// `admitted_at` is when the consume loop let it start (its `running` event's time).
 pub(crate) async fn process(
     shared: &Shared,
-    channel: Channel,
+    channel: Arc<Channel>,
     acks: &Acks,
     delivery: Delivery,
     admitted_at: DateTime<Utc>,
@@ -96,7 +96,7 @@ struct Started<'a> {
 
 async fn run_job(
     shared: &Shared,
-    channel: Channel,
+    channel: Arc<Channel>,
     acks: &Acks,
     delivery: Delivery,
     job: JobMessage,

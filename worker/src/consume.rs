@@ -234,13 +234,19 @@ async fn session(
     permits: &Arc<Semaphore>,
 ) -> Result<(), SessionError> {
     let connection = amqp::connection(pool).await?;
-    let consume_channel = connection.create_channel().await?;
+    // Shared by every job in flight (one handle each, see `start` below): an `Arc`, because
+    // cloning a lapin `Channel` clones some fifteen handles of its own.
+    let consume_channel = Arc::new(connection.create_channel().await?);
     drop(connection);
     shared.set_consume_channel(&consume_channel);
     let counters = shared.metrics.ack_counters();
-    let (acks, flusher) = Acks::new(consume_channel.clone(), shared.concurrency, counters);
+    let (acks, flusher) = Acks::new(
+        lapin::Channel::clone(&consume_channel),
+        shared.concurrency,
+        counters,
+    );
     in_flight.spawn_flusher(flusher);
-    let publish_channel = amqp::confirm_channel(pool).await?;
+    let publish_channel = Arc::new(amqp::confirm_channel(pool).await?);
     topology::declare_core(&publish_channel, &shared.topology).await?;
 
     // Flow settings: the snapshot's queue and each type's token queues exist before use.

@@ -58,7 +58,7 @@ pub(crate) struct Reporter {
 
 #[derive(Debug)]
 struct ReporterInner {
-    channel: Channel,
+    channel: Arc<Channel>,
     /// How long a publish may wait for its confirm (`WARREN_PUBLISH_TIMEOUT_MS`).
     publish_timeout: std::time::Duration,
     exchange: String,
@@ -72,7 +72,7 @@ struct ReporterInner {
 
 impl Reporter {
     pub(crate) fn new(
-        channel: Channel,
+        channel: Arc<Channel>,
         publish_timeout: std::time::Duration,
         topology: &Topology,
         job: JobMessage,
