@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the tests and a local run need on this machine, started (or installed) if missing:
-# RabbitMQ on 127.0.0.1:5672, PostgreSQL on 127.0.0.1:5432 with a `test` database, and
+# RabbitMQ on 127.0.0.1:5672 (for the tests, with enough open files), PostgreSQL on 127.0.0.1:5432 with a `test` database, and
 # Chromium's driver for the dashboard's browser test. Sourced by scripts/test.sh,
 # scripts/run-local.sh and .ci/run; installing needs root and apt (Debian, Ubuntu), and where
 # either is missing it says exactly what to install instead.
@@ -62,6 +62,50 @@ ensure_rabbitmq() {
         sleep 1
     done
     echo "RabbitMQ did not open 127.0.0.1:5672 within 90 s; see /var/log/rabbitmq/" >&2
+    exit 1
+}
+
+# The open files the local RabbitMQ may use, as its file handle cache counts them (0 when it
+# cannot be asked).
+rabbitmq_file_limit() {
+    timeout 30 rabbitmqctl -q eval \
+        'proplists:get_value(total_limit, file_handle_cache:info([total_limit])).' 2>/dev/null \
+        | tr -dc '0-9' || true
+}
+
+# A RabbitMQ started through `su` (what `rabbitmq-server -detached` does as root) gets 1024
+# open files whatever the caller's ulimit, and stops accepting connections at about 300 quorum
+# queues, which the test suite and the contract test go past: their clients then hang. As
+# root, restart such a broker with more (`start_rabbitmq`); otherwise say what to do.
+ensure_rabbitmq_files() {
+    local limit
+    limit=$(rabbitmq_file_limit)
+    if [ -z "$limit" ] || [ "$limit" -ge 10000 ]; then
+        return
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v rabbitmqctl >/dev/null 2>&1; then
+        echo "RabbitMQ may use only $limit open files and stops accepting connections at about" >&2
+        echo "300 quorum queues; restart it with a higher 'ulimit -n' (e.g. 65536)." >&2
+        return
+    fi
+    services_log "restarting RabbitMQ with more open files (it had $limit)"
+    # A broker out of file handles may not answer `stop`: then its VM is killed (its queues are
+    # on disk, and the tests make their own).
+    timeout 60 rabbitmqctl stop >/dev/null 2>&1 || pkill -KILL -u rabbitmq -f beam.smp || true
+    for _ in $(seq 1 30); do
+        port_open 5672 || break
+        sleep 1
+    done
+    start_rabbitmq
+    for _ in $(seq 1 90); do
+        if port_open 5672; then
+            timeout 60 rabbitmqctl await_startup >/dev/null 2>&1 || true
+            echo "RabbitMQ may now use $(rabbitmq_file_limit) open files"
+            return
+        fi
+        sleep 1
+    done
+    echo "RabbitMQ did not come back on 127.0.0.1:5672 within 90 s; see /var/log/rabbitmq/" >&2
     exit 1
 }
 

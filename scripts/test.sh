@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_rabbitmq
+ensure_rabbitmq_files
 ensure_postgres
 ensure_browser
 
