@@ -117,6 +117,25 @@ pub async fn spawn_unready_app_with(adjust: impl FnOnce(&mut GatewayConfig)) -> 
     spawn_unready_app_on(None, adjust).await
 }
 
+/// A confirm channel on `connection` with `topology`'s core declared. The gateway declares it
+/// at the same moment, and RabbitMQ refuses a declare of a quorum queue whose leader the other
+/// declare is still starting ("home node … is down or inaccessible", closing the channel), so
+/// a refused declare is tried again on a fresh channel for up to 5 s.
+async fn declared_core_channel(connection: &Connection, topology: &Topology) -> Channel {
+    let started = Instant::now();
+    loop {
+        let channel = amqp::confirm_channel_on(connection).await.unwrap();
+        match topology::declare_core(&channel, topology).await {
+            Ok(()) => return channel,
+            Err(error) if started.elapsed() < Duration::from_secs(5) => {
+                eprintln!("declaring the core topology again after: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("cannot declare the core topology within 5 s: {error}"),
+        }
+    }
+}
+
 /// Starts a gateway on `store` (or the one its configuration names) without waiting.
 async fn spawn_unready_app_on(
     stores: Option<Stores>,
@@ -150,10 +169,7 @@ async fn spawn_unready_app_on(
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
-    let channel = amqp::confirm_channel_on(&connection).await.unwrap();
-    topology::declare_core(&channel, &Topology::from_config(&broker))
-        .await
-        .unwrap();
+    let channel = declared_core_channel(&connection, &Topology::from_config(&broker)).await;
     TestApp {
         address,
         broker,
