@@ -37,8 +37,8 @@ use crate::{
 pub struct HttpLabels {
     /// The matched route template, e.g. `/v1/jobs/{id}`.
     pub route: String,
-    /// The method.
-    pub method: String,
+    /// The method (`OTHER` for one outside RFC 9110's nine).
+    pub method: &'static str,
     /// The response status code.
     pub status: u16,
 }
@@ -72,7 +72,7 @@ pub struct RouteLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     /// `applied`, `unknown_job` or the reason it was ignored.
-    pub outcome: String,
+    pub outcome: &'static str,
 }
 
 /// What a webhook attempt led to.
@@ -423,7 +423,7 @@ impl GatewayMetrics {
                 if job.status.is_terminal() {
                     let labels = OutcomeLabels {
                         job_type: job.job_type.to_string(),
-                        status: job.status.to_string(),
+                        status: job.status.as_str(),
                     };
                     self.finished.get_or_create(&labels).inc();
                 }
@@ -432,10 +432,6 @@ impl GatewayMetrics {
             Applied::Ignored(reason) => reason.as_str(),
             Applied::UnknownJob => "unknown_job",
         };
-        self.events
-            .get_or_create(&EventLabels {
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+        self.events.get_or_create(&EventLabels { outcome }).inc();
     }
 }

@@ -24,7 +24,7 @@ pub struct OutcomeLabels {
     /// The job type.
     pub job_type: String,
     /// `succeeded`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: &'static str,
 }
 
 /// Series split by a reason (dead letters).

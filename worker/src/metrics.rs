@@ -159,10 +159,10 @@ impl WorkerMetrics {
     }
 
     /// An outcome was published.
-    pub(crate) fn finished(&self, job_type: &str, status: &str) {
+    pub(crate) fn finished(&self, job_type: &str, status: &'static str) {
         let labels = OutcomeLabels {
             job_type: job_type.to_owned(),
-            status: status.to_owned(),
+            status,
         };
         self.finished.get_or_create(&labels).inc();
     }

@@ -66,7 +66,7 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(right) = required_right(request.method(), &route_of(&request)) else {
+    let Some(right) = required_right(request.method(), route_of(&request)) else {
         return next.run(request).await;
     };
     if state.auth.is_open() {

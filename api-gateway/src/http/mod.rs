@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::Method,
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
@@ -142,10 +143,8 @@ async fn require_object_body(request: Request, next: Next, max_body_bytes: usize
 
 /// Gives the router's bare `405` a problem body like every other error, keeping its `Allow`.
 async fn method_not_allowed(request: Request, next: Next) -> Response {
-    let (method, path) = (
-        request.method().to_string(),
-        request.uri().path().to_owned(),
-    );
+    // Cheap to keep (a standard method and a shared buffer); turned into text only for a 405.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let response = next.run(request).await;
     if response.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED {
         return response;
@@ -157,8 +156,8 @@ async fn method_not_allowed(request: Request, next: Next) -> Response {
         .unwrap_or("other methods")
         .replace(',', ", ");
     let mut problem = ApiError::MethodNotAllowed {
-        method,
-        path,
+        method: method.to_string(),
+        path: uri.path().to_owned(),
         allowed,
     }
     .into_response();
@@ -197,12 +196,33 @@ fn client_trace<B>(request: &axum::http::Request<B>) -> Option<TraceContext> {
 }
 
 /// The matched route template, e.g. `/v1/jobs/{id}` (`unmatched` for the fallback).
-fn route_of<B>(request: &axum::http::Request<B>) -> String {
+fn route_of<B>(request: &axum::http::Request<B>) -> &str {
     request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
-        .to_owned()
+}
+
+/// The methods a metric names; any other is counted as `OTHER`, so a client inventing methods
+/// cannot add series.
+static METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
+/// `method` as a metric label: one of RFC 9110's nine, or `OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|known| *known == method)
+        .map_or("OTHER", Method::as_str)
 }
 
 /// One span per request (tower-http's `TraceLayer`) with method, route and `trace_id`, and
@@ -239,20 +259,37 @@ fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, span: 
 
 /// The HTTP metrics: requests by route, method and status, and duration by route.
 async fn count_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (route, method) = (route_of(&request), request.method().to_string());
+    let route = route_of(&request).to_owned();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let metrics = &state.metrics;
     let labels = HttpLabels {
-        route: route.clone(),
+        route,
         method,
         status,
     };
     metrics.http_requests.get_or_create(&labels).inc();
     metrics
         .http_duration
-        .get_or_create(&RouteLabels { route })
+        .get_or_create(&RouteLabels {
+            route: labels.route,
+        })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_outside_the_standard_nine_is_counted_as_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        let invented = Method::from_bytes(b"BREW").unwrap_or(Method::GET);
+        assert_ne!(invented, Method::GET, "BREW is a valid extension method");
+        assert_eq!(method_label(&invented), "OTHER");
+    }
 }
