@@ -22,7 +22,10 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable},
 };
-use warren_shared::trace::{TRACEPARENT, TraceContext};
+use warren_shared::{
+    amqp::{self, Outgoing},
+    trace::{TRACEPARENT, TraceContext},
+};
 
 /// How long the floor's measurements may take in all.
 const DEADLINE: Duration = Duration::from_secs(600);
@@ -128,25 +131,36 @@ async fn declare_route(
         .await
 }
 
+/// Publishes one message to `target` and waits for its confirm. Along the contract's route it
+/// goes through Warren's own [`amqp::publish_confirmed`], so it carries what Warren's messages
+/// carry (`mandatory`, a `traceparent` header, the JSON content type, an id and a type).
 async fn publish(channel: &Channel, target: &Target, body: &[u8]) -> lapin::Result<()> {
-    let mut properties = BasicProperties::default().with_delivery_mode(2);
     if target.route == Route::Contract {
         let mut headers = FieldTable::default();
         headers.insert(
             TRACEPARENT.into(),
             AMQPValue::LongString(TraceContext::new_root().header().as_str().into()),
         );
-        properties = properties.with_headers(headers);
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let outgoing = Outgoing {
+            exchange: &target.exchange,
+            routing_key: &target.routing_key,
+            body,
+            message_id: &message_id,
+            kind: "echo",
+            headers,
+            mandatory: true,
+        };
+        return amqp::publish_confirmed(channel, outgoing, DEADLINE)
+            .await
+            .map_err(|error| io_error(format!("the contract floor's publish failed: {error}")));
     }
-    let options = BasicPublishOptions {
-        mandatory: target.route == Route::Contract,
-        ..BasicPublishOptions::default()
-    };
+    let properties = BasicProperties::default().with_delivery_mode(2);
     channel
         .basic_publish(
             target.exchange.as_str().into(),
             target.routing_key.as_str().into(),
-            options,
+            BasicPublishOptions::default(),
             body,
             properties,
         )
