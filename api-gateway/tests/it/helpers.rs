@@ -149,6 +149,9 @@ async fn spawn_unready_app_on(
     config.shutdown.shutdown_grace_secs = 5;
     adjust(&mut config);
     let broker = config.broker.clone();
+    // Until the `TestApp` exists to remove it, a setup that panics removes what the gateway
+    // declared meanwhile.
+    let setup = Namespace::new(Topology::from_config(&broker));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stores = match (stores, &config.database_url) {
         (Some(stores), _) => stores,
@@ -170,6 +173,8 @@ async fn spawn_unready_app_on(
         .await
         .unwrap();
     let channel = declared_core_channel(&connection, &Topology::from_config(&broker)).await;
+    // From here the `TestApp`'s own `Drop` removes the namespace.
+    let _no_types_yet = setup.hand_over();
     TestApp {
         address,
         broker,

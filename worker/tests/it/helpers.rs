@@ -61,11 +61,14 @@ impl Broker {
     pub async fn new() -> Self {
         let namespace = unique_namespace();
         let topology = Topology::new(namespace.clone());
+        // Until `Self` exists to remove it, a declare that fails half-way removes what it made.
+        let setup = Namespace::new(topology.clone());
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
             .unwrap();
         let channel = amqp::confirm_channel_on(&connection).await.unwrap();
         topology::declare_core(&channel, &topology).await.unwrap();
+        let _no_types_yet = setup.hand_over();
         Self {
             namespace,
             topology,
