@@ -94,7 +94,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
                 .on_request(())
                 .on_response(log_response),
         )
-        .layer(middleware::from_fn(continue_trace))
+        .map_request(continue_trace)
         .layer(middleware::from_fn_with_state(state.clone(), count_request))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -175,15 +175,16 @@ async fn not_found(request: Request) -> ApiError {
 
 /// The request's trace, handed to handlers as an extension: the request span's own context
 /// with OTLP export; else the client's `traceparent`, or a new trace. Runs inside the request
-/// span ([`request_span`]), whose `trace_id` field it fills.
-async fn continue_trace(mut request: Request, next: Next) -> Response {
+/// span ([`request_span`]), whose `trace_id` field it fills. It only changes the request, so it
+/// is a plain function (tower's `map_request`), with no future to box per request.
+fn continue_trace(mut request: Request) -> Request {
     let span = Span::current();
     let trace = otel::context_of(&span)
         .or_else(|| client_trace(&request))
         .unwrap_or_else(TraceContext::new_root);
     span.record("trace_id", trace.trace_id());
     request.extensions_mut().insert(trace);
-    next.run(request).await
+    request
 }
 
 /// The client's `traceparent`, if valid.
