@@ -11,18 +11,34 @@ use uuid::Uuid;
 /// The header and AMQP property name.
 pub const TRACEPARENT: &str = "traceparent";
 
-/// One point in a trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceContext {
-    trace_id: String,
-    span_id: String,
-    flags: String,
+/// One point in a trace, kept as its `traceparent` value: the 55 ASCII bytes
+/// `00-<trace id>-<span id>-<flags>`, so reading one, passing a child on and writing it out
+/// allocate nothing until a `String` is asked for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TraceContext([u8; LEN]);
+
+/// The length of a version-00 `traceparent`.
+const LEN: usize = 55;
+/// Where its parts are.
+const TRACE_ID: std::ops::Range<usize> = 3..35;
+const SPAN_ID: std::ops::Range<usize> = 36..52;
+const FLAGS: std::ops::Range<usize> = 53..55;
+/// A sampled context with all-zero ids, for the ids to be written over.
+const SAMPLED: [u8; LEN] = *b"00-00000000000000000000000000000000-0000000000000000-01";
+
+/// 64 random bits (the random tail of a UUIDv7), never zero.
+fn random_span_id() -> u64 {
+    let tail = Uuid::now_v7().as_u128() & u128::from(u64::MAX);
+    u64::try_from(tail).unwrap_or(u64::MAX)
 }
 
-/// 16 random hex digits (the random tail of a UUIDv7).
-fn random_span_id() -> String {
-    let bits = Uuid::now_v7().as_u128() & u128::from(u64::MAX);
-    format!("{bits:016x}")
+/// Writes `value` into `out` as lowercase hex, as many low digits as `out` is long.
+fn write_hex(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
 }
 
 fn is_hex(text: &str, len: usize) -> bool {
@@ -36,17 +52,14 @@ impl TraceContext {
     /// A new trace (for a request that did not bring one).
     #[must_use]
     pub fn new_root() -> Self {
-        Self {
-            trace_id: Uuid::now_v7().simple().to_string(),
-            span_id: random_span_id(),
-            flags: "01".to_owned(),
-        }
+        Self::from_ids(Uuid::now_v7().as_u128(), random_span_id(), true)
     }
 
     /// Reads a `traceparent` value; `None` if it is not a valid version-00 one.
     #[must_use]
     pub fn parse(header: &str) -> Option<Self> {
-        let mut parts = header.trim().split('-');
+        let header = header.trim();
+        let mut parts = header.split('-');
         let (version, trace_id, span_id, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         let valid = version == "00"
@@ -56,54 +69,70 @@ impl TraceContext {
             && is_hex(flags, 2)
             && trace_id.bytes().any(|b| b != b'0')
             && span_id.bytes().any(|b| b != b'0');
-        valid.then(|| Self {
-            trace_id: trace_id.to_owned(),
-            span_id: span_id.to_owned(),
-            flags: flags.to_owned(),
-        })
+        // Four parts of these lengths and three dashes are exactly `LEN` bytes.
+        let bytes: [u8; LEN] = header.as_bytes().try_into().ok()?;
+        valid.then_some(Self(bytes))
+    }
+
+    /// A context from its ids (as OpenTelemetry holds them).
+    #[must_use]
+    pub fn from_ids(trace_id: u128, span_id: u64, sampled: bool) -> Self {
+        let mut header = SAMPLED;
+        write_hex(&mut header[TRACE_ID], trace_id);
+        write_hex(&mut header[SPAN_ID], u128::from(span_id));
+        if !sampled {
+            header[LEN - 1] = b'0';
+        }
+        Self(header)
+    }
+
+    /// One part of the header as text (it only ever holds ASCII).
+    fn part(&self, range: std::ops::Range<usize>) -> &str {
+        std::str::from_utf8(&self.0[range]).unwrap_or_default()
     }
 
     /// The trace id, the field logs carry as `trace_id`.
     #[must_use]
     pub fn trace_id(&self) -> &str {
-        &self.trace_id
-    }
-
-    /// A context from its parts (ids in lowercase hex, as OpenTelemetry writes them).
-    #[must_use]
-    pub fn from_parts(trace_id: &str, span_id: &str, sampled: bool) -> Self {
-        Self {
-            trace_id: trace_id.to_owned(),
-            span_id: span_id.to_owned(),
-            flags: if sampled { "01" } else { "00" }.to_owned(),
-        }
+        self.part(TRACE_ID)
     }
 
     /// The span id of this point (the parent of what the next hop records).
     #[must_use]
     pub fn span_id(&self) -> &str {
-        &self.span_id
+        self.part(SPAN_ID)
     }
 
     /// Whether the trace is recorded (the `sampled` flag).
     #[must_use]
     pub fn sampled(&self) -> bool {
-        u8::from_str_radix(&self.flags, 16).is_ok_and(|flags| flags & 1 == 1)
+        u8::from_str_radix(self.part(FLAGS), 16).is_ok_and(|flags| flags & 1 == 1)
     }
 
     /// The context to hand to the next hop: same trace, new span.
     #[must_use]
     pub fn child(&self) -> Self {
-        Self {
-            span_id: random_span_id(),
-            ..self.clone()
-        }
+        let mut header = self.0;
+        write_hex(&mut header[SPAN_ID], u128::from(random_span_id()));
+        Self(header)
     }
 
     /// The `traceparent` value.
     #[must_use]
+    pub fn as_str(&self) -> &str {
+        self.part(0..LEN)
+    }
+
+    /// The `traceparent` value, owned.
+    #[must_use]
     pub fn header(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        self.as_str().to_owned()
+    }
+}
+
+impl std::fmt::Debug for TraceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TraceContext").field(&self.as_str()).finish()
     }
 }
 
@@ -122,6 +151,23 @@ mod tests {
         assert_ne!(child.header(), header);
         assert!(TraceContext::parse(&child.header()).is_some());
         assert!(TraceContext::parse(&TraceContext::new_root().header()).is_some());
+        assert!(context.sampled());
+    }
+
+    #[test]
+    fn writes_ids_as_opentelemetry_prints_them() {
+        let context = TraceContext::from_ids(
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            0x00f0_67aa_0ba9_02b7,
+            false,
+        );
+        assert_eq!(
+            context.header(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+        assert_eq!(context.span_id(), "00f067aa0ba902b7");
+        assert!(!context.sampled());
+        assert_eq!(TraceContext::parse(context.as_str()), Some(context));
     }
 
     #[test]

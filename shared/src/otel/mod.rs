@@ -196,9 +196,9 @@ pub fn context_of(span: &Span) -> Option<TraceContext> {
     let own = context.span();
     let own = own.span_context();
     own.is_valid().then(|| {
-        TraceContext::from_parts(
-            &own.trace_id().to_string(),
-            &own.span_id().to_string(),
+        TraceContext::from_ids(
+            u128::from_be_bytes(own.trace_id().to_bytes()),
+            u64::from_be_bytes(own.span_id().to_bytes()),
             own.is_sampled(),
         )
     })
