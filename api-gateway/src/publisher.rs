@@ -98,13 +98,11 @@ impl Publisher {
             TRACEPARENT.into(),
             AMQPValue::LongString(traceparent.into()),
         );
-        let message_id = job.id.to_string();
-        let routing_key = topology::routing_key(&job.job_type, job.priority);
         let outgoing = Outgoing {
-            exchange: &exchange,
-            routing_key: &routing_key,
+            exchange,
+            routing_key: topology::routing_key(&job.job_type, job.priority),
             body: &body,
-            message_id: &message_id,
+            message_id: job.id.to_string(),
             kind: job.job_type.as_str(),
             headers,
             mandatory: true,
@@ -121,10 +119,10 @@ impl Publisher {
     pub async fn publish_control(&self, control: &ControlMessage) -> Result<(), PublishError> {
         let body = message::encode(control);
         let outgoing = Outgoing {
-            exchange: &self.topology.control_exchange(),
-            routing_key: "",
+            exchange: self.topology.control_exchange(),
+            routing_key: String::new(),
             body: &body,
-            message_id: &control.id.to_string(),
+            message_id: control.id.to_string(),
             kind: "control",
             headers: FieldTable::default(),
             mandatory: false,
@@ -250,10 +248,10 @@ impl Publisher {
                 confirmed?;
             }
             pending.push(self.publish(Outgoing {
-                exchange: "",
-                routing_key: queue,
+                exchange: String::new(),
+                routing_key: queue.to_owned(),
                 body,
-                message_id: kind,
+                message_id: kind.to_owned(),
                 kind,
                 headers: FieldTable::default(),
                 mandatory: true,

@@ -141,12 +141,11 @@ async fn publish(channel: &Channel, target: &Target, body: &[u8]) -> lapin::Resu
             TRACEPARENT.into(),
             AMQPValue::LongString(TraceContext::new_root().header().as_str().into()),
         );
-        let message_id = uuid::Uuid::now_v7().to_string();
         let outgoing = Outgoing {
-            exchange: &target.exchange,
-            routing_key: &target.routing_key,
+            exchange: target.exchange.clone(),
+            routing_key: target.routing_key.clone(),
             body,
-            message_id: &message_id,
+            message_id: uuid::Uuid::now_v7().to_string(),
             kind: "echo",
             headers,
             mandatory: true,

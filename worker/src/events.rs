@@ -146,12 +146,11 @@ impl Reporter {
             },
         };
         let body = message::encode(&event);
-        let id = event.id.to_string();
         let outgoing = Outgoing {
-            exchange: &inner.exchange,
-            routing_key: &event.routing_key(),
+            exchange: inner.exchange.clone(),
+            routing_key: event.routing_key(),
             body: &body,
-            message_id: &id,
+            message_id: event.id.to_string(),
             kind: event.job_type.as_str(),
             headers: self.trace_headers(),
             mandatory: false,

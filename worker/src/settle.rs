@@ -117,10 +117,10 @@ async fn retry(
     // The wait queue dead-letters it back with this key: to its own priority's queue.
     let routing_key = topology::routing_key(&job.job_type, job.priority);
     let outgoing = Outgoing {
-        exchange: &shared.topology.retry_exchange(),
-        routing_key: &routing_key,
+        exchange: shared.topology.retry_exchange(),
+        routing_key,
         body: &body,
-        message_id: &job.id.to_string(),
+        message_id: job.id.to_string(),
         kind: job.job_type.as_str(),
         headers,
         // Unroutable means the tier's wait queue is missing: keep the job rather than lose it.
@@ -175,10 +175,10 @@ async fn publish_dead(
         .map(ShortString::as_str)
         .unwrap_or_default();
     let outgoing = Outgoing {
-        exchange: &shared.topology.dead_exchange(),
-        routing_key: delivery.routing_key.as_str(),
+        exchange: shared.topology.dead_exchange(),
+        routing_key: delivery.routing_key.to_string(),
         body: &delivery.data,
-        message_id,
+        message_id: message_id.to_owned(),
         kind: "dead-letter",
         headers,
         mandatory: false,

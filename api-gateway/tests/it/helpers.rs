@@ -364,12 +364,11 @@ impl TestApp {
     /// Publishes an event as if a worker had sent it.
     pub async fn publish_event(&self, event: &JobEvent) {
         let body = message::encode(event);
-        let id = event.id.to_string();
         let outgoing = Outgoing {
-            exchange: &self.topology().events_exchange(),
-            routing_key: &event.routing_key(),
+            exchange: self.topology().events_exchange(),
+            routing_key: event.routing_key(),
             body: &body,
-            message_id: &id,
+            message_id: event.id.to_string(),
             kind: event.job_type.as_str(),
             headers: FieldTable::default(),
             mandatory: false,

@@ -182,17 +182,18 @@ impl From<lapin::Error> for PublishError {
     }
 }
 
-/// What to publish: a JSON body and its AMQP properties.
+/// What to publish: a JSON body and its AMQP properties. The names are owned, so a name the
+/// caller built goes to lapin as it is, without a second copy.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
     /// Exchange to publish to.
-    pub exchange: &'a str,
+    pub exchange: String,
     /// Routing key.
-    pub routing_key: &'a str,
+    pub routing_key: String,
     /// JSON body.
     pub body: &'a [u8],
     /// `message_id` property (Warren uses the job id).
-    pub message_id: &'a str,
+    pub message_id: String,
     /// `type` property (Warren uses the job type).
     pub kind: &'a str,
     /// Application headers (e.g. `traceparent`, dead-letter reason).
@@ -237,9 +238,10 @@ pub async fn publish_confirmed(
         .map_err(|_| PublishError::Timeout(timeout))??;
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable {
-            exchange: message.exchange.to_owned(),
-            routing_key: message.routing_key.to_owned(),
+        // The broker's return names the exchange and key it could not route.
+        Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
+            exchange: returned.delivery.exchange.to_string(),
+            routing_key: returned.delivery.routing_key.to_string(),
         }),
         Confirmation::Nack(_) => Err(PublishError::Nacked),
     }

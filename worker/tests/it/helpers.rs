@@ -111,10 +111,10 @@ impl Broker {
     /// Publishes any bytes to the jobs exchange under `routing_key`.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let outgoing = Outgoing {
-            exchange: &self.topology.jobs_exchange(),
-            routing_key,
+            exchange: self.topology.jobs_exchange(),
+            routing_key: routing_key.to_owned(),
             body,
-            message_id: "raw",
+            message_id: "raw".to_owned(),
             kind: routing_key,
             headers: FieldTable::default(),
             mandatory: true,

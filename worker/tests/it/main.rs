@@ -12,5 +12,6 @@ mod crash;
 mod health;
 mod helpers;
 mod malformed;
+mod publish;
 mod shutdown;
 mod stall;
