@@ -61,7 +61,8 @@ pub struct WorkerConfig {
     pub announce_running_after_ms: u64,
 
     /// How long a publish (an event, a retried job, a dead letter) waits for RabbitMQ's confirm;
-    /// without one in time the job goes back to its queue and runs again.
+    /// without one in time the worker publishes it again, holding the job, for up to 5 minutes
+    /// before the job goes back to its queue and runs again.
     #[arg(
         long = "publish-timeout-ms",
         env = "WARREN_PUBLISH_TIMEOUT_MS",

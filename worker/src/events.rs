@@ -121,10 +121,16 @@ impl Reporter {
         &self.inner.channel
     }
 
-    /// Publishes an event and waits for the broker's confirm.
+    /// Publishes an event and waits for the broker's confirm (one try).
     pub(crate) async fn publish(&self, change: Change) -> Result<(), PublishError> {
+        let event = self.event(change);
+        self.send(&event, &message::encode(&event)).await
+    }
+
+    /// The event saying `change` happened, numbered after the attempt's earlier ones.
+    pub(crate) fn event(&self, change: Change) -> JobEvent {
         let inner = &self.inner;
-        let event = JobEvent {
+        JobEvent {
             traceparent: None,
             v: V1,
             id: inner.job.id,
@@ -144,12 +150,17 @@ impl Reporter {
             } else {
                 Utc::now()
             },
-        };
-        let body = message::encode(&event);
+        }
+    }
+
+    /// Publishes `event`, encoded as `body`, and waits for the broker's confirm. Sending the
+    /// same event again is harmless: the store applies it once.
+    pub(crate) async fn send(&self, event: &JobEvent, body: &[u8]) -> Result<(), PublishError> {
+        let inner = &self.inner;
         let outgoing = Outgoing {
             exchange: inner.exchange.clone(),
             routing_key: event.routing_key(),
-            body: &body,
+            body,
             message_id: event.id.to_string(),
             kind: event.job_type.as_str(),
             headers: self.trace_headers(),

@@ -31,6 +31,7 @@
 //! - `flow`: flow settings (pause, `max_running`, `rate_limit`): the snapshot and the tokens;
 //! - `attempt`: one attempt: decode, poison check, run the handler, an `Outcome`;
 //! - `settle`: carries out the settlement (event, retry, dead letter), then acks;
+//! - `confirm`: publishes each of them again until the broker confirms, holding the delivery;
 //! - `decide`: the pure rule from outcome to settlement, tested rule by rule;
 //! - `events`: publishing a job's events with per-attempt sequence numbers;
 //! - `headers`: the delivery's AMQP headers (trace, delivery count, error history);
@@ -44,6 +45,7 @@ mod acks;
 mod attempt;
 mod cancel;
 pub mod config;
+mod confirm;
 mod consume;
 mod decide;
 mod events;

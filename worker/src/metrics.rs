@@ -5,6 +5,9 @@
 //! - `warren_worker_job_retries_total{job_type}`: failed attempts sent for another try;
 //! - `warren_worker_dead_letters_total{reason}`: messages moved to `<ns>.dead`
 //!   (`failed`, `poison`, `unreadable`);
+//! - `warren_worker_unconfirmed_publishes_total{what}`: settlement publishes the broker did not
+//!   confirm, each tried again while the worker holds the job (`outcome`, `retry`,
+//!   `dead_letter`); rising means the events or dead-letter queue cannot take messages;
 //! - `warren_worker_job_queue_wait_seconds{job_type}`: from acceptance to the attempt's start;
 //! - `warren_worker_job_run_seconds{job_type}`: how long attempts ran;
 //! - `warren_worker_jobs_in_flight`: attempts running now;
@@ -26,12 +29,19 @@ pub(crate) struct WorkerMetrics {
     finished: Family<OutcomeLabels, Counter>,
     retries: Family<JobLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
+    unconfirmed: Family<WhatLabels, Counter>,
     queue_wait: Family<JobLabels, Histogram>,
     run_time: Family<JobLabels, Histogram>,
     in_flight: Gauge,
     held_back: Family<HeldLabels, Gauge>,
     flow_version: Gauge,
     acks: AckCounters,
+}
+
+/// Series split by what a settlement published.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct WhatLabels {
+    what: &'static str,
 }
 
 /// Series split by job type and why its jobs are held back.
@@ -49,6 +59,7 @@ impl Default for WorkerMetrics {
             finished: Family::default(),
             retries: Family::default(),
             dead_letters: Family::default(),
+            unconfirmed: Family::default(),
             queue_wait: duration_family(),
             run_time: duration_family(),
             in_flight: Gauge::default(),
@@ -75,6 +86,11 @@ impl Default for WorkerMetrics {
             "dead_letters",
             "Messages moved to the dead-letter queue",
             metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "unconfirmed_publishes",
+            "Settlement publishes the broker did not confirm, by what was published (outcome, retry, dead_letter); each is tried again while the worker holds the job",
+            metrics.unconfirmed.clone(),
         );
         registry.register(
             "job_queue_wait_seconds",
@@ -197,6 +213,11 @@ impl WorkerMetrics {
     /// A failed attempt was sent for another try.
     pub(crate) fn retried(&self, job_type: &str) {
         self.retries.get_or_create(&job(job_type)).inc();
+    }
+
+    /// The broker did not confirm a settlement's publish of `what`.
+    pub(crate) fn unconfirmed(&self, what: &'static str) {
+        self.unconfirmed.get_or_create(&WhatLabels { what }).inc();
     }
 
     /// A message went to the dead-letter queue.

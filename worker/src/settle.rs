@@ -7,6 +7,10 @@
 //! - give up → a copy of the job with its error history in `<ns>.dead`, a `failed` event, then
 //!   ack.
 //!
+//! Each publish is tried again while the worker holds the delivery ([`crate::confirm`]): an
+//! outcome the broker cannot confirm for a while neither reruns the job nor counts as one more
+//! delivery.
+//!
 //! Each attempt's error is appended to the `x-warren-errors` header (JSON), so the dead letter
 //! carries the whole history.
 
@@ -26,6 +30,7 @@ use warren_shared::{
 
 use crate::{
     acks::Acks,
+    confirm::{Publish, until_confirmed},
     decide::{DeadReason, Outcome, Settlement, decide},
     events::{Change, Reporter},
     headers::history_headers,
@@ -49,11 +54,17 @@ pub(crate) async fn settle(
                 result: Some(result),
                 ..Change::to(JobStatus::Succeeded)
             };
-            (JobStatus::Succeeded, reporter.publish(change).await)
+            (
+                JobStatus::Succeeded,
+                announce(shared, reporter, change).await,
+            )
         }
         Settlement::Cancel(error) => {
             let change = Change::with_error(JobStatus::Cancelled, error);
-            (JobStatus::Cancelled, reporter.publish(change).await)
+            (
+                JobStatus::Cancelled,
+                announce(shared, reporter, change).await,
+            )
         }
         Settlement::Retry(error) => {
             shared.metrics.retried(job.job_type.as_str());
@@ -88,6 +99,21 @@ pub(crate) async fn settle(
             requeue(acks, delivery).await;
         }
     }
+}
+
+/// Publishes the outcome event `change` until the broker confirms it (the same event each
+/// time: the store applies it once).
+async fn announce(
+    shared: &Shared,
+    reporter: &Reporter,
+    change: Change,
+) -> Result<(), PublishError> {
+    let event = reporter.event(change);
+    let body = message::encode(&event);
+    until_confirmed(shared, reporter.channel(), Publish::Outcome, || {
+        reporter.send(&event, &body)
+    })
+    .await
 }
 
 /// Republishes the job as its next attempt into the wait queue of its backoff tier, then
@@ -126,13 +152,20 @@ async fn retry(
         // Unroutable means the tier's wait queue is missing: keep the job rather than lose it.
         mandatory: true,
     };
-    amqp::publish_confirmed(reporter.channel(), outgoing, reporter.publish_timeout()).await?;
+    until_confirmed(shared, reporter.channel(), Publish::Retry, || {
+        amqp::publish_confirmed(
+            reporter.channel(),
+            outgoing.clone(),
+            reporter.publish_timeout(),
+        )
+    })
+    .await?;
     let next_attempt_at = Utc::now() + delay;
     let change = Change {
         next_attempt_at: Some(next_attempt_at),
         ..Change::with_error(JobStatus::Retrying, error)
     };
-    reporter.publish(change).await
+    announce(shared, reporter, change).await
 }
 
 /// Stores a copy of the job with its error history in `<ns>.dead`, then announces `failed`.
@@ -147,12 +180,15 @@ async fn give_up(
     let headers = history_headers(delivery, reporter.job().attempt, &error);
     publish_dead(shared, reporter.channel(), delivery, reason, headers).await?;
     shared.metrics.dead_lettered(dead.as_str());
-    reporter
-        .publish(Change::with_error(JobStatus::Failed, error))
-        .await
+    announce(
+        shared,
+        reporter,
+        Change::with_error(JobStatus::Failed, error),
+    )
+    .await
 }
 
-/// Publishes the delivery's body to `<ns>.dead` with `reason` and `headers`, confirmed.
+/// Publishes the delivery's body to `<ns>.dead` with `reason` and `headers`, until confirmed.
 async fn publish_dead(
     shared: &Shared,
     channel: &Channel,
@@ -183,7 +219,10 @@ async fn publish_dead(
         headers,
         mandatory: false,
     };
-    amqp::publish_confirmed(channel, outgoing, shared.publish_timeout).await
+    until_confirmed(shared, channel, Publish::DeadLetter, || {
+        amqp::publish_confirmed(channel, outgoing.clone(), shared.publish_timeout)
+    })
+    .await
 }
 
 /// Moves an unreadable message to `<ns>.dead` with the reason, then acks it; if that cannot be

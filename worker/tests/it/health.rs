@@ -7,7 +7,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{Broker, DEADLINE, WorkerProcess};
+use crate::helpers::{Broker, DEADLINE, WorkerProcess, body, series_value};
 
 /// A free local port (bound and released; good enough for a test).
 fn free_port() -> u16 {
@@ -78,16 +78,6 @@ async fn a_consuming_worker_is_ready() {
     broker.cleanup().await;
 }
 
-/// The body of `GET path` on the probe port.
-async fn body(port: u16, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-}
-
 #[tokio::test]
 async fn the_worker_metrics_move_when_a_job_runs() {
     let mut broker = Broker::new().await;
@@ -132,14 +122,9 @@ async fn the_worker_metrics_move_when_a_job_runs() {
 
 /// `warren_worker_acks_sent_total` and `warren_worker_ack_frames_total` from a metrics page.
 fn acks_and_frames(text: &str) -> (u64, u64) {
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     (
-        value("warren_worker_acks_sent_total "),
-        value("warren_worker_ack_frames_total "),
+        series_value(text, "warren_worker_acks_sent_total"),
+        series_value(text, "warren_worker_ack_frames_total"),
     )
 }
 

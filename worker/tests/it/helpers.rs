@@ -10,11 +10,14 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::{
     Channel, Connection, ConnectionProperties, Consumer,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
 };
 use serde_json::Value;
-use tokio::{process::Child, time::Instant};
+use tokio::{process::Child, sync::oneshot, time::Instant};
 use warren_shared::{
     JobEvent, JobId, JobMessage, JobStatus, JobType, Topology, V1,
     amqp::{self, Outgoing},
@@ -165,6 +168,54 @@ impl Broker {
     }
 
     /// A queue of the test's own that receives every event of the namespace.
+    /// Binds a queue that refuses every message (`x-max-length` 0, `reject-publish`) to every
+    /// event, so the broker nacks each event a worker publishes until [`Broker::accept_events`].
+    /// The queue is exclusive: it goes with the test's connection even if the test fails.
+    pub async fn refuse_events(&self) {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+        arguments.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        let queue = self.refusing_queue();
+        self.channel
+            .queue_declare(queue.as_str().into(), options, arguments)
+            .await
+            .unwrap();
+        self.bind_to_events(&self.channel, &queue).await;
+    }
+
+    /// Binds `queue` to every event of the namespace.
+    async fn bind_to_events(&self, channel: &Channel, queue: &str) {
+        channel
+            .queue_bind(
+                queue.into(),
+                self.topology.events_exchange().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Removes the queue [`Broker::refuse_events`] bound: events are confirmed again.
+    pub async fn accept_events(&self) {
+        self.channel
+            .queue_delete(self.refusing_queue().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+
+    fn refusing_queue(&self) -> String {
+        format!("{}.test-refuses-events", self.namespace)
+    }
+
     pub async fn tap_events(&self) -> EventTap {
         let channel = self.connection.create_channel().await.unwrap();
         let options = QueueDeclareOptions {
@@ -176,16 +227,7 @@ impl Broker {
             .queue_declare("".into(), options, FieldTable::default())
             .await
             .unwrap();
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.topology.events_exchange().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        self.bind_to_events(&channel, queue.name().as_str()).await;
         let consumer = channel
             .basic_consume(
                 queue.name().clone(),
@@ -253,6 +295,37 @@ impl EventTap {
     }
 }
 
+/// A worker running in the test's process, with its probes on a port of its own.
+pub struct RunningWorker {
+    /// The port of its `/metrics` and probes.
+    pub port: u16,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), warren_worker::worker::RunError>>,
+}
+
+impl RunningWorker {
+    /// Runs `worker` until [`RunningWorker::stop`].
+    pub async fn start(worker: warren_worker::Worker) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run_on(listener, async {
+            let _ = stopped.await;
+        }));
+        Self { port, stop, task }
+    }
+
+    /// Stops it as `SIGTERM` would, and checks it stopped cleanly within [`DEADLINE`].
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// The real `worker` binary, running in the test's namespace.
 pub struct WorkerProcess {
     child: Child,
@@ -299,4 +372,31 @@ impl WorkerProcess {
             .expect("the worker did not exit in time")
             .unwrap()
     }
+}
+
+/// The body of `GET path` on a worker's probe port.
+pub async fn body(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// The value of `series` (a name with its labels, as the page writes it) on a metrics page, or
+/// 0 when the page does not have it yet.
+pub fn series_value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }

@@ -15,3 +15,4 @@ mod malformed;
 mod publish;
 mod shutdown;
 mod stall;
+mod unconfirmed;

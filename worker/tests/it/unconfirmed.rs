@@ -1,0 +1,84 @@
+//! An outcome the broker will not confirm for a while is published again while the worker
+//! holds the job: the handler runs once, and the job does not go towards the poison threshold
+//! or the queue's delivery limit (a cluster re-electing a queue leader does this for seconds).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use warren_shared::JobStatus;
+use warren_worker::{JobContext, Worker};
+
+use crate::helpers::{Broker, DEADLINE, RunningWorker, body, series_value, worker_config};
+
+/// Polls the worker's metrics until `series` is at least `at_least`.
+async fn wait_for_series(port: u16, series: &str, at_least: u64) {
+    let started = Instant::now();
+    loop {
+        let text = body(port, "/metrics").await;
+        if series_value(&text, series) >= at_least {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{series} never reached {at_least} in\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_the_broker_refuses_for_a_while_is_sent_again_without_running_the_job_again() {
+    let mut broker = Broker::new().await;
+    let counted = broker.uses("counted");
+    let mut events = broker.tap_events().await;
+    broker.refuse_events().await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let runs = runs.clone();
+        move |context: JobContext| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(context.payload) }
+        }
+    };
+    let worker = Worker::builder()
+        .handler("counted", handler)
+        .build(worker_config(&broker))
+        .unwrap();
+    let running = RunningWorker::start(worker).await;
+    let port = running.port;
+    broker.wait_for_consumer(&counted).await;
+
+    let job = Broker::job(&counted, json!({"n": 1}), 10_000);
+    broker.publish_job(&job).await;
+    // Five refusals: had each returned the job to its queue, its fifth delivery would have
+    // been failed as poison.
+    let refused = r#"warren_worker_unconfirmed_publishes_total{what="outcome"}"#;
+    wait_for_series(port, refused, 5).await;
+    broker.accept_events().await;
+    wait_for_series(
+        port,
+        r#"warren_worker_jobs_finished_total{job_type="counted",status="succeeded"}"#,
+        1,
+    )
+    .await;
+    wait_for_series(port, "warren_worker_acks_sent_total", 1).await;
+
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran again");
+    // Every try sent the same event: the tap saw it each time, never anything else.
+    let first = events.next_any(job.id).await;
+    assert_eq!(
+        (first.status, first.attempt, first.seq),
+        (JobStatus::Succeeded, 1, 1)
+    );
+    let dead = broker.topology.dead_queue();
+    broker.wait_for_queue(&dead, |ready, _| ready == 0).await;
+
+    running.stop().await;
+    broker.cleanup().await;
+}
