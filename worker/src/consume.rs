@@ -33,7 +33,7 @@ pub(crate) enum SessionError {
     Broker(#[from] BrokerError),
     #[error("the broker cancelled the consumer of {0} (queue deleted?)")]
     ConsumerEnded(String),
-    #[error("the flow settings can no longer be read (their channel closed)")]
+    #[error("the task reading the flow settings stopped (it panicked)")]
     FlowLost,
 }
 
@@ -103,6 +103,7 @@ pub(crate) async fn consume(
 ) {
     let permits = Arc::new(Semaphore::new(usize::from(shared.concurrency)));
     amqp::reconnecting("consuming", stop, || {
+        shared.metrics.session_started();
         session(shared, pool, stop, in_flight, &permits)
     })
     .await;
@@ -251,14 +252,13 @@ async fn session(
 
     // Flow settings: the snapshot's queue and each type's token queues exist before use.
     flow_decl(&publish_channel, shared).await?;
-    let flow_channel = amqp::connection(pool).await?.create_channel().await?;
     let mut flow_follower = AbortOnDropHandle::new(tokio::spawn({
-        let shared = shared.clone();
+        let (shared, pool) = (shared.clone(), pool.clone());
         async move {
             shared
                 .flow
-                .follow(flow_channel, &shared.topology, &shared.metrics)
-                .await
+                .follow(&pool, &shared.topology, &shared.metrics)
+                .await;
         }
     }));
 

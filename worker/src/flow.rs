@@ -5,7 +5,10 @@
 //! may not start yet is held here, unacknowledged (so it stays `queued` and is not counted as
 //! redelivered), and tried again when the settings change or a moment later.
 
-use std::sync::{Mutex, PoisonError};
+use std::{
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use lapin::{
@@ -16,11 +19,19 @@ use lapin::{
 use tokio::sync::Notify;
 use warren_shared::{
     JobType, Topology,
+    amqp::{self, Pool},
     flow::{FlowSnapshot, POLL, RateLimit, Token, TypeFlow},
     message,
 };
 
 use crate::metrics::WorkerMetrics;
+
+/// The first wait before reading the flow settings again after a failed read; each doubles up
+/// to [`LAST_REREAD`].
+const FIRST_REREAD: Duration = Duration::from_millis(100);
+
+/// The longest wait between two tries to read the flow settings.
+const LAST_REREAD: Duration = Duration::from_secs(5);
 
 /// Why a delivery waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,19 +99,47 @@ impl FlowView {
         }
     }
 
-    /// Reads `<ns>.flow` every [`POLL`] on `channel` (its own), for as long as it lives.
-    pub(crate) async fn follow(
-        &self,
-        channel: Channel,
-        topology: &Topology,
-        metrics: &WorkerMetrics,
-    ) {
+    /// Reads `<ns>.flow` every [`POLL`] for as long as the session lives, on a channel of its
+    /// own. A read that fails (the channel closed, or the queue has no leader while a cluster
+    /// re-elects one) keeps the settings known and reads again on a new channel, with backoff:
+    /// ending the session instead would return every delivery it holds to its queue, each one
+    /// delivery more towards the poison threshold and the queue's delivery limit.
+    pub(crate) async fn follow(&self, pool: &Pool, topology: &Topology, metrics: &WorkerMetrics) {
         let queue = topology.flow_queue();
+        let mut backoff = FIRST_REREAD;
+        loop {
+            let (error, read_some) = self.read_until_failure(pool, &queue, metrics).await;
+            metrics.flow_read_failed();
+            if read_some {
+                backoff = FIRST_REREAD;
+            }
+            tracing::warn!(%error, retry_in = ?backoff, "cannot read the flow settings; keeping the known ones and reading again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(LAST_REREAD);
+        }
+    }
+
+    /// Reads `queue` every [`POLL`] on a new channel until a read fails; says why, and whether
+    /// any read succeeded first.
+    async fn read_until_failure(
+        &self,
+        pool: &Pool,
+        queue: &str,
+        metrics: &WorkerMetrics,
+    ) -> (String, bool) {
+        let channel = match amqp::connection(pool).await {
+            Ok(connection) => match connection.create_channel().await {
+                Ok(channel) => channel,
+                Err(error) => return (error.to_string(), false),
+            },
+            Err(error) => return (error.to_string(), false),
+        };
         let mut every = tokio::time::interval(POLL);
+        let mut read_some = false;
         loop {
             every.tick().await;
             let got = channel
-                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .basic_get(queue.into(), BasicGetOptions::default())
                 .await;
             match got {
                 Ok(Some(message)) => {
@@ -114,16 +153,14 @@ impl FlowView {
                         Ok(snapshot) => self.offer(snapshot, metrics),
                         Err(error) => tracing::warn!(%error, "unreadable flow settings; ignored"),
                     }
-                    if returned.is_err() {
-                        return;
+                    if let Err(error) = returned {
+                        return (error.to_string(), true);
                     }
                 }
                 Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the flow settings; the session reconnects");
-                    return;
-                }
+                Err(error) => return (error.to_string(), read_some),
             }
+            read_some = true;
         }
     }
 

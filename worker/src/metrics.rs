@@ -8,6 +8,10 @@
 //! - `warren_worker_unconfirmed_publishes_total{what}`: settlement publishes the broker did not
 //!   confirm, each tried again while the worker holds the job (`outcome`, `retry`,
 //!   `dead_letter`); rising means the events or dead-letter queue cannot take messages;
+//! - `warren_worker_flow_settings_read_failures_total`: failed reads of `<ns>.flow` (the
+//!   worker keeps the settings it knows and reads again);
+//! - `warren_worker_sessions_total`: consume sessions started (each after the first is a
+//!   reconnect);
 //! - `warren_worker_job_queue_wait_seconds{job_type}`: from acceptance to the attempt's start;
 //! - `warren_worker_job_run_seconds{job_type}`: how long attempts ran;
 //! - `warren_worker_jobs_in_flight`: attempts running now;
@@ -35,6 +39,8 @@ pub(crate) struct WorkerMetrics {
     in_flight: Gauge,
     held_back: Family<HeldLabels, Gauge>,
     flow_version: Gauge,
+    flow_read_failures: Counter,
+    sessions: Counter,
     acks: AckCounters,
 }
 
@@ -65,6 +71,8 @@ impl Default for WorkerMetrics {
             in_flight: Gauge::default(),
             held_back: Family::default(),
             flow_version: Gauge::default(),
+            flow_read_failures: Counter::default(),
+            sessions: Counter::default(),
             acks: AckCounters::default(),
         };
         registry.register(
@@ -111,6 +119,16 @@ impl Default for WorkerMetrics {
             "flow_settings_version",
             "Version of the flow settings snapshot this worker follows (0: none read yet); every worker shows the same once a change has reached them all",
             metrics.flow_version.clone(),
+        );
+        registry.register(
+            "flow_settings_read_failures",
+            "Reads of the flow settings (<ns>.flow) that failed; the worker keeps the settings it knows and reads again on a new channel",
+            metrics.flow_read_failures.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Consume sessions started: one per connection to the broker, so each one after the first is a reconnect (the log says why)",
+            metrics.sessions.clone(),
         );
         registry.register(
             "jobs_in_flight",
@@ -213,6 +231,16 @@ impl WorkerMetrics {
     /// A failed attempt was sent for another try.
     pub(crate) fn retried(&self, job_type: &str) {
         self.retries.get_or_create(&job(job_type)).inc();
+    }
+
+    /// A consume session starts.
+    pub(crate) fn session_started(&self) {
+        self.sessions.inc();
+    }
+
+    /// A read of the flow settings failed.
+    pub(crate) fn flow_read_failed(&self) {
+        self.flow_read_failures.inc();
     }
 
     /// The broker did not confirm a settlement's publish of `what`.

@@ -9,6 +9,7 @@
 )]
 
 mod crash;
+mod flow_read;
 mod health;
 mod helpers;
 mod malformed;
