@@ -101,9 +101,10 @@ impl FlowView {
 
     /// Reads `<ns>.flow` every [`POLL`] for as long as the session lives, on a channel of its
     /// own. A read that fails (the channel closed, or the queue has no leader while a cluster
-    /// re-elects one) keeps the settings known and reads again on a new channel, with backoff:
-    /// ending the session instead would return every delivery it holds to its queue, each one
-    /// delivery more towards the poison threshold and the queue's delivery limit.
+    /// re-elects one) keeps the settings known and reads again on a new channel, with backoff.
+    /// Ending the session instead would cancel its consumers and return the deliveries it had
+    /// taken but not started to their queue, each one delivery more towards the poison
+    /// threshold and the queue's delivery limit, at every reconnect while the read fails.
     pub(crate) async fn follow(&self, pool: &Pool, topology: &Topology, metrics: &WorkerMetrics) {
         let queue = topology.flow_queue();
         let mut backoff = FIRST_REREAD;
