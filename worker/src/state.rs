@@ -24,7 +24,8 @@ pub(crate) struct Shared {
     /// Attempts that finish within this are not announced as `running` (zero: all are).
     pub(crate) announce_running_after: Duration,
     /// How long a publish (event, retried job, dead letter) may wait for its confirm; one that
-    /// gets none in time returns the job to its queue (it runs again), never blocking others.
+    /// gets none in time is published again while the job is held ([`crate::confirm`]),
+    /// never blocking other jobs.
     pub(crate) publish_timeout: Duration,
     pub(crate) cancels: Cancels,
     /// Whether a session is consuming every job queue.
