@@ -7,16 +7,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{Broker, DEADLINE, WorkerProcess, body, series_value};
-
-/// A free local port (bound and released; good enough for a test).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::helpers::{Broker, DEADLINE, WorkerProcess, body, free_port, series_value};
 
 /// The status code of `GET path` on the probe port, or `None` while nothing listens yet.
 async fn status(port: u16, path: &str) -> Option<u16> {

@@ -374,6 +374,15 @@ impl WorkerProcess {
     }
 }
 
+/// A free local port (bound and released; good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The body of `GET path` on a worker's probe port.
 pub async fn body(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,6 +1,7 @@
 //! An outcome the broker will not confirm for a while is published again while the worker
 //! holds the job: the handler runs once, and the job does not go towards the poison threshold
 //! or the queue's delivery limit (a cluster re-electing a queue leader does this for seconds).
+//! A worker killed while it holds one loses nothing: the delivery was never acked.
 
 use std::{
     sync::{
@@ -14,7 +15,9 @@ use serde_json::json;
 use warren_shared::JobStatus;
 use warren_worker::{JobContext, Worker};
 
-use crate::helpers::{Broker, DEADLINE, RunningWorker, body, series_value, worker_config};
+use crate::helpers::{
+    Broker, DEADLINE, RunningWorker, WorkerProcess, body, free_port, series_value, worker_config,
+};
 
 /// Polls the worker's metrics until `series` is at least `at_least`.
 async fn wait_for_series(port: u16, series: &str, at_least: u64) {
@@ -80,5 +83,50 @@ async fn an_outcome_the_broker_refuses_for_a_while_is_sent_again_without_running
     broker.wait_for_queue(&dead, |ready, _| ready == 0).await;
 
     running.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_while_it_holds_an_unconfirmed_outcome_loses_no_job() {
+    let mut broker = Broker::new().await;
+    let echo = broker.uses("echo");
+    let mut events = broker.tap_events().await;
+    broker.refuse_events().await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let env = [
+        ("WARREN_WORKER_TYPES", "echo"),
+        ("WARREN_METRICS_ADDR", &addr),
+    ];
+    let first = WorkerProcess::spawn(&broker, &env);
+    broker.wait_for_consumer(&echo).await;
+    let job = Broker::job(&echo, json!({"n": 2}), 10_000);
+    broker.publish_job(&job).await;
+    // The refused outcome still reaches the tap (the broker nacks it for the refusing queue
+    // alone): it names the worker holding the job.
+    let holder = events.next(job.id, JobStatus::Succeeded).await.worker;
+    // A second refusal: the worker is holding the job, not done with it.
+    wait_for_series(
+        port,
+        r#"warren_worker_unconfirmed_publishes_total{what="outcome"}"#,
+        2,
+    )
+    .await;
+    first.kill().await;
+
+    // The held delivery was never acked: the broker hands it to the next worker.
+    broker.accept_events().await;
+    let second = WorkerProcess::spawn(&broker, &[("WARREN_WORKER_TYPES", "echo")]);
+    let done = loop {
+        let event = events.next(job.id, JobStatus::Succeeded).await;
+        if event.worker != holder {
+            break event;
+        }
+    };
+    assert_eq!(done.result, Some(json!({"n": 2})));
+    let dead = broker.topology.dead_queue();
+    broker.wait_for_queue(&dead, |ready, _| ready == 0).await;
+    second.terminate();
+    assert!(second.exit_within(DEADLINE).await.success());
     broker.cleanup().await;
 }
