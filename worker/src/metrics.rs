@@ -6,8 +6,8 @@
 //! - `warren_worker_dead_letters_total{reason}`: messages moved to `<ns>.dead`
 //!   (`failed`, `poison`, `unreadable`);
 //! - `warren_worker_unconfirmed_publishes_total{what}`: settlement publishes the broker did not
-//!   confirm, each tried again while the worker holds the job (`outcome`, `retry`,
-//!   `dead_letter`); rising means the events or dead-letter queue cannot take messages;
+//!   confirm (`outcome`, `retry`, `dead_letter`), each tried again while the worker holds the
+//!   job unless its channel closed (the broker then returns the job); rising means the events or dead-letter queue cannot take messages;
 //! - `warren_worker_flow_settings_read_failures_total`: failed reads of `<ns>.flow` (the
 //!   worker keeps the settings it knows and reads again);
 //! - `warren_worker_sessions_total`: consume sessions started (each after the first is a
@@ -97,7 +97,7 @@ impl Default for WorkerMetrics {
         );
         registry.register(
             "unconfirmed_publishes",
-            "Settlement publishes the broker did not confirm, by what was published (outcome, retry, dead_letter); each is tried again while the worker holds the job",
+            "Settlement publishes the broker did not confirm, by what was published (outcome, retry, dead_letter); each is tried again while the worker holds the job, unless its channel closed (the broker then returns the job to its queue)",
             metrics.unconfirmed.clone(),
         );
         registry.register(

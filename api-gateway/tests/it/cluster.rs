@@ -193,7 +193,8 @@ async fn dead_letter_reasons(client: &reqwest::Client, base: &str) -> String {
 }
 
 /// What the workers' metrics say of their settlements: outcomes the broker did not confirm at
-/// first (each published again while the worker held the job) and jobs failed as poison.
+/// first (each published again while the worker held the job, or left to the broker when its
+/// channel had closed) and jobs failed as poison.
 async fn settlement_counts(client: &reqwest::Client, metrics: &[String]) -> String {
     let series = [
         r#"warren_worker_unconfirmed_publishes_total{what="outcome"}"#,
@@ -213,7 +214,7 @@ async fn settlement_counts(client: &reqwest::Client, metrics: &[String]) -> Stri
         }
     }
     format!(
-        "{} outcomes published again, {} jobs failed as poison",
+        "{} outcomes not confirmed at first, {} jobs failed as poison",
         totals[0], totals[1]
     )
 }
