@@ -6,22 +6,16 @@
 //! would run the handler again and, on a quorum queue, count one more delivery: a job whose
 //! outcome cannot be published for a few seconds would reach the poison threshold and then the
 //! broker's delivery limit, and end `failed` or dead-lettered while still `queued` in the store.
-//! So the worker keeps the delivery (unacked, so it is safe) and publishes again with backoff;
-//! the broker's own redelivery is left for when the channel is gone, and for an outage longer
-//! than [`PATIENCE`].
+//! So the worker keeps the delivery (unacked, so it is safe) and publishes again, backing off
+//! as a reconnect does ([`next_backoff`]); the broker's own redelivery is left for when the
+//! channel is gone, and for an outage longer than [`PATIENCE`].
 
 use std::time::{Duration, Instant};
 
 use lapin::Channel;
-use warren_shared::amqp::PublishError;
+use warren_shared::amqp::{PublishError, next_backoff};
 
 use crate::state::Shared;
-
-/// The first wait before publishing again; each wait doubles up to [`LONGEST_WAIT`].
-const FIRST_WAIT: Duration = Duration::from_millis(100);
-
-/// The longest wait between two tries.
-const LONGEST_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a settlement keeps trying before it gives the delivery back to the broker. Well
 /// under RabbitMQ's default `consumer_timeout` (30 min), past which the broker would close the
@@ -50,11 +44,6 @@ impl Publish {
     }
 }
 
-/// The wait after `previous` (none before the first retry).
-fn next_wait(previous: Option<Duration>) -> Duration {
-    previous.map_or(FIRST_WAIT, |wait| (wait * 2).min(LONGEST_WAIT))
-}
-
 /// Runs `publish` until the broker confirms it. Gives up with the last error when `channel`
 /// is closed (the broker has returned the delivery to its queue already, so holding it is
 /// pointless) or once the next try would start after [`PATIENCE`].
@@ -76,7 +65,7 @@ where
             Err(error) => error,
         };
         shared.metrics.unconfirmed(what.as_str());
-        let next = next_wait(wait);
+        let next = next_backoff(wait);
         if !channel.status().connected() {
             tracing::warn!(%error, what = what.as_str(), "not confirmed and the channel is closed; the broker returns the job to its queue");
             return Err(error);
@@ -88,25 +77,5 @@ where
         tracing::warn!(%error, what = what.as_str(), retry_in = ?next, "not confirmed; holding the job and publishing again");
         tokio::time::sleep(next).await;
         wait = Some(next);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waits_double_from_the_first_up_to_the_longest() {
-        let mut wait = None;
-        let mut waits = Vec::new();
-        for _ in 0..9 {
-            let next = next_wait(wait);
-            waits.push(next.as_millis());
-            wait = Some(next);
-        }
-        assert_eq!(
-            waits,
-            [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
-        );
     }
 }

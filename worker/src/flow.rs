@@ -5,10 +5,7 @@
 //! may not start yet is held here, unacknowledged (so it stays `queued` and is not counted as
 //! redelivered), and tried again when the settings change or a moment later.
 
-use std::{
-    sync::{Mutex, PoisonError},
-    time::Duration,
-};
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use lapin::{
@@ -25,13 +22,6 @@ use warren_shared::{
 };
 
 use crate::metrics::WorkerMetrics;
-
-/// The first wait before reading the flow settings again after a failed read; each doubles up
-/// to [`LAST_REREAD`].
-const FIRST_REREAD: Duration = Duration::from_millis(100);
-
-/// The longest wait between two tries to read the flow settings.
-const LAST_REREAD: Duration = Duration::from_secs(5);
 
 /// Why a delivery waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,16 +97,17 @@ impl FlowView {
     /// threshold and the queue's delivery limit, at every reconnect while the read fails.
     pub(crate) async fn follow(&self, pool: &Pool, topology: &Topology, metrics: &WorkerMetrics) {
         let queue = topology.flow_queue();
-        let mut backoff = FIRST_REREAD;
+        let mut backoff = None;
         loop {
             let (error, read_some) = self.read_until_failure(pool, &queue, metrics).await;
             metrics.flow_read_failed();
             if read_some {
-                backoff = FIRST_REREAD;
+                backoff = None;
             }
-            tracing::warn!(%error, retry_in = ?backoff, "cannot read the flow settings; keeping the known ones and reading again");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(LAST_REREAD);
+            let wait = amqp::next_backoff(backoff);
+            tracing::warn!(%error, retry_in = ?wait, "cannot read the flow settings; keeping the known ones and reading again");
+            tokio::time::sleep(wait).await;
+            backoff = Some(wait);
         }
     }
 

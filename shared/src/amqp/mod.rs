@@ -32,6 +32,14 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// the broker (or a cluster's queue leaders) coming back, even after a long outage doubled its
 /// wait many times; the log stays calm through [`LOG_EVERY`].
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The wait before trying again after `previous` (none before the first retry): 100 ms,
+/// doubling up to 5 s. Reconnects, a worker's held publishes and its flow reads all back off
+/// this way.
+#[must_use]
+pub fn next_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(MIN_BACKOFF, |wait| (wait * 2).min(MAX_BACKOFF))
+}
+
 /// How often a failure that goes on is logged again.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -288,6 +296,26 @@ where
             () = stop.cancelled() => return,
             () = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = next_backoff(Some(backoff));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_from_the_first_up_to_the_longest() {
+        let mut wait = None;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let next = next_backoff(wait);
+            waits.push(next.as_millis());
+            wait = Some(next);
+        }
+        assert_eq!(
+            waits,
+            [100, 200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000]
+        );
     }
 }
