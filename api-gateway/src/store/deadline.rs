@@ -3,10 +3,13 @@
 //! `Retry-After`, a `/readyz` failure, a backoff in the background loops) instead of requests
 //! and memory piling up while nobody is told to retry.
 //!
-//! Each call runs in a task of its own and only the *wait* for it is cut: a call that is
-//! abandoned goes on to its end in the background (bounded by the connection pool's size), so
-//! no connection is dropped half-way through a transaction begun by hand, and a write that
-//! commits after its deadline obeys the outbox and idempotency rules as any commit does.
+//! Only the *wait* for a call is cut: a call runs in its caller's task (no hand-off to another
+//! task on the way to the database and back), and one that is abandoned, at its deadline or
+//! because its caller was dropped (a client that went away), goes on to its end in a task of
+//! its own ([`Detached`]; bounded by the connection pool's size). So no connection is dropped
+//! half-way through a transaction begun by hand, and a write that commits after its deadline
+//! obeys the outbox and idempotency rules as any commit does. A call that panics fails as
+//! `unavailable`, as it would in a task of its own, and takes nothing else down.
 //! The two calls that take a borrowed closure (`update_schedule`, `fire_due`) cannot be moved
 //! into a task; they are cut in place, and their transactions roll back on drop.
 //!
@@ -17,10 +20,18 @@
 //! waited out its whole lease, 90 s by default, instead of going as soon as the database
 //! answered). Those calls count and log the missed deadline, then wait for the result.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use uuid::Uuid;
 use warren_shared::{
     JobError, JobEvent, JobId, JobType,
@@ -120,46 +131,39 @@ impl<S: ?Sized> Bounded<S> {
         }
     }
 
-    /// Runs `call` in a task of its own and waits for it until the deadline.
+    /// Waits for `call` until the deadline; past it, `call` goes on in the background.
     async fn run<T: Send + 'static>(
         &self,
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.deadline, tokio::spawn(call)).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(StoreError::unavailable(format!(
-                "the store call {operation} failed: {join}"
-            ))),
+        let mut call = Detached::new(operation, call);
+        match tokio::time::timeout(self.deadline, &mut call).await {
+            Ok(result) => result,
+            // Dropping `call` hands the rest of it to a task of its own.
             Err(_elapsed) => Err(self.timed_out(operation)),
         }
     }
 
-    /// Runs `call` in a task of its own and waits for it to the end: past the deadline it is
-    /// counted and logged as a timeout, but its result is still taken (for claims: see the
-    /// module docs).
+    /// Waits for `call` to the end: past the deadline it is counted and logged as a timeout,
+    /// but its result is still taken (for claims: see the module docs).
     async fn run_claim<T: Send + 'static>(
         &self,
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let mut task = tokio::spawn(call);
-        let joined = match tokio::time::timeout(self.deadline, &mut task).await {
-            Ok(joined) => joined,
+        let mut call = Detached::new(operation, call);
+        match tokio::time::timeout(self.deadline, &mut call).await {
+            Ok(result) => result,
             Err(_elapsed) => {
                 let _counted = self.timed_out(operation);
                 tracing::warn!(
                     operation,
                     "waiting for the claim to finish: its rows are this gateway's to work on"
                 );
-                task.await
+                call.await
             }
-        };
-        joined.unwrap_or_else(|join| {
-            Err(StoreError::unavailable(format!(
-                "the store call {operation} failed: {join}"
-            )))
-        })
+        }
     }
 
     /// Waits for `call` in place until the deadline (for calls that borrow).
@@ -171,6 +175,61 @@ impl<S: ?Sized> Bounded<S> {
         tokio::time::timeout(self.deadline, call)
             .await
             .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))
+    }
+}
+
+/// A store call in its caller's task that, dropped before it ends, finishes in a task of its
+/// own: abandoning a call (at its deadline, or with its caller) never cuts it half-way.
+struct Detached<T: Send + 'static> {
+    /// The call while it runs; `None` once it has answered.
+    call: Option<StoreCall<T>>,
+}
+
+/// A store call, boxed so that it can move into a task of its own half-way.
+type StoreCall<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+impl<T: Send + 'static> Detached<T> {
+    /// `call`, whose panic answers as the store being unavailable for `operation`.
+    fn new(
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Self {
+        let call = AssertUnwindSafe(call).catch_unwind().map(move |answered| {
+            answered.unwrap_or_else(|_panic| {
+                tracing::error!(operation, "the store call panicked");
+                Err(StoreError::unavailable(format!(
+                    "the store call {operation} panicked"
+                )))
+            })
+        });
+        Self {
+            call: Some(Box::pin(call)),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Detached<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return Poll::Ready(Err(StoreError::unavailable(
+                "a store call was awaited after it answered",
+            )));
+        };
+        let answered = std::task::ready!(call.as_mut().poll(cx));
+        self.call = None;
+        Poll::Ready(answered)
+    }
+}
+
+impl<T: Send + 'static> Drop for Detached<T> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(call);
+        }
     }
 }
 
@@ -685,6 +744,75 @@ mod tests {
             timeouts.get_or_create(&labels).get(),
             1,
             "the miss is counted"
+        );
+    }
+
+    /// A call that answers once `release` fires, and says when it ended.
+    async fn held_call(
+        release: tokio::sync::oneshot::Receiver<()>,
+        ended: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), StoreError> {
+        let _released = release.await;
+        let _told = ended.send(());
+        Ok(())
+    }
+
+    /// Releases a [`held_call`] nobody waits for any more, and checks that it still ends.
+    async fn assert_it_ends_once_released(
+        release: tokio::sync::oneshot::Sender<()>,
+        ended: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        release.send(()).ok();
+        tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("the abandoned call went on to its end")
+            .expect("the call ended rather than being dropped");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_caller_goes_away_still_ends() {
+        // A client that disconnects drops its request, and with it the store call: a
+        // transaction begun by hand must not be cut half-way on its connection.
+        let (release, released) = tokio::sync::oneshot::channel();
+        let (end, ended) = tokio::sync::oneshot::channel();
+        let mut call = Detached::new("insert", held_call(released, end));
+        assert!(
+            futures_util::poll!(&mut call).is_pending(),
+            "the call waits for its release"
+        );
+        drop(call);
+        assert_it_ends_once_released(release, ended).await;
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_answers_timed_out_and_still_ends() {
+        let (store, timeouts) = bounded(Duration::ZERO);
+        let (release, released) = tokio::sync::oneshot::channel();
+        let (end, ended) = tokio::sync::oneshot::channel();
+        let answered = store.run("insert", held_call(released, end)).await;
+        assert!(
+            matches!(answered, Err(StoreError::TimedOut { .. })),
+            "{answered:?}"
+        );
+        let labels = OperationLabels {
+            operation: "insert".to_owned(),
+        };
+        assert_eq!(
+            timeouts.get_or_create(&labels).get(),
+            1,
+            "the miss is counted"
+        );
+        assert_it_ends_once_released(release, ended).await;
+    }
+
+    #[tokio::test]
+    async fn a_call_that_panics_answers_unavailable() {
+        let (store, _) = bounded(Duration::ZERO);
+        let answered: Result<(), StoreError> =
+            store.run("get", async { panic!("a bug in a store") }).await;
+        assert!(
+            matches!(&answered, Err(error) if error.to_string().contains("get panicked")),
+            "{answered:?}"
         );
     }
 
