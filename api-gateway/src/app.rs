@@ -21,7 +21,7 @@ use crate::{
     retention,
     schedules::{self, ScheduleService},
     state::Services,
-    store::{PostgresStore, StoreError, Stores},
+    store::{CallWatch, PostgresStore, StoreError, Stores},
     watch::Watchers,
     webhooks::{CallbackPolicy, deliverer::Deliverer},
     workflows::{self, WorkflowService},
@@ -107,7 +107,11 @@ impl Application {
         let pool = amqp::connection_pool(&config.broker, "warren-gateway", AMQP_POOL_SIZE)?;
         let metrics = Arc::new(GatewayMetrics::default());
         stores.jobs.count_apply_paths(&metrics.events_by_path);
-        let stores = stores.with_deadline(config.store_timeout, &metrics.store_timeouts);
+        let stores = stores.with_deadline(&CallWatch {
+            deadline: config.store_timeout,
+            timeouts: metrics.store_timeouts.clone(),
+            durations: metrics.store_calls.clone(),
+        });
         let publisher = Publisher::new(
             pool.clone(),
             topology.clone(),

@@ -16,6 +16,7 @@
 //!   `warren_workflow_settles_total{reason}` (`after_step`, `swept`: owed by a gateway that
 //!   died or failed to settle);
 //! - `warren_store_timeouts_total{operation}`: store calls that missed `WARREN_STORE_TIMEOUT`;
+//! - `warren_store_call_duration_seconds{operation}`: how long PostgreSQL store calls took;
 //! - `warren_store_events_applied_total{path}`: worker events the PostgreSQL store applied from
 //!   this gateway's copy of the record (`copy`) or under row locks (`locked`);
 //! - `warren_http_requests_total{route,method,status}` and
@@ -122,6 +123,8 @@ pub struct GatewayMetrics {
     pub workflow_settles: Family<ReasonLabels, Counter>,
     /// Store calls that missed `WARREN_STORE_TIMEOUT`, by operation.
     pub store_timeouts: Family<OperationLabels, Counter>,
+    /// How long PostgreSQL store calls kept their callers waiting, by operation.
+    pub store_calls: Family<OperationLabels, Histogram>,
     /// Worker events the PostgreSQL store applied from this gateway's copy of the record
     /// (`copy`) or under row locks (`locked`).
     pub events_by_path: Family<PathLabels, Counter>,
@@ -161,6 +164,7 @@ impl Default for GatewayMetrics {
             workflows_finished: Family::default(),
             workflow_settles: Family::default(),
             store_timeouts: Family::default(),
+            store_calls: duration_family(),
             events_by_path: Family::default(),
             http_requests: Family::default(),
             http_duration: duration_family(),
@@ -199,6 +203,11 @@ impl Default for GatewayMetrics {
             "store_timeouts",
             "Store calls that missed WARREN_STORE_TIMEOUT (the database did not answer in time), by operation",
             metrics.store_timeouts.clone(),
+        );
+        registry.register(
+            "store_call_duration_seconds",
+            "How long each call to the PostgreSQL store kept its caller waiting, by operation (insert and apply_events are on every job's path)",
+            metrics.store_calls.clone(),
         );
         registry.register(
             "store_events_applied",

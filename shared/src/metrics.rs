@@ -38,7 +38,7 @@ pub struct ReasonLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     /// The operation, as its method is named.
-    pub operation: String,
+    pub operation: &'static str,
 }
 
 /// Series split by the way a store did something (e.g. `copy` or `locked` for applied events).

@@ -1,7 +1,9 @@
 //! A deadline on every store call (`WARREN_STORE_TIMEOUT`), for any backend: a database that
 //! stalls (a partition, a hung server) turns into a quick `StoreError::TimedOut` (a `503` with
 //! `Retry-After`, a `/readyz` failure, a backoff in the background loops) instead of requests
-//! and memory piling up while nobody is told to retry.
+//! and memory piling up while nobody is told to retry. Each call is timed by operation, as
+//! long as its caller waited (`warren_store_call_duration_seconds`), and each miss counted
+//! (`warren_store_timeouts_total`).
 //!
 //! Only the *wait* for a call is cut: a call runs in its caller's task (no hand-off to another
 //! task on the way to the database and back), and one that is abandoned, at its deadline or
@@ -26,7 +28,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
@@ -35,7 +37,7 @@ use futures_util::FutureExt;
 use uuid::Uuid;
 use warren_shared::{
     JobError, JobEvent, JobId, JobType,
-    metrics::{Counter, Family, OperationLabels, PathLabels},
+    metrics::{Counter, Family, Histogram, OperationLabels, PathLabels},
 };
 
 use super::{
@@ -47,88 +49,72 @@ use crate::model::{
     ApiKey, Callback, Delivery, Fired, FlowUpdate, Job, QueueSettings, Schedule, Workflow,
 };
 
+/// The deadline every store call gets, and the series that watch the calls.
+#[derive(Clone)]
+pub struct CallWatch {
+    /// `WARREN_STORE_TIMEOUT`.
+    pub deadline: Duration,
+    /// Calls that missed the deadline, by operation.
+    pub timeouts: Family<OperationLabels, Counter>,
+    /// How long each call kept its caller waiting, by operation.
+    pub durations: Family<OperationLabels, Histogram>,
+}
+
 /// One concern's store behind a deadline.
 pub(super) struct Bounded<S: ?Sized> {
     inner: Arc<S>,
-    deadline: Duration,
-    timeouts: Family<OperationLabels, Counter>,
+    watch: CallWatch,
 }
 
-impl<S: ?Sized> Clone for Bounded<S> {
-    fn clone(&self) -> Self {
+impl Stores {
+    /// These stores with `watch`'s deadline on every call, each call timed and each miss
+    /// counted by operation. Stores that never leave the process are returned as they are.
+    #[must_use]
+    pub fn with_deadline(self, watch: &CallWatch) -> Self {
+        if !self.jobs.is_remote() {
+            return self;
+        }
         Self {
-            inner: self.inner.clone(),
-            deadline: self.deadline,
-            timeouts: self.timeouts.clone(),
+            jobs: watch.bound(self.jobs),
+            outbox: watch.bound(self.outbox),
+            keys: watch.bound(self.keys),
+            schedules: watch.bound(self.schedules),
+            callbacks: watch.bound(self.callbacks),
+            workflows: watch.bound(self.workflows),
+            flow: watch.bound(self.flow),
         }
     }
 }
 
-impl Stores {
-    /// These stores with a deadline of `deadline` on every call; calls that miss it are counted
-    /// in `timeouts` by operation. Stores that never leave the process are returned as they are.
-    #[must_use]
-    pub fn with_deadline(
-        self,
-        deadline: Duration,
-        timeouts: &Family<OperationLabels, Counter>,
-    ) -> Self {
-        if !self.jobs.is_remote() {
-            return self;
-        }
-        let (d, t) = (deadline, timeouts.clone());
-        Self {
-            jobs: Arc::new(Bounded {
-                inner: self.jobs,
-                deadline: d,
-                timeouts: t.clone(),
-            }),
-            outbox: Arc::new(Bounded {
-                inner: self.outbox,
-                deadline: d,
-                timeouts: t.clone(),
-            }),
-            keys: Arc::new(Bounded {
-                inner: self.keys,
-                deadline: d,
-                timeouts: t.clone(),
-            }),
-            schedules: Arc::new(Bounded {
-                inner: self.schedules,
-                deadline: d,
-                timeouts: t.clone(),
-            }),
-            callbacks: Arc::new(Bounded {
-                inner: self.callbacks,
-                deadline: d,
-                timeouts: t.clone(),
-            }),
-            workflows: Arc::new(Bounded {
-                inner: self.workflows,
-                deadline: d,
-                timeouts: t.clone(),
-            }),
-            flow: Arc::new(Bounded {
-                inner: self.flow,
-                deadline: d,
-                timeouts: t,
-            }),
-        }
+impl CallWatch {
+    /// `inner` behind this deadline and these series.
+    fn bound<S: ?Sized>(&self, inner: Arc<S>) -> Arc<Bounded<S>> {
+        Arc::new(Bounded {
+            inner,
+            watch: self.clone(),
+        })
     }
 }
 
 impl<S: ?Sized> Bounded<S> {
     fn timed_out(&self, operation: &'static str) -> StoreError {
-        self.timeouts
-            .get_or_create(&OperationLabels {
-                operation: operation.to_owned(),
-            })
+        self.watch
+            .timeouts
+            .get_or_create(&OperationLabels { operation })
             .inc();
-        tracing::warn!(operation, deadline = ?self.deadline, "the database did not answer in time (WARREN_STORE_TIMEOUT)");
+        tracing::warn!(operation, deadline = ?self.watch.deadline, "the database did not answer in time (WARREN_STORE_TIMEOUT)");
         StoreError::TimedOut {
             operation,
-            after: self.deadline,
+            after: self.watch.deadline,
         }
+    }
+
+    /// Records how long `operation`'s caller waited, from `started`.
+    fn waited(&self, operation: &'static str, started: Instant) {
+        self.watch
+            .durations
+            .get_or_create(&OperationLabels { operation })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Waits for `call` until the deadline; past it, `call` goes on in the background.
@@ -137,12 +123,15 @@ impl<S: ?Sized> Bounded<S> {
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let started = Instant::now();
         let mut call = Detached::new(operation, call);
-        match tokio::time::timeout(self.deadline, &mut call).await {
+        let answered = match tokio::time::timeout(self.watch.deadline, &mut call).await {
             Ok(result) => result,
             // Dropping `call` hands the rest of it to a task of its own.
             Err(_elapsed) => Err(self.timed_out(operation)),
-        }
+        };
+        self.waited(operation, started);
+        answered
     }
 
     /// Waits for `call` to the end: past the deadline it is counted and logged as a timeout,
@@ -152,8 +141,9 @@ impl<S: ?Sized> Bounded<S> {
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let started = Instant::now();
         let mut call = Detached::new(operation, call);
-        match tokio::time::timeout(self.deadline, &mut call).await {
+        let answered = match tokio::time::timeout(self.watch.deadline, &mut call).await {
             Ok(result) => result,
             Err(_elapsed) => {
                 let _counted = self.timed_out(operation);
@@ -163,7 +153,9 @@ impl<S: ?Sized> Bounded<S> {
                 );
                 call.await
             }
-        }
+        };
+        self.waited(operation, started);
+        answered
     }
 
     /// Waits for `call` in place until the deadline (for calls that borrow).
@@ -172,9 +164,12 @@ impl<S: ?Sized> Bounded<S> {
         operation: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.deadline, call)
+        let started = Instant::now();
+        let answered = tokio::time::timeout(self.watch.deadline, call)
             .await
-            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)))
+            .unwrap_or_else(|_elapsed| Err(self.timed_out(operation)));
+        self.waited(operation, started);
+        answered
     }
 }
 
@@ -718,30 +713,33 @@ mod tests {
         }
     }
 
-    fn bounded(delay: Duration) -> (Bounded<dyn CallbackStore>, Family<OperationLabels, Counter>) {
-        let timeouts = Family::<OperationLabels, Counter>::default();
+    fn bounded(delay: Duration) -> (Bounded<dyn CallbackStore>, CallWatch) {
+        let watch = CallWatch {
+            deadline: Duration::from_millis(20),
+            timeouts: Family::default(),
+            durations: warren_shared::metrics::duration_family(),
+        };
         let inner: Arc<dyn CallbackStore> = Arc::new(SlowClaims { delay });
         let store = Bounded {
             inner,
-            deadline: Duration::from_millis(20),
-            timeouts: timeouts.clone(),
+            watch: watch.clone(),
         };
-        (store, timeouts)
+        (store, watch)
     }
 
     #[tokio::test]
     async fn a_claim_past_its_deadline_is_counted_but_its_rows_are_still_handed_over() {
         // A claim commits its lease whether or not anyone waits: abandoned, the leased
         // callbacks would wait out their whole lease (a webhook retry 90 s late).
-        let (store, timeouts) = bounded(Duration::from_millis(100));
+        let (store, watch) = bounded(Duration::from_millis(100));
         let now = Utc::now();
         let claimed = store.claim_callbacks(now, now, 8).await;
         assert_eq!(claimed.map(|jobs| jobs.len()).ok(), Some(1));
         let labels = OperationLabels {
-            operation: "claim_callbacks".to_owned(),
+            operation: "claim_callbacks",
         };
         assert_eq!(
-            timeouts.get_or_create(&labels).get(),
+            watch.timeouts.get_or_create(&labels).get(),
             1,
             "the miss is counted"
         );
@@ -769,6 +767,27 @@ mod tests {
             .expect("the call ended rather than being dropped");
     }
 
+    /// The calls of `operation` that `watch` timed, read as `/metrics` shows them.
+    fn timed_calls(watch: &CallWatch, operation: &'static str) -> u64 {
+        let mut registry = warren_shared::metrics::Registry::default();
+        registry.register("store_call_duration_seconds", "", watch.durations.clone());
+        let text = warren_shared::metrics::render(&registry);
+        let series = format!("store_call_duration_seconds_count{{operation=\"{operation}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_call_is_timed_under_its_operation() {
+        let (store, watch) = bounded(Duration::ZERO);
+        let answered = store.count_pending_callbacks().await;
+        assert!(answered.is_ok(), "{answered:?}");
+        assert_eq!(timed_calls(&watch, "count_pending_callbacks"), 1);
+        assert_eq!(timed_calls(&watch, "claim_callbacks"), 0);
+    }
+
     #[tokio::test]
     async fn a_call_whose_caller_goes_away_still_ends() {
         // A client that disconnects drops its request, and with it the store call: a
@@ -786,7 +805,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_past_its_deadline_answers_timed_out_and_still_ends() {
-        let (store, timeouts) = bounded(Duration::ZERO);
+        let (store, watch) = bounded(Duration::ZERO);
         let (release, released) = tokio::sync::oneshot::channel();
         let (end, ended) = tokio::sync::oneshot::channel();
         let answered = store.run("insert", held_call(released, end)).await;
@@ -795,12 +814,17 @@ mod tests {
             "{answered:?}"
         );
         let labels = OperationLabels {
-            operation: "insert".to_owned(),
+            operation: "insert",
         };
         assert_eq!(
-            timeouts.get_or_create(&labels).get(),
+            watch.timeouts.get_or_create(&labels).get(),
             1,
             "the miss is counted"
+        );
+        assert_eq!(
+            timed_calls(&watch, "insert"),
+            1,
+            "the wait until the deadline is timed"
         );
         assert_it_ends_once_released(release, ended).await;
     }

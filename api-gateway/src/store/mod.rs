@@ -36,6 +36,7 @@ use crate::model::{
     WorkflowStatus,
 };
 
+pub use deadline::CallWatch;
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use postgres::StoreOptions;

@@ -117,6 +117,17 @@ async fn a_gateway_restart_keeps_every_job() {
         .and_then(|count| count.trim().parse().ok())
         .unwrap_or_else(|| panic!("no copy-path series in {metrics}"));
     assert!(applied_from_copies >= 5, "{metrics}");
+    // Every job's two store calls are timed: its insert and the apply of its outcome.
+    for (operation, at_least) in [("insert", 5), ("apply_events", 1)] {
+        let series =
+            format!("warren_store_call_duration_seconds_count{{operation=\"{operation}\"}} ");
+        let timed: u64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}series in {metrics}"));
+        assert!(timed >= at_least, "{operation}: {timed} calls timed");
+    }
     let queued = app.submit_ok(&json!({"type": "held"})).await;
     let (namespace, job_types) = (app.broker.namespace.clone(), app.job_types.clone());
     app.stop_processes().await;
