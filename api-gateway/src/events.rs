@@ -63,8 +63,7 @@ impl From<lapin::Error> for SessionError {
 
 /// A channel on a pooled connection, with the core topology declared.
 async fn open_channel(pool: &Pool, topology: &Topology) -> Result<lapin::Channel, SessionError> {
-    let connection = amqp::connection(pool).await?;
-    let channel = connection.create_channel().await?;
+    let channel = amqp::channel(pool).await?;
     topology::declare_core(&channel, topology).await?;
     Ok(channel)
 }

@@ -119,11 +119,8 @@ impl FlowView {
         queue: &str,
         metrics: &WorkerMetrics,
     ) -> (String, bool) {
-        let channel = match amqp::connection(pool).await {
-            Ok(connection) => match connection.create_channel().await {
-                Ok(channel) => channel,
-                Err(error) => return (error.to_string(), false),
-            },
+        let channel = match amqp::channel(pool).await {
+            Ok(channel) => channel,
             Err(error) => return (error.to_string(), false),
         };
         let mut every = tokio::time::interval(POLL);

@@ -118,6 +118,12 @@ pub async fn connection(pool: &Pool) -> Result<PooledConnection, BrokerError> {
     })
 }
 
+/// Opens a channel on a pooled connection.
+pub async fn channel(pool: &Pool) -> Result<Channel, BrokerError> {
+    let connection = connection(pool).await?;
+    Ok(connection.create_channel().await?)
+}
+
 /// Opens a channel with publisher confirms enabled on a pooled connection.
 pub async fn confirm_channel(pool: &Pool) -> Result<Channel, BrokerError> {
     let connection = connection(pool).await?;
